@@ -1,0 +1,6 @@
+#[path = "interp-pool/build_python.rs"]
+mod build_python;
+
+fn main() {
+    build_python::configure();
+}

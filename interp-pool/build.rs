@@ -1,0 +1,6 @@
+#[path = "build_python.rs"]
+mod build_python;
+
+fn main() {
+    build_python::configure();
+}

@@ -1,0 +1,39 @@
+// Shared by the build scripts of `interp-pool` and the root loader package (via `#[path]`).
+//
+// pyo3-ffi's own build script has already chosen the interpreter (PYO3_PYTHON; see
+// `.cargo/config.toml` and `tools/python`). Here we refuse anything older than 3.13 or
+// without a shared libpython, and bake an rpath to libpython into every binary, test and
+// bench of the package, so nobody has to set LD_LIBRARY_PATH by hand.
+
+/// Oldest CPython whose `_ctypes` loads in an own-GIL subinterpreter.
+const MIN_MINOR: u8 = 13;
+
+pub fn configure() {
+    let config = pyo3_build_config::get();
+    let v = config.version();
+    let exe = config.executable().unwrap_or("<unknown>");
+    if (v.major, v.minor) < (3, MIN_MINOR) {
+        eprintln!(
+            "error: polyplug-subinterp needs CPython >= 3.{MIN_MINOR} with a shared libpython, \
+             but found Python {}.{} at {exe}; install python3.13 (or newer) or point \
+             PYO3_PYTHON at one.",
+            v.major, v.minor
+        );
+        std::process::exit(1);
+    }
+    if !config.shared() {
+        eprintln!(
+            "error: polyplug-subinterp needs a shared libpython, but Python {}.{} at {exe} \
+             was built without --enable-shared; point PYO3_PYTHON at a shared build.",
+            v.major, v.minor
+        );
+        std::process::exit(1);
+    }
+    if let Some(dir) = config.lib_dir() {
+        // Applies to this package's binaries, tests, benches and examples.
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    }
+    println!("cargo:rustc-env=INTERP_POOL_PYTHON_EXE={exe}");
+    println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+    println!("cargo:rerun-if-changed=build_python.rs");
+}

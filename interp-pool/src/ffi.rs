@@ -1,0 +1,61 @@
+//! The one door to libpython. Every other module reaches CPython through `ffi::sys`
+//! (pyo3-ffi 0.29, a translation of the C headers) or the small helpers below, so a
+//! grep for `sys::` finds every C call the crate makes.
+
+pub use pyo3_ffi as sys;
+
+use std::ffi::CStr;
+
+use crate::config::{GilMode, InterpreterConfig};
+
+/// The thread state attached on this thread, or null.
+///
+/// `PyThreadState_GetUnchecked` only reads CPython's thread-local current-tstate
+/// pointer, so it is safe on any thread, attached or not, before or after init.
+pub(crate) fn current_tstate() -> *mut sys::PyThreadState {
+    // SAFETY: thread: any. interp: none needed. tstate: none needed; the function reads
+    // a C thread-local and never fails or raises (CPython docs, "PyThreadState_GetUnchecked").
+    unsafe { sys::PyThreadState_GetUnchecked() }
+}
+
+/// The C struct `Py_NewInterpreterFromConfig` expects, from our config.
+pub(crate) fn interpreter_config(cfg: &InterpreterConfig) -> sys::PyInterpreterConfig {
+    let own = cfg.gil == GilMode::Own;
+    sys::PyInterpreterConfig {
+        // An own GIL needs its own allocator state; a shared GIL shares main's.
+        use_main_obmalloc: (!own).into(),
+        allow_fork: cfg.allow_fork.into(),
+        allow_exec: cfg.allow_exec.into(),
+        allow_threads: cfg.allow_threads.into(),
+        allow_daemon_threads: cfg.allow_daemon_threads.into(),
+        check_multi_interp_extensions: cfg.check_multi_interp_extensions.into(),
+        gil: if own {
+            sys::PyInterpreterConfig_OWN_GIL
+        } else {
+            sys::PyInterpreterConfig_SHARED_GIL
+        },
+    }
+}
+
+/// `Err(text)` if `status` reports an error, with CPython's function and message.
+pub(crate) fn status_result(status: sys::PyStatus) -> Result<(), String> {
+    let func = status.func;
+    let msg = status.err_msg;
+    // SAFETY: thread/interp/tstate: PyStatus_Exception only reads the struct passed by
+    // value; it touches no interpreter state.
+    if unsafe { sys::PyStatus_Exception(status) } == 0 {
+        return Ok(());
+    }
+    let text = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: refs: CPython fills func/err_msg with static NUL-terminated strings.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    Err(match (text(func), text(msg)) {
+        (f, m) if f.is_empty() => m,
+        (f, m) => format!("{f}: {m}"),
+    })
+}

@@ -1,0 +1,189 @@
+//! `InterpreterHandle`: the cross-thread face of an interpreter, and the routing of a call
+//! to inline execution or to the owner thread (ARCHITECTURE.md, "Call paths").
+
+use std::fmt;
+use std::panic;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::activation::{self, DepthGuard};
+use crate::attach::{AttachGuard, Attached, DetachGuard};
+use crate::config::InterpreterConfig;
+use crate::error::{Error, Result};
+use crate::ffi;
+use crate::job::{Call, Job};
+use crate::runtime;
+use crate::wait;
+use crate::worker::{self, Owner, Shared};
+use crate::InterpreterId;
+
+/// A handle to one interpreter and its owner thread. Cheap to clone; `Send + Sync`.
+///
+/// The interpreter lives until [`end`](Self::end) or [`shutdown`](crate::shutdown);
+/// dropping handles does not end it.
+#[derive(Clone)]
+pub struct InterpreterHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for InterpreterHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InterpreterHandle")
+            .field("id", &self.shared.id)
+            .field("name", &self.shared.name)
+            .field("python_id", &self.shared.python_id)
+            .finish()
+    }
+}
+
+impl InterpreterHandle {
+    /// Creates an interpreter on a new owner thread, initialising CPython first if this
+    /// is the first interpreter of the process.
+    pub fn spawn(config: InterpreterConfig) -> Result<Self> {
+        let rt = runtime::get()?;
+        let shared = worker::spawn(rt, config)?;
+        Ok(Self { shared })
+    }
+
+    /// This interpreter's pool-wide id.
+    pub fn id(&self) -> InterpreterId {
+        self.shared.id
+    }
+
+    /// The name it was created with.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// CPython's id for it (`PyInterpreterState_GetID`), for correlating logs.
+    pub fn python_id(&self) -> i64 {
+        self.shared.python_id
+    }
+
+    /// Whether the interpreter has been ended.
+    pub fn is_ended(&self) -> bool {
+        self.shared.is_ended()
+    }
+
+    /// Runs `f` in this interpreter, with its thread state attached, and returns the result.
+    ///
+    /// From any thread but this interpreter's owner, the call is queued to the owner
+    /// thread and this thread blocks (detached from any interpreter it had attached).
+    /// On the owner thread itself it runs inline, attaching the thread state first if
+    /// Python code detached it (a `ctypes` callback). An owner thread waiting on another
+    /// interpreter keeps serving its own queue, so A→B→A cannot deadlock.
+    ///
+    /// A panic in `f` resumes on this thread.
+    ///
+    /// # Errors
+    /// [`Error::InterpreterGone`] if the interpreter has ended, [`Error::ReentryLimit`] if
+    /// the call would nest deeper than the configured cap, or whatever `f` returns.
+    pub fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        let sh = &*self.shared;
+        if sh.closing.load(Ordering::Acquire) {
+            return Err(Error::InterpreterGone { interp: sh.id });
+        }
+        let depth = activation::depth() + 1;
+        if depth > sh.max_depth {
+            return Err(Error::ReentryLimit {
+                depth,
+                limit: sh.max_depth,
+            });
+        }
+        match activation::owner() {
+            Some(owner) if owner.shared.id == sh.id => run_inline(owner, depth, f),
+            owner => self.post_and_wait(owner, depth, f),
+        }
+    }
+
+    /// Queues the call and waits for it; an owner thread serves its own queue meanwhile.
+    fn post_and_wait<R, F>(&self, owner: Option<&Owner>, depth: usize, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        if let Some(owner) = owner {
+            let cur = ffi::current_tstate();
+            if !cur.is_null() && cur != owner.ts {
+                return Err(Error::Internal(
+                    "an owner thread has a foreign thread state attached".into(),
+                ));
+            }
+        }
+        let mut call = Call::new(f);
+        wait::with_slot(|slot| {
+            // SAFETY: `call` and `slot` live in this frame, and this closure does not
+            // return until `slot` is complete: `post` completes it on failure (the job is
+            // dropped), otherwise `serve`/`wait` block until the job ran or was dropped
+            // (R7). `F: Send` and `R: Send` are required by `call`'s bounds.
+            let job = unsafe { Job::new(&mut call, slot, depth) };
+            let spin = match self.shared.post(job) {
+                Ok(spin) => spin,
+                Err(_) => return,
+            };
+            // Detached while blocked, or the interpreter we hold could never be served (R4).
+            let _detached = DetachGuard::detach_current();
+            match owner {
+                Some(owner) => owner.serve(Some(slot), spin),
+                None => slot.wait(spin),
+            }
+        });
+        match call.out {
+            Some(Ok(result)) => result,
+            Some(Err(payload)) => panic::resume_unwind(payload),
+            None => Err(Error::InterpreterGone {
+                interp: self.shared.id,
+            }),
+        }
+    }
+
+    /// Ends the interpreter: new calls fail with [`Error::InterpreterGone`], calls still
+    /// queued fail the same way, calls already running finish, and then the owner thread
+    /// runs `Py_EndInterpreter`. Waits for that, except when called on an owner thread
+    /// (which cannot wait without risking waiting for itself): then it only requests it.
+    pub fn end(&self) {
+        self.shared.request_end();
+        if activation::owner().is_none() {
+            self.shared.wait_ended();
+        }
+    }
+}
+
+/// Runs `f` on the owner thread of its own interpreter, attaching if Python code had
+/// detached the thread state (a ctypes callback), and restoring exactly what it found.
+fn run_inline<R, F>(owner: &Owner, depth: usize, f: F) -> Result<R>
+where
+    F: FnOnce(&Attached<'_>) -> Result<R>,
+{
+    let _depth = DepthGuard::enter(depth);
+    let cur = ffi::current_tstate();
+    let _attached = if cur == owner.ts {
+        None
+    } else if cur.is_null() {
+        // SAFETY: thread: owner of `owner.ts`. interp: alive (its owner is running us).
+        // tstate: none attached (just checked).
+        Some(unsafe { AttachGuard::attach(owner.ts) })
+    } else {
+        return Err(Error::Internal(
+            "an owner thread has a foreign thread state attached".into(),
+        ));
+    };
+    // SAFETY: thread: owner; tstate: `owner.ts` is attached, either already (checked) or
+    // by the guard above, which outlives the token.
+    let att = unsafe { Attached::assume(owner.shared.id) };
+    f(&att)
+}
+
+/// The interpreter whose owner thread this is, if any.
+pub fn current_interpreter() -> Option<InterpreterId> {
+    activation::owner().map(|o| o.shared.id)
+}
+
+/// The nesting depth of the call running on this thread (0 outside any call).
+pub fn current_depth() -> usize {
+    activation::depth()
+}

@@ -1,0 +1,398 @@
+//! Owned Python object references that cannot leave their interpreter.
+//!
+//! A [`PyObj<'py>`] borrows the job's [`Attached`] token: it is `!Send`, dies before the
+//! job returns, and is decref'd on the owner thread with the thread state attached (R5).
+
+use std::ffi::{c_char, CString};
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use crate::attach::Attached;
+use crate::error::{Error, PyException, Result};
+use crate::ffi::sys;
+
+/// A strong reference to a Python object in the attached interpreter.
+#[derive(Debug)]
+pub struct PyObj<'py> {
+    ptr: NonNull<sys::PyObject>,
+    _att: PhantomData<&'py Attached<'py>>,
+}
+
+impl Drop for PyObj<'_> {
+    fn drop(&mut self) {
+        // SAFETY: thread/interp/tstate: a PyObj only exists inside a job (it borrows the
+        // job's Attached token), so the owning interpreter is attached here. refs: we own
+        // one strong reference.
+        unsafe { sys::Py_DECREF(self.ptr.as_ptr()) }
+    }
+}
+
+impl<'py> PyObj<'py> {
+    /// Takes ownership of a new reference; `None` if `ptr` is null (an exception is set).
+    ///
+    /// # Safety
+    /// tstate: `_att`'s interpreter is attached. refs: `ptr` is null or a new (owned)
+    /// reference to an object of that interpreter.
+    pub unsafe fn from_owned_ptr(_att: &'py Attached<'_>, ptr: *mut sys::PyObject) -> Option<Self> {
+        NonNull::new(ptr).map(|ptr| Self {
+            ptr,
+            _att: PhantomData,
+        })
+    }
+
+    /// Like [`from_owned_ptr`](Self::from_owned_ptr), but a null turns into the pending
+    /// exception as an [`Error`].
+    ///
+    /// # Safety
+    /// As for `from_owned_ptr`.
+    pub unsafe fn from_owned_or_err(
+        att: &'py Attached<'_>,
+        ptr: *mut sys::PyObject,
+    ) -> Result<Self> {
+        // SAFETY: forwarded from the caller's contract.
+        unsafe { Self::from_owned_ptr(att, ptr) }.ok_or_else(|| att.take_error())
+    }
+
+    /// Takes a new strong reference to a borrowed pointer.
+    ///
+    /// # Safety
+    /// tstate: `att`'s interpreter is attached. refs: `ptr` is a valid borrowed reference.
+    pub unsafe fn from_borrowed_ptr(att: &'py Attached<'_>, ptr: NonNull<sys::PyObject>) -> Self {
+        // SAFETY: refs: `ptr` is valid (caller); we add the reference we will own.
+        unsafe { sys::Py_INCREF(ptr.as_ptr()) };
+        let _ = att;
+        Self {
+            ptr,
+            _att: PhantomData,
+        }
+    }
+
+    /// The raw pointer, still owned by `self`.
+    pub fn as_ptr(&self) -> *mut sys::PyObject {
+        self.ptr.as_ptr()
+    }
+
+    /// A second strong reference to the same object.
+    pub fn clone_ref(&self) -> Self {
+        // SAFETY: tstate: attached (see Drop). refs: self holds a strong reference.
+        unsafe { sys::Py_INCREF(self.as_ptr()) };
+        Self {
+            ptr: self.ptr,
+            _att: PhantomData,
+        }
+    }
+
+    /// `getattr(self, name)`.
+    pub fn getattr(&self, att: &'py Attached<'_>, name: &str) -> Result<PyObj<'py>> {
+        let name = att.cstring(name)?;
+        // SAFETY: tstate: attached (`att`). refs: self is valid; returns a new reference.
+        unsafe {
+            Self::from_owned_or_err(
+                att,
+                sys::PyObject_GetAttrString(self.as_ptr(), name.as_ptr()),
+            )
+        }
+    }
+
+    /// `self(*args)`.
+    pub fn call(&self, att: &'py Attached<'_>, args: &[&PyObj<'_>]) -> Result<PyObj<'py>> {
+        let mut argv: Vec<*mut sys::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
+        // SAFETY: tstate: attached (`att`). refs: self and every arg are valid for the
+        // call; vectorcall borrows them and returns a new reference.
+        unsafe {
+            let r = sys::PyObject_Vectorcall(
+                self.as_ptr(),
+                argv.as_mut_ptr(),
+                argv.len(),
+                std::ptr::null_mut(),
+            );
+            Self::from_owned_or_err(att, r)
+        }
+    }
+
+    /// `self.name(*args)`.
+    pub fn call_method(
+        &self,
+        att: &'py Attached<'_>,
+        name: &str,
+        args: &[&PyObj<'_>],
+    ) -> Result<PyObj<'py>> {
+        self.getattr(att, name)?.call(att, args)
+    }
+
+    /// The value of a Python `int` that fits in `i64`.
+    pub fn extract_i64(&self, att: &'py Attached<'_>) -> Result<i64> {
+        // SAFETY: tstate: attached. refs: self valid. -1 with an exception set is the
+        // error signal.
+        let v = unsafe { sys::PyLong_AsLongLong(self.as_ptr()) };
+        // SAFETY: tstate: attached.
+        if v == -1 && unsafe { !sys::PyErr_Occurred().is_null() } {
+            return Err(att.take_error());
+        }
+        Ok(v)
+    }
+
+    /// The value of a Python `int` that fits in `u64`.
+    pub fn extract_u64(&self, att: &'py Attached<'_>) -> Result<u64> {
+        // SAFETY: as in extract_i64; (u64)-1 with an exception set is the error signal.
+        let v = unsafe { sys::PyLong_AsUnsignedLongLong(self.as_ptr()) };
+        // SAFETY: tstate: attached.
+        if v == u64::MAX && unsafe { !sys::PyErr_Occurred().is_null() } {
+            return Err(att.take_error());
+        }
+        Ok(v)
+    }
+
+    /// The text of a Python `str` (a `TypeError` for anything else).
+    pub fn extract_string(&self, att: &'py Attached<'_>) -> Result<String> {
+        let mut len: sys::Py_ssize_t = 0;
+        // SAFETY: tstate: attached. refs: self valid; the returned buffer is owned by the
+        // str object, which we keep alive while copying out of it.
+        unsafe {
+            let p = sys::PyUnicode_AsUTF8AndSize(self.as_ptr(), &mut len);
+            if p.is_null() {
+                return Err(att.take_error());
+            }
+            let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
+            Ok(String::from_utf8_lossy(bytes).into_owned())
+        }
+    }
+
+    /// `str(self)` as Rust text.
+    pub fn str(&self, att: &'py Attached<'_>) -> Result<String> {
+        // SAFETY: tstate: attached. refs: self valid; returns a new reference.
+        let s = unsafe { Self::from_owned_or_err(att, sys::PyObject_Str(self.as_ptr())) }?;
+        s.extract_string(att)
+    }
+
+    /// `repr(self)` as Rust text.
+    pub fn repr(&self, att: &'py Attached<'_>) -> Result<String> {
+        // SAFETY: tstate: attached. refs: self valid; returns a new reference.
+        let s = unsafe { Self::from_owned_or_err(att, sys::PyObject_Repr(self.as_ptr())) }?;
+        s.extract_string(att)
+    }
+
+    /// `self is None`.
+    pub fn is_none(&self) -> bool {
+        // SAFETY: Py_None returns the immortal None singleton; comparing pointers only.
+        self.as_ptr() == unsafe { sys::Py_None() }
+    }
+}
+
+impl<'a> Attached<'a> {
+    pub(crate) fn cstring(&self, s: &str) -> Result<CString> {
+        CString::new(s)
+            .map_err(|_| self.raise_and_take(c"embedded NUL byte in string passed to Python"))
+    }
+
+    /// Raises `ValueError(msg)` and returns it as an [`Error`], so bad input from Rust
+    /// reads like bad input from Python.
+    fn raise_and_take(&self, msg: &std::ffi::CStr) -> Error {
+        // SAFETY: tstate: attached (self). refs: PyExc_ValueError is a static immortal.
+        unsafe { sys::PyErr_SetString(sys::PyExc_ValueError, msg.as_ptr()) };
+        self.take_error()
+    }
+
+    /// `import name`.
+    pub fn import<'py>(&'py self, name: &str) -> Result<PyObj<'py>> {
+        let name = self.cstring(name)?;
+        // SAFETY: tstate: attached. Returns a new reference or null with an exception.
+        unsafe { PyObj::from_owned_or_err(self, sys::PyImport_ImportModule(name.as_ptr())) }
+    }
+
+    /// The `__main__` module's namespace of this interpreter.
+    pub fn main_dict<'py>(&'py self) -> Result<PyObj<'py>> {
+        // SAFETY: tstate: attached. PyImport_AddModule returns a borrowed reference (or
+        // null with an exception); PyModule_GetDict a borrowed one, which we incref.
+        unsafe {
+            let m = sys::PyImport_AddModule(c"__main__".as_ptr());
+            if m.is_null() {
+                return Err(self.take_error());
+            }
+            let d = NonNull::new(sys::PyModule_GetDict(m)).ok_or_else(|| self.take_error())?;
+            Ok(PyObj::from_borrowed_ptr(self, d))
+        }
+    }
+
+    fn run_string<'py>(
+        &'py self,
+        code: &str,
+        start: std::ffi::c_int,
+        globals: &PyObj<'_>,
+    ) -> Result<PyObj<'py>> {
+        let code = self.cstring(code)?;
+        // SAFETY: tstate: attached. refs: globals is a dict we hold; used as locals too.
+        // Returns a new reference or null with an exception set.
+        unsafe {
+            let r = sys::PyRun_StringFlags(
+                code.as_ptr(),
+                start,
+                globals.as_ptr(),
+                globals.as_ptr(),
+                std::ptr::null_mut(),
+            );
+            PyObj::from_owned_or_err(self, r)
+        }
+    }
+
+    /// Executes statements in `__main__`.
+    pub fn run(&self, code: &str) -> Result<()> {
+        let globals = self.main_dict()?;
+        self.run_string(code, sys::Py_file_input, &globals)
+            .map(drop)
+    }
+
+    /// Executes statements in the given globals dict.
+    pub fn run_in(&self, code: &str, globals: &PyObj<'_>) -> Result<()> {
+        self.run_string(code, sys::Py_file_input, globals).map(drop)
+    }
+
+    /// Evaluates an expression in `__main__`.
+    pub fn eval<'py>(&'py self, expr: &str) -> Result<PyObj<'py>> {
+        let globals = self.main_dict()?;
+        self.run_string(expr, sys::Py_eval_input, &globals)
+    }
+
+    /// A Python `int`.
+    pub fn int<'py>(&'py self, v: i64) -> Result<PyObj<'py>> {
+        // SAFETY: tstate: attached. Returns a new reference or null with MemoryError.
+        unsafe { PyObj::from_owned_or_err(self, sys::PyLong_FromLongLong(v)) }
+    }
+
+    /// A Python `int` from an unsigned value.
+    pub fn uint<'py>(&'py self, v: u64) -> Result<PyObj<'py>> {
+        // SAFETY: tstate: attached. Returns a new reference or null with MemoryError.
+        unsafe { PyObj::from_owned_or_err(self, sys::PyLong_FromUnsignedLongLong(v)) }
+    }
+
+    /// A Python `str`.
+    pub fn str<'py>(&'py self, s: &str) -> Result<PyObj<'py>> {
+        // SAFETY: tstate: attached. refs: the bytes are valid for len; returns a new
+        // reference or null with an exception (e.g. MemoryError).
+        unsafe {
+            let p = sys::PyUnicode_FromStringAndSize(
+                s.as_ptr().cast::<c_char>(),
+                s.len() as sys::Py_ssize_t,
+            );
+            PyObj::from_owned_or_err(self, p)
+        }
+    }
+
+    /// `None`.
+    pub fn none<'py>(&'py self) -> PyObj<'py> {
+        // SAFETY: tstate: attached. refs: None is immortal; we take a (no-op) reference.
+        unsafe { PyObj::from_borrowed_ptr(self, NonNull::new_unchecked(sys::Py_None())) }
+    }
+
+    /// Takes the pending Python exception as an [`Error`] (clearing it).
+    ///
+    /// `ImportError`s saying an extension "does not support loading in subinterpreters"
+    /// (also as the cause/context of another exception) become [`Error::Unsupported`].
+    /// With no exception pending this is a bug in the caller: [`Error::Internal`].
+    pub fn take_error(&self) -> Error {
+        // SAFETY: tstate: attached. Returns the raised exception (new reference) or null.
+        let exc = unsafe { sys::PyErr_GetRaisedException() };
+        // SAFETY: tstate: attached. refs: `exc` is a new reference or null.
+        let Some(exc) = (unsafe { PyObj::from_owned_ptr(self, exc) }) else {
+            return Error::Internal("take_error called with no Python exception set".into());
+        };
+        let exception = self.describe(&exc);
+        match self.refused_module(&exc) {
+            Some(module) => Error::Unsupported { module, exception },
+            None => Error::Python(exception),
+        }
+    }
+
+    /// Builds the owned description of `exc`; anything that raises on the way is
+    /// swallowed so formatting never masks the original error.
+    fn describe(&self, exc: &PyObj<'_>) -> PyException {
+        let type_name = self.type_name(exc).unwrap_or_else(|| "<unknown>".into());
+        let message = exc.str(self).unwrap_or_else(|_| "<unformattable>".into());
+        let traceback = self.format_traceback(exc).unwrap_or_else(|_| {
+            if message.is_empty() {
+                format!("{type_name}\n")
+            } else {
+                format!("{type_name}: {message}\n")
+            }
+        });
+        self.clear_error();
+        PyException {
+            type_name,
+            message,
+            traceback,
+            interp: self.id(),
+        }
+    }
+
+    fn type_name(&self, exc: &PyObj<'_>) -> Option<String> {
+        let ty = exc.getattr(self, "__class__").ok()?;
+        let qual = ty
+            .getattr(self, "__qualname__")
+            .ok()?
+            .extract_string(self)
+            .ok()?;
+        let module = ty
+            .getattr(self, "__module__")
+            .ok()
+            .and_then(|m| m.extract_string(self).ok());
+        self.clear_error();
+        Some(match module.as_deref() {
+            None | Some("builtins") => qual,
+            Some(m) => format!("{m}.{qual}"),
+        })
+    }
+
+    fn format_traceback(&self, exc: &PyObj<'_>) -> Result<String> {
+        let lines = self
+            .import("traceback")?
+            .call_method(self, "format_exception", &[exc])?;
+        self.str("")?
+            .call_method(self, "join", &[&lines])?
+            .extract_string(self)
+    }
+
+    /// The module named by a "does not support loading in subinterpreters" ImportError
+    /// in `exc` or its `__cause__`/`__context__` chain.
+    fn refused_module(&self, exc: &PyObj<'_>) -> Option<String> {
+        const MARK: &str = " does not support loading in subinterpreters";
+        let mut cur = Some(exc.clone_ref());
+        for _ in 0..16 {
+            let e = cur.take()?;
+            if e.is_none() {
+                return None;
+            }
+            // SAFETY: tstate: attached. refs: e is valid; ImportError is a static type.
+            let is_import =
+                unsafe { sys::PyErr_GivenExceptionMatches(e.as_ptr(), sys::PyExc_ImportError) }
+                    != 0;
+            if is_import {
+                if let Some((msg, at)) = e
+                    .str(self)
+                    .ok()
+                    .and_then(|m| m.find(MARK).map(|at| (m, at)))
+                {
+                    let head = &msg[..at];
+                    self.clear_error();
+                    return Some(
+                        head.strip_prefix("module ")
+                            .unwrap_or(head)
+                            .trim()
+                            .to_owned(),
+                    );
+                }
+            }
+            cur = e
+                .getattr(self, "__cause__")
+                .ok()
+                .filter(|c| !c.is_none())
+                .or_else(|| e.getattr(self, "__context__").ok());
+        }
+        self.clear_error();
+        None
+    }
+
+    fn clear_error(&self) {
+        // SAFETY: tstate: attached (self).
+        unsafe { sys::PyErr_Clear() }
+    }
+}

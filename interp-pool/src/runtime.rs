@@ -1,0 +1,177 @@
+//! The process-wide CPython runtime: initialised once, on a thread of its own that keeps
+//! the main interpreter's thread state detached until the one finalize (R1, R9).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+
+use crossbeam_channel::{Receiver, Sender};
+use once_cell::sync::OnceCell;
+
+use crate::activation;
+use crate::error::{Error, Result};
+use crate::ffi::sys;
+use crate::worker::Shared;
+use crate::InterpreterId;
+
+static RUNTIME: OnceCell<Result<Runtime>> = OnceCell::new();
+/// Set by `shutdown`, before anything is torn down; never cleared (no re-initialise).
+static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    /// `None` if the host initialised Python before us: then we never finalize it.
+    main: Mutex<Option<MainThread>>,
+    creation: Mutex<()>,
+    live: Mutex<HashMap<InterpreterId, Arc<Shared>>>,
+}
+
+/// The thread that ran `Py_InitializeEx` and holds main's detached thread state.
+#[derive(Debug)]
+struct MainThread {
+    finalize: Sender<Sender<i32>>,
+    join: JoinHandle<()>,
+}
+
+/// The runtime, initialising CPython on first use.
+pub(crate) fn get() -> Result<&'static Runtime> {
+    if SHUT_DOWN.load(Ordering::Acquire) {
+        return Err(Error::ShutDown);
+    }
+    RUNTIME
+        .get_or_init(Runtime::start)
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+impl Runtime {
+    fn start() -> Result<Self> {
+        // SAFETY: Py_IsInitialized may be called at any time, on any thread.
+        let main = if unsafe { sys::Py_IsInitialized() } != 0 {
+            tracing::info!("CPython already initialised by the host; it keeps ownership");
+            None
+        } else {
+            Some(MainThread::start()?)
+        };
+        Ok(Self {
+            main: Mutex::new(main),
+            creation: Mutex::new(()),
+            live: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Serialises interpreter creation process-wide (R8).
+    pub(crate) fn creation_lock(&self) -> MutexGuard<'_, ()> {
+        self.creation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn register(&self, shared: &Arc<Shared>) {
+        self.lock_live().insert(shared.id, Arc::clone(shared));
+    }
+
+    pub(crate) fn unregister(&self, id: InterpreterId) {
+        self.lock_live().remove(&id);
+    }
+
+    fn lock_live(&self) -> MutexGuard<'_, HashMap<InterpreterId, Arc<Shared>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl MainThread {
+    fn start() -> Result<Self> {
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let (finalize_tx, finalize_rx) = crossbeam_channel::bounded(1);
+        let join = thread::Builder::new()
+            .name("py-main".into())
+            .spawn(move || main_thread(ready_tx, finalize_rx))
+            .map_err(|e| Error::Init(format!("cannot start the py-main thread: {e}")))?;
+        match ready_rx.recv() {
+            Ok(()) => Ok(Self {
+                finalize: finalize_tx,
+                join,
+            }),
+            Err(_) => Err(Error::Init(
+                "py-main thread exited during Py_InitializeEx".into(),
+            )),
+        }
+    }
+}
+
+fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
+    // SAFETY: thread: py-main, the only thread initialising (OnceCell). tstate: none.
+    // Py_InitializeEx(0) installs no signal handlers; afterwards main's tstate is
+    // attached on this thread and we detach it at once and keep it detached (R1).
+    let main_ts = unsafe {
+        sys::Py_InitializeEx(0);
+        sys::PyEval_SaveThread()
+    };
+    tracing::debug!("CPython initialised; main interpreter detached");
+    let _ = ready.send(());
+    // Wait for `shutdown`; if it never comes the process exits without finalizing.
+    let Ok(reply) = finalize.recv() else { return };
+    // SAFETY: thread: py-main, which initialised (R9). tstate: none attached; `main_ts`
+    // is main's, saved above. Every interpreter has ended (shutdown joined them).
+    let rc = unsafe {
+        sys::PyEval_RestoreThread(main_ts);
+        sys::Py_FinalizeEx()
+    };
+    let _ = reply.send(rc);
+}
+
+/// Ends every interpreter, then finalizes CPython if this crate initialised it.
+///
+/// Afterwards every call fails with [`Error::InterpreterGone`], creating an interpreter
+/// fails with [`Error::ShutDown`], and Python is never initialised again in this process.
+/// Calls already running finish first. Must not be called from an interpreter's owner
+/// thread (it would wait for itself).
+pub fn shutdown() -> Result<()> {
+    if activation::owner().is_some() {
+        return Err(Error::Internal(
+            "interp_pool::shutdown called from an interpreter's owner thread".into(),
+        ));
+    }
+    if SHUT_DOWN.swap(true, Ordering::AcqRel) {
+        return Ok(());
+    }
+    let Some(Ok(rt)) = RUNTIME.get() else {
+        return Ok(());
+    };
+    // Wait out any creation in progress; later ones see SHUT_DOWN (see worker::owner_main).
+    drop(rt.creation_lock());
+    let live: Vec<Arc<Shared>> = rt.lock_live().drain().map(|(_, s)| s).collect();
+    for s in &live {
+        s.request_end();
+    }
+    for s in &live {
+        s.wait_ended();
+    }
+    let main = rt.main.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(main) = main {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if main.finalize.send(tx).is_ok() {
+            if let Ok(rc) = rx.recv() {
+                if rc != 0 {
+                    tracing::warn!(rc, "Py_FinalizeEx reported an error");
+                }
+            }
+        }
+        let _ = main.join.join();
+    }
+    tracing::debug!("interpreter pool shut down");
+    Ok(())
+}
+
+/// How many interpreters are alive (created and not yet ended) in this process.
+pub fn live_interpreters() -> usize {
+    match RUNTIME.get() {
+        Some(Ok(rt)) => rt.lock_live().len(),
+        _ => 0,
+    }
+}
+
+/// Whether [`shutdown`] has been called.
+pub fn is_shut_down() -> bool {
+    SHUT_DOWN.load(Ordering::Acquire)
+}

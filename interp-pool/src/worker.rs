@@ -1,0 +1,246 @@
+//! The owner thread: creates its interpreter, serves the interpreter's queue (also while
+//! it waits on another interpreter), and ends the interpreter on the same thread.
+
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, Thread};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::activation::{DepthGuard, OwnerRegistration};
+use crate::attach::{AttachGuard, Attached};
+use crate::config::InterpreterConfig;
+use crate::error::{Error, Result};
+use crate::ffi::{self, sys};
+use crate::job::Job;
+use crate::runtime::Runtime;
+use crate::wait::{spin_until, ReplySlot};
+use crate::InterpreterId;
+
+/// What callers share with an owner thread.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: InterpreterId,
+    pub(crate) name: String,
+    /// CPython's own id for the interpreter (for logs).
+    pub(crate) python_id: i64,
+    pub(crate) tx: Sender<Job>,
+    pub(crate) thread: Thread,
+    /// Hint: the owner thread is running or spinning, not parked. Callers spin only then.
+    pub(crate) awake: AtomicBool,
+    /// Set once by `end`; the owner leaves its top-level loop when it sees it.
+    pub(crate) closing: AtomicBool,
+    pub(crate) max_depth: usize,
+    pub(crate) caller_spin: Duration,
+    /// Set by the owner thread as its last act, after `Py_EndInterpreter`.
+    ended: Mutex<bool>,
+    ended_cv: Condvar,
+}
+
+impl Shared {
+    /// Queues `job` and wakes the owner if it may be parked. Returns the caller's spin
+    /// budget: non-zero only if the owner was awake.
+    pub(crate) fn post(&self, job: Job) -> Result<Duration> {
+        // A failed send hands the job back; dropping it completes the caller's slot.
+        self.tx
+            .send(job)
+            .map_err(|_| Error::InterpreterGone { interp: self.id })?;
+        // Pairs with the fence in `serve` before parking: either the owner sees the job,
+        // or we see `awake == false` and unpark it.
+        fence(Ordering::SeqCst);
+        if self.awake.load(Ordering::SeqCst) {
+            Ok(self.caller_spin)
+        } else {
+            self.thread.unpark();
+            Ok(Duration::ZERO)
+        }
+    }
+
+    /// Asks the owner thread to end the interpreter once it is back at its top level.
+    pub(crate) fn request_end(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.thread.unpark();
+    }
+
+    /// Waits until the owner thread has ended the interpreter.
+    pub(crate) fn wait_ended(&self) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while !*ended {
+            ended = self.ended_cv.wait(ended).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn mark_ended(&self) {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.ended_cv.notify_all();
+    }
+}
+
+/// The owner thread's private state: registered in `activation` for the thread's life.
+#[derive(Debug)]
+pub(crate) struct Owner {
+    pub(crate) shared: Arc<Shared>,
+    /// The creation thread state: the interpreter's only one, for its whole life (R2).
+    pub(crate) ts: *mut sys::PyThreadState,
+    rx: Receiver<Job>,
+    server_spin: Duration,
+}
+
+/// Starts an owner thread and waits until its interpreter exists (or failed to).
+pub(crate) fn spawn(rt: &'static Runtime, config: InterpreterConfig) -> Result<Arc<Shared>> {
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let id = InterpreterId::next();
+    let thread_name = format!("py-{}", config.name);
+    // The thread is detached: `Shared::wait_ended` is how anyone waits for it.
+    thread::Builder::new()
+        .name(thread_name)
+        .stack_size(config.stack_size)
+        .spawn(move || owner_main(rt, id, config, ready_tx))
+        .map_err(|e| Error::Init(format!("cannot start interpreter thread: {e}")))?;
+    ready_rx.recv().unwrap_or_else(|_| {
+        Err(Error::Internal(
+            "interpreter thread exited before reporting".into(),
+        ))
+    })
+}
+
+fn owner_main(
+    rt: &'static Runtime,
+    id: InterpreterId,
+    config: InterpreterConfig,
+    ready: Sender<Result<Arc<Shared>>>,
+) {
+    // Creation, registration and the shutdown check happen under one lock, so `shutdown`
+    // (which sets its flag, then takes this lock, then drains) never misses an
+    // interpreter and never sees one appear afterwards (R8, R9).
+    let serial = rt.creation_lock();
+    if crate::runtime::is_shut_down() {
+        let _ = ready.send(Err(Error::ShutDown));
+        return;
+    }
+    let (ts, python_id) = match create_interpreter(&config) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let shared = Arc::new(Shared {
+        id,
+        name: config.name.clone(),
+        python_id,
+        tx,
+        thread: thread::current(),
+        awake: AtomicBool::new(true),
+        closing: AtomicBool::new(false),
+        max_depth: config.max_depth,
+        caller_spin: config.wait.caller_spin,
+        ended: Mutex::new(false),
+        ended_cv: Condvar::new(),
+    });
+    rt.register(&shared);
+    drop(serial);
+    let owner = Owner {
+        shared: Arc::clone(&shared),
+        ts,
+        rx,
+        server_spin: config.wait.server_spin,
+    };
+    tracing::debug!(interp = %id, python_id, name = %config.name, "interpreter created");
+    {
+        let _registration = OwnerRegistration::new(&owner);
+        if ready.send(Ok(shared)).is_ok() {
+            owner.serve(None, owner.server_spin);
+        }
+    }
+    let Owner { ts, rx, shared, .. } = owner;
+    // Jobs still queued are dropped unrun: each completes its caller with InterpreterGone.
+    drop(rx);
+    // SAFETY: thread: the owner, which created `ts` (R2). interp: alive; only this thread
+    // ends it. tstate: none attached (the top-level loop detaches between jobs and no
+    // call is running any more), so we attach `ts` and end the interpreter with it
+    // current, as Py_EndInterpreter requires. Afterwards no tstate is attached.
+    unsafe {
+        sys::PyEval_RestoreThread(ts);
+        sys::Py_EndInterpreter(ts);
+    }
+    rt.unregister(shared.id);
+    tracing::debug!(interp = %shared.id, "interpreter ended");
+    shared.mark_ended();
+}
+
+/// Creates the interpreter on this (new) thread and detaches it; returns its thread state.
+fn create_interpreter(config: &InterpreterConfig) -> Result<(*mut sys::PyThreadState, i64)> {
+    let cfg = ffi::interpreter_config(config);
+    let mut ts: *mut sys::PyThreadState = std::ptr::null_mut();
+    // SAFETY: thread: a fresh owner thread with no thread state attached. interp: the
+    // runtime is initialised and main's thread state is detached (R1); creation is
+    // serialised by the caller (R8). On success `ts` is the new interpreter's tstate and
+    // is attached; on failure CPython restores the previous (null) tstate.
+    let status = unsafe { sys::Py_NewInterpreterFromConfig(&mut ts, &cfg) };
+    ffi::status_result(status).map_err(Error::Init)?;
+    if ts.is_null() {
+        return Err(Error::Init(
+            "Py_NewInterpreterFromConfig returned no thread state".into(),
+        ));
+    }
+    // SAFETY: thread: owner. tstate: `ts` is attached (just created), so its interpreter
+    // may be queried and the thread state detached; it stays valid while detached (R2).
+    let python_id = unsafe {
+        let id = sys::PyInterpreterState_GetID(sys::PyThreadState_GetInterpreter(ts));
+        sys::PyEval_SaveThread();
+        id
+    };
+    Ok((ts, python_id))
+}
+
+impl Owner {
+    /// Serves this interpreter's queue until `slot` is done, or, for the top-level loop
+    /// (`slot == None`), until the interpreter is asked to end. Never panics: a job's
+    /// panic is caught inside the job.
+    pub(crate) fn serve(&self, slot: Option<&ReplySlot>, spin: Duration) {
+        let sh = &*self.shared;
+        let finished = || match slot {
+            Some(s) => s.is_done(),
+            None => sh.closing.load(Ordering::Acquire),
+        };
+        loop {
+            if let Ok(job) = self.rx.try_recv() {
+                self.run_posted(job);
+                continue;
+            }
+            if finished() {
+                return;
+            }
+            if spin_until(spin, || finished() || !self.rx.is_empty()) {
+                continue;
+            }
+            sh.awake.store(false, Ordering::SeqCst);
+            // Pairs with the fence in `Shared::post` (see there).
+            fence(Ordering::SeqCst);
+            if !finished() && self.rx.is_empty() {
+                thread::park();
+            }
+            sh.awake.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Runs a job that came through the queue. The thread is detached here: the top-level
+    /// loop and every nested wait detach before serving.
+    fn run_posted(&self, job: Job) {
+        let _depth = DepthGuard::enter(job.depth);
+        // SAFETY: thread: owner of `self.ts`. interp: alive until owner_main ends it after
+        // the loop. tstate: none attached (we serve only while detached, R4).
+        let _attached = unsafe { AttachGuard::attach(self.ts) };
+        // SAFETY: thread: owner; tstate: `self.ts` attached by the guard above, which
+        // outlives the token.
+        let att = unsafe { Attached::assume(self.shared.id) };
+        job.execute(&att);
+    }
+}

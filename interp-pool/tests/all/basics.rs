@@ -1,0 +1,55 @@
+use interp_pool::{Attached, InterpreterHandle, PyObj};
+use static_assertions::{assert_impl_all, assert_not_impl_any};
+
+use crate::util::*;
+
+assert_impl_all!(InterpreterHandle: Send, Sync, Clone);
+assert_not_impl_any!(Attached<'static>: Send, Sync);
+assert_not_impl_any!(PyObj<'static>: Send, Sync);
+
+#[test]
+fn eval_run_and_conversions() {
+    let h = spawn("basics");
+    run(&h, "def add(a, b):\n    return a + b\n");
+    assert_eq!(eval_i64(&h, "add(40, 2)"), 42);
+    assert_eq!(eval_str(&h, "'py' * 3"), "pypypy");
+    let (s, big) = h
+        .call(|py| {
+            let f = py.eval("add")?;
+            let r = f.call(py, &[&py.str("a")?, &py.str("é")?])?;
+            let big = py.uint(u64::MAX)?.extract_u64(py)?;
+            Ok((r.extract_string(py)?, big))
+        })
+        .unwrap();
+    assert_eq!(s, "aé");
+    assert_eq!(big, u64::MAX);
+    assert!(h.call(|py| Ok(py.none().is_none())).unwrap());
+    h.end();
+}
+
+#[test]
+fn runs_on_its_own_named_thread_with_stdlib() {
+    let h = spawn("named");
+    let name = h
+        .call(|_| Ok(std::thread::current().name().map(str::to_owned)))
+        .unwrap();
+    assert_eq!(name.as_deref(), Some("py-named"));
+    run(
+        &h,
+        "import ctypes, json, decimal, sys\nv = sys.version_info[:2]",
+    );
+    assert!(eval_i64(&h, "v[1]") >= 13);
+    // The stdlib came from the build-time installation without PYTHONHOME.
+    assert!(eval_str(&h, "json.__file__").contains("python3."));
+    h.end();
+}
+
+#[test]
+fn own_gil_interpreter_refuses_threads_by_default() {
+    let h = spawn("nothreads");
+    let err = h
+        .call(|py| py.run("import threading\nthreading.Thread(target=print).start()"))
+        .unwrap_err();
+    assert_eq!(err.python_exception().unwrap().type_name, "RuntimeError");
+    h.end();
+}

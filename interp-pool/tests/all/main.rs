@@ -1,0 +1,11 @@
+//! interp-pool integration tests against real CPython (one process-wide runtime).
+//! Shutdown/finalize is tested in its own binary (`tests/shutdown.rs`).
+
+mod basics;
+mod concurrency;
+mod errors;
+mod isolation;
+mod lifecycle;
+mod own_gil;
+mod reentry;
+mod util;

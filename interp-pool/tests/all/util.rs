@@ -1,0 +1,63 @@
+//! Shared test helpers: interpreter construction and a watchdog that turns a hang into a
+//! loud abort instead of a stuck CI job.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use interp_pool::{InterpreterConfig, InterpreterHandle};
+
+/// Default bound for one threaded test on a slow, shared 2-core machine.
+pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// Multiplies loop counts; `STRESS=10 cargo test` for longer runs.
+pub fn stress(n: usize) -> usize {
+    let k = std::env::var("STRESS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    n * k
+}
+
+pub fn spawn(name: &str) -> InterpreterHandle {
+    InterpreterHandle::spawn(InterpreterConfig::named(name)).expect("spawn interpreter")
+}
+
+pub fn spawn_with(config: InterpreterConfig) -> InterpreterHandle {
+    InterpreterHandle::spawn(config).expect("spawn interpreter")
+}
+
+/// Runs `f`, aborting the whole process if it takes longer than `limit` (a hung thread
+/// cannot be cancelled, and a deadlock must fail the run, not stall it).
+pub fn within<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
+    let (tx, rx) = mpsc::channel::<()>();
+    let what = what.to_owned();
+    thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("watchdog: `{what}` did not finish within {limit:?}; aborting");
+            std::process::abort();
+        }
+    });
+    let r = f();
+    drop(tx);
+    r
+}
+
+/// Evaluates an integer expression in `h`.
+pub fn eval_i64(h: &InterpreterHandle, expr: &str) -> i64 {
+    let expr = expr.to_owned();
+    h.call(move |py| py.eval(&expr)?.extract_i64(py))
+        .expect("eval")
+}
+
+/// Evaluates a str-valued expression in `h`.
+pub fn eval_str(h: &InterpreterHandle, expr: &str) -> String {
+    let expr = expr.to_owned();
+    h.call(move |py| py.eval(&expr)?.extract_string(py))
+        .expect("eval")
+}
+
+pub fn run(h: &InterpreterHandle, code: &str) {
+    let code = code.to_owned();
+    h.call(move |py| py.run(&code)).expect("run")
+}
