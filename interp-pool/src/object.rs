@@ -172,6 +172,20 @@ impl<'py> PyObj<'py> {
         s.extract_string(att)
     }
 
+    /// `self[key]` for a dict and a str key; `None` if the key is absent.
+    pub fn get_item(&self, att: &'py Attached<'_>, key: &str) -> Result<Option<PyObj<'py>>> {
+        let key = att.cstring(key)?;
+        let mut out: *mut sys::PyObject = std::ptr::null_mut();
+        // SAFETY: tstate: attached. refs: self valid; on 1 `out` is a new reference, on 0
+        // it is null, on -1 an exception is set (e.g. self is not a dict).
+        match unsafe { sys::PyDict_GetItemStringRef(self.as_ptr(), key.as_ptr(), &mut out) } {
+            // SAFETY: `out` is a new reference (see above).
+            1 => Ok(unsafe { PyObj::from_owned_ptr(att, out) }),
+            0 => Ok(None),
+            _ => Err(att.take_error()),
+        }
+    }
+
     /// `self is None`.
     pub fn is_none(&self) -> bool {
         // SAFETY: Py_None returns the immortal None singleton; comparing pointers only.
