@@ -115,6 +115,9 @@ fn owner_main(
     config: InterpreterConfig,
     ready: Sender<Result<Arc<Shared>>>,
 ) {
+    // Whatever happens below, waiters in `wait_ended` must not hang: a panic here is a bug,
+    // but it must not turn into a stuck `end()` or `shutdown()`.
+    let ended = EndedOnExit(once_cell::sync::OnceCell::new());
     // Creation, registration and the shutdown check happen under one lock, so `shutdown`
     // (which sets its flag, then takes this lock, then drains) never misses an
     // interpreter and never sees one appear afterwards (R8, R9).
@@ -145,6 +148,7 @@ fn owner_main(
         ended_cv: Condvar::new(),
     });
     rt.register(&shared);
+    let _ = ended.0.set(Arc::clone(&shared));
     drop(serial);
     let owner = Owner {
         shared: Arc::clone(&shared),
@@ -172,7 +176,21 @@ fn owner_main(
     }
     rt.unregister(shared.id);
     tracing::debug!(interp = %shared.id, "interpreter ended");
-    shared.mark_ended();
+    drop(ended);
+}
+
+/// Marks the interpreter ended when the owner thread leaves `owner_main`, however it leaves.
+struct EndedOnExit(once_cell::sync::OnceCell<Arc<Shared>>);
+
+impl Drop for EndedOnExit {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.get() {
+            if thread::panicking() {
+                tracing::error!(interp = %shared.id, "interpreter owner thread panicked (bug)");
+            }
+            shared.mark_ended();
+        }
+    }
 }
 
 /// Creates the interpreter on this (new) thread and detaches it; returns its thread state.
