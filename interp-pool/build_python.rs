@@ -34,6 +34,10 @@ pub fn configure() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
     println!("cargo:rustc-env=INTERP_POOL_PYTHON_EXE={exe}");
+    // The soname to re-open RTLD_GLOBAL when this code is itself dlopen'ed (a C host
+    // loading our cdylib), so that extension modules such as _ctypes resolve Py* symbols.
+    let lib = config.lib_name().unwrap_or("python3");
+    println!("cargo:rustc-env=INTERP_POOL_LIBPYTHON=lib{lib}.so.1.0");
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     println!("cargo:rerun-if-changed=build_python.rs");
 }

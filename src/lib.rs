@@ -1,1 +1,354 @@
-//! stub
+//! A drop-in `python` [`BundleLoader`] for polyplug 0.1.3 that runs every bundle in its
+//! own CPython subinterpreter with its own GIL (PEP 684), on an interpreter thread of its
+//! own, so N host threads calling N Python bundles use N cores.
+//!
+//! ```no_run
+//! use polyplug::runtime_builder::RuntimeBuilder;
+//! use polyplug_subinterp::PythonLoader;
+//!
+//! let runtime = RuntimeBuilder::new()
+//!     .loader(PythonLoader::default())
+//!     .plugin_dir("fixtures/bundles".into())
+//!     .build()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The registration protocol is polyplug_python 0.1.3's: the entry module's
+//! `polyplug_init(host_ptr, ctx_ptr)` returns `(list of registration dicts, AbiError)`;
+//! each dict names a `contract`, a `factory` and `functions` ordered by fn_id; dispatch
+//! calls `fn(impl, args_ptr, out_ptr, arena_ptr, arena_alloc)`. What differs is
+//! underneath: see `ARCHITECTURE.md`.
+
+#![deny(missing_docs)]
+
+mod config;
+mod contract;
+mod error;
+pub mod ffi;
+mod load;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use interp_pool::InterpreterHandle;
+use polyplug::error::LoaderError;
+use polyplug::loader::{BundleLoader, BundleSource, ManifestData};
+use polyplug::runtime::Runtime;
+use polyplug_abi::SupportedLanguage;
+use polyplug_utils::BundleId;
+
+pub use config::PythonConfig;
+
+use crate::contract::ContractData;
+use crate::load::{Entry, Plan};
+
+/// The `python` bundle loader. `Send + Sync`; one per runtime.
+///
+/// Cloning is cheap and yields a handle to the same loader, so a host can keep one (for
+/// [`bundle_info`](Self::bundle_info)) after giving the other to `RuntimeBuilder::loader`.
+/// Bundles still loaded when the last handle drops are unloaded then.
+#[derive(Debug, Default, Clone)]
+pub struct PythonLoader {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    config: PythonConfig,
+    bundles: Mutex<HashMap<u64, Vec<LoadedBundle>>>,
+}
+
+/// What one successful load owns.
+struct LoadedBundle {
+    interp: InterpreterHandle,
+    contracts: Vec<&'static ContractData>,
+    /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
+    _ctx_path: Box<str>,
+}
+
+impl std::fmt::Debug for LoadedBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedBundle")
+            .field("interp", &self.interp)
+            .field(
+                "contracts",
+                &self
+                    .contracts
+                    .iter()
+                    .map(|c| &c.contract)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Facts about a loaded bundle, for tools (`polyplug-subinterp check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleInfo {
+    /// Bundle id (FNV-1a of its name).
+    pub bundle_id: u64,
+    /// `name@major` and the number of functions, per registered contract.
+    pub contracts: Vec<(String, usize)>,
+    /// How the bundle's interpreter runs: `"own_gil"`.
+    pub mode: &'static str,
+    /// CPython's id of the bundle's interpreter.
+    pub python_interp_id: i64,
+}
+
+impl PythonLoader {
+    /// A loader with the given settings.
+    pub fn new(config: PythonConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                bundles: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The settings this loader was built with.
+    pub fn config(&self) -> &PythonConfig {
+        &self.inner.config
+    }
+
+    /// What is loaded for `bundle_id` (the most recent load if there are several).
+    pub fn bundle_info(&self, bundle_id: u64) -> Option<BundleInfo> {
+        let bundles = self.lock();
+        let b = bundles.get(&bundle_id)?.last()?;
+        Some(BundleInfo {
+            bundle_id,
+            contracts: b
+                .contracts
+                .iter()
+                .map(|c| (c.contract.clone(), c.fn_count))
+                .collect(),
+            mode: "own_gil",
+            python_interp_id: b.interp.python_id(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<LoadedBundle>>> {
+        self.inner.lock()
+    }
+
+    fn check_version(&self) -> Result<(), LoaderError> {
+        let (maj, min) = self.inner.config.min_version;
+        let (have_maj, have_min) = interp_pool::python_version();
+        if (have_maj, have_min) < (maj, min) {
+            return Err(LoaderError::InitFailed {
+                bundle: "python".into(),
+                error: format!(
+                    "runtime version mismatch: required {maj}.{min}, found {have_maj}.{have_min}"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates the bundle's interpreter, runs its init there, registers its contracts.
+    /// Any failure ends the interpreter and leaves nothing behind.
+    fn load_plan(
+        &self,
+        manifest: &ManifestData,
+        plan: Plan<'_>,
+        runtime: &Runtime,
+    ) -> Result<(), LoaderError> {
+        self.check_version()?;
+        let bundle = plan.module.clone();
+        let interp = InterpreterHandle::spawn(self.inner.config.interpreter(&manifest.name))
+            .map_err(|e| {
+                error::init_failed(&bundle, "cannot create the bundle's interpreter", &e)
+            })?;
+        let host = runtime.as_context_ptr() as usize;
+        let declared = interp
+            .call(|py| Ok(load::run_init(py, &plan, runtime, host)))
+            .unwrap_or_else(|e| Err(error::init_failed(&bundle, "bundle init", &e)));
+        let declared = match declared {
+            Ok(d) => d,
+            Err(e) => {
+                interp.end();
+                return Err(e);
+            }
+        };
+        let (contracts, registered) =
+            load::register_all(declared, &interp, &bundle, plan.bundle_id, runtime);
+        if let Err(e) = registered {
+            release(&interp, &contracts);
+            return Err(e);
+        }
+        tracing::info!(bundle = %manifest.name, interp = %interp.id(), contracts = contracts.len(), "bundle loaded");
+        self.lock()
+            .entry(plan.bundle_id)
+            .or_default()
+            .push(LoadedBundle {
+                interp,
+                contracts,
+                _ctx_path: plan.ctx_path.into(),
+            });
+        Ok(())
+    }
+
+    fn load_path(&self, manifest: &ManifestData, runtime: &Runtime) -> Result<(), LoaderError> {
+        if manifest.file.is_empty() {
+            return Err(LoaderError::ManifestMissingFile {
+                bundle: manifest.name.clone(),
+            });
+        }
+        let entry = manifest.path.join(&manifest.file);
+        if !entry.exists() {
+            return Err(error::init_failed_msg(
+                &manifest.name,
+                format!(
+                    "failed to import Python module at {}: file does not exist",
+                    entry.display()
+                ),
+            ));
+        }
+        let canon = |p: &Path| {
+            p.canonicalize().map_err(|e| {
+                error::init_failed_msg(
+                    &manifest.name,
+                    format!("failed to canonicalize {}: {e}", p.display()),
+                )
+            })
+        };
+        let file = canon(&entry)?;
+        let dir = canon(&manifest.path)?;
+        let module = file
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let file_s = file.to_string_lossy().into_owned();
+        let dir_s = dir.to_string_lossy().into_owned();
+        // Inserted at 0 in this order, so site-packages ends up first, then the bundle dir.
+        let mut dirs = vec![dir_s.clone()];
+        let site = dir.join("site-packages");
+        if site.is_dir() {
+            dirs.push(site.to_string_lossy().into_owned());
+        }
+        let plan = Plan {
+            module,
+            bundle_id: manifest.id,
+            entry: Entry::Path {
+                file: &file_s,
+                dirs,
+            },
+            ctx_path: &dir_s,
+        };
+        self.load_plan(manifest, plan, runtime)
+    }
+
+    fn load_code(
+        &self,
+        manifest: &ManifestData,
+        src: &str,
+        runtime: &Runtime,
+    ) -> Result<(), LoaderError> {
+        let plan = Plan {
+            module: synthetic_module_name(&manifest.name),
+            bundle_id: manifest.id,
+            entry: Entry::Code { src },
+            ctx_path: "",
+        };
+        self.load_plan(manifest, plan, runtime)
+    }
+}
+
+/// Drops the contracts' Python objects inside their interpreter, then ends it (waiting
+/// for calls already running in it).
+fn release(interp: &InterpreterHandle, contracts: &[&'static ContractData]) {
+    let _ = interp.call(|py| {
+        for c in contracts {
+            c.release_objects(py);
+        }
+        Ok(())
+    });
+    interp.end();
+}
+
+/// `manifest.name` as a Python module name: non-`[A-Za-z0-9_]` → `_`, no leading digit.
+fn synthetic_module_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() {
+        out.push_str("polyplug_inline_bundle");
+    } else if out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+impl BundleLoader for PythonLoader {
+    fn loader_name(&self) -> &'static str {
+        "python"
+    }
+
+    fn loader_language(&self) -> SupportedLanguage {
+        SupportedLanguage::Python
+    }
+
+    fn supports_hot_reload(&self) -> bool {
+        false
+    }
+
+    fn load(
+        &self,
+        manifest: &ManifestData,
+        source: &BundleSource,
+        runtime: &Runtime,
+    ) -> Result<(), LoaderError> {
+        match source {
+            BundleSource::Path(_) => self.load_path(manifest, runtime),
+            BundleSource::Code(code) => self.load_code(manifest, code, runtime),
+            BundleSource::Bytes(bytes) => {
+                let code =
+                    std::str::from_utf8(bytes).map_err(|_| LoaderError::InvalidSourceEncoding {
+                        loader: "python",
+                        source_kind: source.kind(),
+                        bundle: manifest.name.clone(),
+                    })?;
+                self.load_code(manifest, code, runtime)
+            }
+        }
+    }
+
+    fn reload(&self, _manifest: &ManifestData, _runtime: &Runtime) -> Result<(), LoaderError> {
+        Err(LoaderError::HotReloadUnsupported {
+            loader_name: "python".into(),
+        })
+    }
+
+    fn unload(&self, bundle_id: BundleId, _runtime: &Runtime) -> Result<(), LoaderError> {
+        let removed = self.lock().remove(&bundle_id.id()).unwrap_or_default();
+        for b in removed {
+            release(&b.interp, &b.contracts);
+            tracing::info!(interp = %b.interp.id(), "bundle unloaded; interpreter ended");
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<LoadedBundle>>> {
+        self.bundles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let all: Vec<LoadedBundle> = self.lock().drain().flat_map(|(_, v)| v).collect();
+        for b in all {
+            release(&b.interp, &b.contracts);
+        }
+    }
+}

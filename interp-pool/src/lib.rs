@@ -35,7 +35,9 @@ mod error;
 mod ffi;
 mod handle;
 mod job;
+mod native;
 mod object;
+mod persistent;
 mod runtime;
 mod wait;
 mod worker;
@@ -48,8 +50,10 @@ pub use attach::Attached;
 pub use config::{GilMode, InterpreterConfig, WaitPolicy};
 pub use error::{Error, PyException, Result};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
+pub use native::{u64_trampoline, FastcallFn, NativeFunction};
 pub use object::PyObj;
-pub use runtime::{is_shut_down, live_interpreters, shutdown};
+pub use persistent::Persistent;
+pub use runtime::{is_shut_down, live_interpreters, python_version, shutdown};
 
 /// Raw CPython bindings (pyo3-ffi 0.29), for work `PyObj` does not cover. Every use needs
 /// an [`Attached`] token in scope and a `// SAFETY:` note naming it.

@@ -67,6 +67,13 @@ impl<'py> PyObj<'py> {
         }
     }
 
+    /// Gives up ownership: the caller now owns the strong reference.
+    pub fn into_ptr(self) -> *mut sys::PyObject {
+        let p = self.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
     /// The raw pointer, still owned by `self`.
     pub fn as_ptr(&self) -> *mut sys::PyObject {
         self.ptr.as_ptr()
@@ -184,6 +191,64 @@ impl<'py> PyObj<'py> {
             0 => Ok(None),
             _ => Err(att.take_error()),
         }
+    }
+
+    /// `self[key]` with a str key (any mapping); `None` if the lookup raised `KeyError`.
+    pub fn get(&self, att: &'py Attached<'_>, key: &str) -> Result<Option<PyObj<'py>>> {
+        let k = att.str(key)?;
+        // SAFETY: tstate: attached. refs: self and k valid; returns a new reference or
+        // null with an exception set.
+        let r = unsafe { sys::PyObject_GetItem(self.as_ptr(), k.as_ptr()) };
+        if r.is_null() {
+            // SAFETY: tstate: attached; PyExc_KeyError is a static immortal.
+            if unsafe { sys::PyErr_ExceptionMatches(sys::PyExc_KeyError) } != 0 {
+                att.clear_error();
+                return Ok(None);
+            }
+            return Err(att.take_error());
+        }
+        // SAFETY: `r` is a new reference.
+        Ok(unsafe { PyObj::from_owned_ptr(att, r) })
+    }
+
+    /// `len(self)`.
+    pub fn len(&self, att: &'py Attached<'_>) -> Result<usize> {
+        // SAFETY: tstate: attached. refs: self valid; -1 with an exception on error.
+        let n = unsafe { sys::PyObject_Length(self.as_ptr()) };
+        if n < 0 {
+            return Err(att.take_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// `self[i]` for a sequence.
+    pub fn get_index(&self, att: &'py Attached<'_>, i: usize) -> Result<PyObj<'py>> {
+        // SAFETY: tstate: attached. refs: self valid; returns a new reference or null
+        // with an exception set.
+        unsafe {
+            Self::from_owned_or_err(
+                att,
+                sys::PySequence_GetItem(self.as_ptr(), i as sys::Py_ssize_t),
+            )
+        }
+    }
+
+    /// `callable(self)`.
+    pub fn is_callable(&self) -> bool {
+        // SAFETY: tstate: attached (see Drop). PyCallable_Check never fails.
+        unsafe { sys::PyCallable_Check(self.as_ptr()) != 0 }
+    }
+
+    /// `isinstance(self, tuple)`.
+    pub fn is_tuple(&self) -> bool {
+        // SAFETY: tstate: attached. Reads the type's flags only.
+        unsafe { sys::PyTuple_Check(self.as_ptr()) != 0 }
+    }
+
+    /// `isinstance(self, list)`.
+    pub fn is_list(&self) -> bool {
+        // SAFETY: tstate: attached. Reads the type's flags only.
+        unsafe { sys::PyList_Check(self.as_ptr()) != 0 }
     }
 
     /// `self is None`.
@@ -405,7 +470,7 @@ impl<'a> Attached<'a> {
         None
     }
 
-    fn clear_error(&self) {
+    pub(crate) fn clear_error(&self) {
         // SAFETY: tstate: attached (self).
         unsafe { sys::PyErr_Clear() }
     }

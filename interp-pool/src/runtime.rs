@@ -99,7 +99,49 @@ impl MainThread {
     }
 }
 
+/// Makes libpython's symbols global even if our code arrived through `dlopen(RTLD_LOCAL)`
+/// (a C host loading the loader's cdylib): C extension modules such as `_ctypes` do not
+/// link libpython and expect its symbols in the global namespace.
+#[cfg(target_os = "linux")]
+fn promote_libpython() {
+    extern "C" {
+        fn dlopen(
+            filename: *const std::ffi::c_char,
+            flags: std::ffi::c_int,
+        ) -> *mut std::ffi::c_void;
+    }
+    const RTLD_NOW: std::ffi::c_int = 0x2;
+    const RTLD_NOLOAD: std::ffi::c_int = 0x4;
+    const RTLD_GLOBAL: std::ffi::c_int = 0x100;
+    let Ok(name) = std::ffi::CString::new(env!("INTERP_POOL_LIBPYTHON")) else {
+        return;
+    };
+    // SAFETY: dlopen with RTLD_NOLOAD only re-flags an already loaded library (ours is,
+    // via DT_NEEDED); it runs no initialisers and the handle is deliberately kept.
+    let handle = unsafe { dlopen(name.as_ptr(), RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL) };
+    if handle.is_null() {
+        tracing::debug!(
+            lib = env!("INTERP_POOL_LIBPYTHON"),
+            "could not re-open libpython RTLD_GLOBAL"
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn promote_libpython() {}
+
+/// `(major, minor)` of the libpython this process runs.
+pub fn python_version() -> (u32, u32) {
+    // SAFETY: Py_GetVersion returns a static NUL-terminated string; callable at any time.
+    let v = unsafe { std::ffi::CStr::from_ptr(sys::Py_GetVersion()) }.to_string_lossy();
+    let mut parts = v
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
+    promote_libpython();
     // SAFETY: thread: py-main, the only thread initialising (OnceCell). tstate: none.
     // Py_InitializeEx(0) installs no signal handlers; afterwards main's tstate is
     // attached on this thread and we detach it at once and keep it detached (R1).

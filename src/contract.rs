@@ -1,0 +1,290 @@
+//! One registered contract: the loader data behind `VmDispatch.loader_data`, and the
+//! `extern "C"` entry points polyplug calls (`vm.call`, `create_instance`,
+//! `destroy_instance`) plus the `arena_alloc` bridge handed to Python.
+//!
+//! Every entry point runs its Python work as an interp-pool job on the bundle's own
+//! interpreter, from whatever thread it is called on (ARCHITECTURE.md, "Call paths").
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Mutex, MutexGuard};
+
+use interp_pool::{sys, Attached, InterpreterHandle, NativeFunction, Persistent, PyObj};
+use polyplug::logger::LoggerHandle;
+use polyplug_abi::{
+    AbiError, AbiErrorCode, CallArena, GuestContractInstance, HostApi, VmLoaderData,
+};
+use polyplug_utils::GuestContractId;
+
+use crate::error;
+
+/// Python objects of one contract. They live in the bundle's interpreter and are only
+/// touched inside its jobs; `None` once the bundle is unloaded.
+pub(crate) struct Objects {
+    pub(crate) functions: Vec<Persistent>,
+    pub(crate) factory: Persistent,
+    pub(crate) default_impl: Persistent,
+    pub(crate) arena_alloc: Persistent,
+    pub(crate) instances: HashMap<u64, Persistent>,
+    pub(crate) next_id: u64,
+}
+
+/// What `VmLoaderData.data` points to. Allocated once per registered contract and never
+/// freed: a host may still hold the interface after unload (direct `vm.call` does not
+/// pin the registry's epoch), and then it must get `StaleHandle`, not a dangling pointer.
+/// After unload it holds no Python object and only a handle to an ended interpreter.
+pub(crate) struct ContractData {
+    pub(crate) interp: InterpreterHandle,
+    /// Bundle name, for logs and errors.
+    pub(crate) bundle: String,
+    /// `name@major`, for logs.
+    pub(crate) contract: String,
+    pub(crate) contract_id: GuestContractId,
+    pub(crate) fn_count: usize,
+    pub(crate) logger: LoggerHandle,
+    pub(crate) objects: Mutex<Option<Objects>>,
+}
+
+/// Outcome of a call that found no Python error.
+enum Found {
+    Done,
+    NoInstance,
+    Unloaded,
+}
+
+impl ContractData {
+    fn objects(&self) -> MutexGuard<'_, Option<Objects>> {
+        self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops every Python object; must run inside a job of this interpreter.
+    pub(crate) fn release_objects(&self, _att: &Attached<'_>) {
+        let taken = self.objects().take();
+        drop(taken);
+    }
+
+    fn dispatch(
+        &self,
+        instance: u64,
+        fn_id: u32,
+        args: usize,
+        out: usize,
+        arena: usize,
+    ) -> AbiError {
+        let fn_id = fn_id as usize;
+        if fn_id >= self.fn_count {
+            return error::abi(
+                AbiErrorCode::FunctionNotAvailable,
+                b"python: fn_id out of range",
+            );
+        }
+        let r = self.interp.call(|py| {
+            // Take our own references, then release the lock before running Python:
+            // the call may re-enter this contract (nested dispatch, create_instance).
+            let (f, imp, alloc) = {
+                let guard = self.objects();
+                let Some(o) = guard.as_ref() else {
+                    return Ok(Found::Unloaded);
+                };
+                let imp = if instance == 0 {
+                    &o.default_impl
+                } else {
+                    match o.instances.get(&instance) {
+                        Some(i) => i,
+                        None => return Ok(Found::NoInstance),
+                    }
+                };
+                (
+                    o.functions[fn_id].bind(py)?,
+                    imp.bind(py)?,
+                    o.arena_alloc.bind(py)?,
+                )
+            };
+            let (a, o, ar) = (
+                py.uint(args as u64)?,
+                py.uint(out as u64)?,
+                py.uint(arena as u64)?,
+            );
+            f.call(py, &[&imp, &a, &o, &ar, &alloc])?;
+            Ok(Found::Done)
+        });
+        match r {
+            Ok(Found::Done) => AbiError::ok(),
+            Ok(Found::NoInstance) => error::abi(
+                AbiErrorCode::FunctionNotAvailable,
+                b"python: unknown instance",
+            ),
+            Ok(Found::Unloaded) => {
+                error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
+            }
+            Err(e) => {
+                let what = format!("{}.fn[{fn_id}]", self.contract);
+                error::call_failed(&self.logger, &self.bundle, &what, &e)
+            }
+        }
+    }
+
+    fn create_instance(&self, host: usize) -> Option<u64> {
+        let r = self.interp.call(|py| {
+            let factory = match self.objects().as_ref() {
+                Some(o) => o.factory.bind(py)?,
+                None => return Ok(None),
+            };
+            let obj = factory.call(py, &[&py.uint(host as u64)?])?;
+            let obj = Persistent::new(py, obj);
+            let mut guard = self.objects();
+            let Some(o) = guard.as_mut() else {
+                return Ok(None);
+            };
+            let id = o.next_id;
+            o.next_id += 1;
+            o.instances.insert(id, obj);
+            Ok(Some(id))
+        });
+        r.unwrap_or_else(|e| {
+            let what = format!("{} factory", self.contract);
+            error::call_failed(&self.logger, &self.bundle, &what, &e);
+            None
+        })
+    }
+
+    fn destroy_instance(&self, id: u64) {
+        // The removed object is dropped inside the job, with its interpreter attached.
+        let _ = self.interp.call(|_py| {
+            let removed = self
+                .objects()
+                .as_mut()
+                .and_then(|o| o.instances.remove(&id));
+            drop(removed);
+            Ok(())
+        });
+    }
+}
+
+/// # Safety
+/// `loader_data.data` is a `ContractData` registered by this loader (never freed).
+unsafe fn data<'a>(loader_data: VmLoaderData) -> &'a ContractData {
+    // SAFETY: per the contract, a live (leaked, so 'static) ContractData.
+    unsafe { &*(loader_data.data as *const ContractData) }
+}
+
+/// `VmDispatch.call`: callable from any thread; never unwinds into the caller.
+pub(crate) unsafe extern "C" fn vm_call(
+    loader_data: VmLoaderData,
+    instance: GuestContractInstance,
+    fn_id: u32,
+    args: *const (),
+    out: *mut (),
+    arena: *mut CallArena,
+    out_err: *mut AbiError,
+) {
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: polyplug passes back the loader_data we registered.
+        let data = unsafe { data(loader_data) };
+        data.dispatch(
+            instance.data as u64,
+            fn_id,
+            args as usize,
+            out as usize,
+            arena as usize,
+        )
+    }))
+    .unwrap_or_else(|_| error::abi(AbiErrorCode::Panic, b"python: loader panicked"));
+    if !out_err.is_null() {
+        // SAFETY: out_err is non-null and writable per the dispatch ABI.
+        unsafe { out_err.write(result) };
+    }
+}
+
+/// `GuestContractInterface.create_instance`: `factory(host)` in the bundle's interpreter;
+/// a null instance if the factory raised.
+pub(crate) unsafe extern "C" fn create_instance(
+    loader_data: VmLoaderData,
+    host: *const HostApi,
+    _args: *const (),
+    out_instance: *mut GuestContractInstance,
+) {
+    if out_instance.is_null() {
+        return;
+    }
+    let instance = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: polyplug passes back the loader_data we registered.
+        let data = unsafe { data(loader_data) };
+        match data.create_instance(host as usize) {
+            Some(id) => GuestContractInstance {
+                data: id as usize as *mut c_void,
+                contract_id: data.contract_id,
+            },
+            None => GuestContractInstance::null(),
+        }
+    }))
+    .unwrap_or_else(|_| GuestContractInstance::null());
+    // SAFETY: out_instance is non-null (checked) and writable per the ABI.
+    unsafe { out_instance.write(instance) };
+}
+
+/// `GuestContractInterface.destroy_instance`; instance 0 (the default impl) is a no-op.
+pub(crate) unsafe extern "C" fn destroy_instance(
+    loader_data: VmLoaderData,
+    _host: *const HostApi,
+    instance: GuestContractInstance,
+) {
+    let id = instance.data as u64;
+    if id == 0 {
+        return;
+    }
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: polyplug passes back the loader_data we registered.
+        unsafe { data(loader_data) }.destroy_instance(id)
+    }));
+}
+
+/// `arena_alloc(size, arena) -> int` as seen by Python: `CallArena::alloc(size, 1)`, or
+/// `host->alloc(size, 1)` when `arena` is 0. Bound to the host pointer as `self`; 0 on
+/// failure, like polyplug_python.
+pub(crate) static ARENA_ALLOC: NativeFunction = NativeFunction::fastcall(
+    c"arena_alloc",
+    arena_alloc,
+    c"arena_alloc(size, arena) -> address: allocate from the call arena (or the host when arena is 0)",
+);
+
+unsafe extern "C" fn arena_alloc(
+    slf: *mut sys::PyObject,
+    args: *mut *mut sys::PyObject,
+    nargs: sys::Py_ssize_t,
+) -> *mut sys::PyObject {
+    let body = |host: u64, argv: &[u64]| {
+        let [size, arena] = argv else {
+            return Err(format!(
+                "arena_alloc takes (size, arena), got {} arguments",
+                argv.len()
+            ));
+        };
+        let size = usize::try_from(*size).map_err(|e| e.to_string())?;
+        let arena = *arena as usize as *mut CallArena;
+        let host = host as usize as *const HostApi;
+        let p = if !arena.is_null() {
+            // SAFETY: the guest passes back the arena pointer it was handed for this very
+            // call, which the caller keeps alive and unaliased for the call's duration.
+            unsafe { (*arena).alloc(size, 1) }
+        } else if !host.is_null() {
+            // SAFETY: `host` is the runtime's HostApi, alive while bundles are loaded.
+            unsafe { ((*host).alloc)(host, size, 1) }
+        } else {
+            std::ptr::null_mut()
+        };
+        Ok(p as usize as u64)
+    };
+    // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
+    unsafe { interp_pool::u64_trampoline(slf, args, nargs, body) }
+}
+
+/// Creates this interpreter's `arena_alloc` function bound to `host`.
+pub(crate) fn new_arena_alloc<'py>(
+    py: &'py Attached<'_>,
+    host: usize,
+) -> interp_pool::Result<PyObj<'py>> {
+    let host = py.uint(host as u64)?;
+    py.native_function(&ARENA_ALLOC, &host)
+}

@@ -1,0 +1,75 @@
+//! The one mapping from interp-pool errors to polyplug's `LoaderError` and `AbiError`.
+
+use interp_pool::Error;
+use polyplug::error::LoaderError;
+use polyplug::logger::LoggerHandle;
+use polyplug_abi::types::LogLevel;
+use polyplug_abi::{AbiError, AbiErrorCode, StringView};
+
+/// `InitFailed` for `bundle`, with what was being done and the cause. Python exceptions
+/// show as `Type: message`; the full traceback goes to the log.
+pub(crate) fn init_failed(bundle: &str, doing: &str, err: &Error) -> LoaderError {
+    if let Some(exc) = err.python_exception() {
+        tracing::error!(bundle, "{doing}:\n{}", exc.traceback);
+    }
+    let cause = match err {
+        Error::Unsupported { module, exception } => {
+            format!("{exception} (the extension module {module} refuses own-GIL subinterpreters)")
+        }
+        other => other.to_string(),
+    };
+    LoaderError::InitFailed {
+        bundle: bundle.to_owned(),
+        error: format!("{doing}: {cause}"),
+    }
+}
+
+pub(crate) fn init_failed_msg(bundle: &str, error: impl Into<String>) -> LoaderError {
+    LoaderError::InitFailed {
+        bundle: bundle.to_owned(),
+        error: error.into(),
+    }
+}
+
+pub(crate) fn abi(code: AbiErrorCode, message: &'static [u8]) -> AbiError {
+    AbiError {
+        code: code as u32,
+        message: StringView::from_static(message),
+    }
+}
+
+/// The `AbiError` a failed call returns; Python tracebacks go to the runtime's logger
+/// and to `tracing`, never to stderr.
+pub(crate) fn call_failed(
+    logger: &LoggerHandle,
+    bundle: &str,
+    what: &str,
+    err: &Error,
+) -> AbiError {
+    match err {
+        Error::ReentryLimit { depth, limit } => {
+            tracing::warn!(bundle, depth, limit, "{what}: nesting limit reached");
+            abi(
+                AbiErrorCode::ReentrantCall,
+                b"python: plugin call nesting limit reached",
+            )
+        }
+        Error::InterpreterGone { .. } | Error::ShutDown => {
+            abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
+        }
+        other => {
+            let text = match other.python_exception() {
+                Some(exc) => exc.traceback.clone(),
+                None => other.to_string(),
+            };
+            tracing::error!(bundle, "{what} failed:\n{text}");
+            logger.log(LogLevel::Error, bundle, || {
+                format!("{what} failed:\n{text}")
+            });
+            abi(
+                AbiErrorCode::Generic,
+                b"python: plugin raised an exception (traceback logged)",
+            )
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! Loading a bundle: run its entry module and `polyplug_init` in a fresh interpreter,
+//! parse the registration dicts, then register one VM-dispatch interface per contract.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+use interp_pool::{Attached, InterpreterHandle, Persistent, PyObj};
+use polyplug::error::LoaderError;
+use polyplug::runtime::Runtime;
+use polyplug_abi::dispatch::dispatch_mechanisms::DispatchMechanisms;
+use polyplug_abi::dispatch::vm_dispatch::VmDispatch;
+use polyplug_abi::types::Version;
+use polyplug_abi::{
+    AbiError, AbiErrorCode, BundleInitContext, DispatchType, GuestContractInterface, HostApi,
+    PluginDescriptor, StringView, VmLoaderData,
+};
+use polyplug_utils::GuestContractId;
+
+use crate::contract::{self, ContractData, Objects};
+use crate::error::{init_failed, init_failed_msg};
+
+/// Runs once per interpreter before the bundle: the import machinery both source kinds use.
+const BOOTSTRAP: &str = r#"
+import sys, types, importlib.util
+
+def load_path(stem, path, dirs):
+    for d in dirs:
+        sys.path.insert(0, d)
+    spec = importlib.util.spec_from_file_location(stem, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot build an import spec for {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+def load_code(name, src):
+    code = compile(src, f"{name}.py", "exec")
+    module = types.ModuleType(name)
+    module.__file__ = f"{name}.py"
+    sys.modules[name] = module
+    exec(code, module.__dict__)
+    return module
+"#;
+
+/// Where the entry module comes from.
+pub(crate) enum Entry<'a> {
+    /// Entry file (absolute), module name = its stem, plus sys.path entries to prepend.
+    Path { file: &'a str, dirs: Vec<String> },
+    /// Source text compiled under `module` (Code/Bytes sources).
+    Code { src: &'a str },
+}
+
+/// Everything a load needs, fixed before any guest code runs.
+pub(crate) struct Plan<'a> {
+    /// Module name: the entry file stem, or the sanitised manifest name. Used in errors.
+    pub(crate) module: String,
+    pub(crate) bundle_id: u64,
+    pub(crate) entry: Entry<'a>,
+    /// `BundleInitContext.bundle_path`: the canonical bundle dir, or "".
+    pub(crate) ctx_path: &'a str,
+}
+
+/// A contract as `polyplug_init` declared it, its Python objects still pinned in the
+/// bundle's interpreter.
+pub(crate) struct Declared {
+    name: String,
+    major: u32,
+    plugin_name: String,
+    objects: Objects,
+}
+
+/// Pushes a bundle id on the runtime's init stack for the current thread; pops on drop,
+/// so every path (error, panic) leaves the stack balanced.
+pub(crate) struct InitWindow<'r>(&'r Runtime);
+
+impl<'r> InitWindow<'r> {
+    pub(crate) fn enter(runtime: &'r Runtime, bundle_id: u64) -> Self {
+        runtime.push_init_bundle_id(bundle_id);
+        Self(runtime)
+    }
+}
+
+impl Drop for InitWindow<'_> {
+    fn drop(&mut self) {
+        self.0.pop_init_bundle_id();
+    }
+}
+
+/// The job run on the bundle's owner thread: import, `polyplug_init`, parse, default
+/// instances. Guest code runs inside an init window on this (the owner) thread, so
+/// dependency enforcement sees the bundle.
+pub(crate) fn run_init(
+    py: &Attached<'_>,
+    plan: &Plan<'_>,
+    runtime: &Runtime,
+    host: usize,
+) -> Result<Vec<Declared>, LoaderError> {
+    let bundle = plan.module.as_str();
+    let _window = InitWindow::enter(runtime, plan.bundle_id);
+    let boot = (|| {
+        let ns = py.eval("{'__builtins__': __builtins__}")?;
+        py.run_in(BOOTSTRAP, &ns)?;
+        Ok(ns)
+    })()
+    .map_err(|e| init_failed(bundle, "interpreter bootstrap failed", &e))?;
+    let glue = |e: interp_pool::Error| init_failed(bundle, "preparing the import", &e);
+    let module = match &plan.entry {
+        Entry::Path { file, dirs } => {
+            let load_path = boot
+                .get(py, "load_path")
+                .map_err(glue)?
+                .expect("bootstrap defines load_path");
+            let dirs_list = py.eval("[]").map_err(glue)?;
+            for d in dirs {
+                dirs_list
+                    .call_method(py, "append", &[&py.str(d).map_err(glue)?])
+                    .map_err(glue)?;
+            }
+            let (name, path) = (py.str(bundle).map_err(glue)?, py.str(file).map_err(glue)?);
+            load_path
+                .call(py, &[&name, &path, &dirs_list])
+                .map_err(|e| {
+                    init_failed(
+                        bundle,
+                        &format!("failed to import Python module at {file}"),
+                        &e,
+                    )
+                })?
+        }
+        Entry::Code { src } => {
+            let load_code = boot
+                .get(py, "load_code")
+                .map_err(glue)?
+                .expect("bootstrap defines load_code");
+            let (name, src) = (py.str(bundle).map_err(glue)?, py.str(src).map_err(glue)?);
+            load_code
+                .call(py, &[&name, &src])
+                .map_err(|e| init_failed(bundle, "inline module compile/exec failed", &e))?
+        }
+    };
+    let init = module
+        .getattr(py, "polyplug_init")
+        .map_err(|_| LoaderError::InitSymbolMissing {
+            bundle: bundle.to_owned(),
+        })?;
+    let ctx = BundleInitContext {
+        bundle_id: plan.bundle_id,
+        bundle_path: StringView {
+            ptr: plan.ctx_path.as_ptr(),
+            len: plan.ctx_path.len(),
+        },
+    };
+    let ctx_addr = &ctx as *const BundleInitContext as usize as u64;
+    let (host_arg, ctx_arg) = (
+        py.uint(host as u64).map_err(glue)?,
+        py.uint(ctx_addr).map_err(glue)?,
+    );
+    let ret = init
+        .call(py, &[&host_arg, &ctx_arg])
+        .map_err(|e| init_failed(bundle, "polyplug_init call failed", &e))?;
+    let declared = parse_registrations(py, &ret, bundle, host)?;
+    if declared.is_empty() {
+        return Err(init_failed_msg(
+            bundle,
+            "polyplug_init returned no contracts (empty registrations list)",
+        ));
+    }
+    Ok(declared)
+}
+
+fn parse_registrations(
+    py: &Attached<'_>,
+    ret: &PyObj<'_>,
+    bundle: &str,
+    host: usize,
+) -> Result<Vec<Declared>, LoaderError> {
+    let fail = |msg: String| init_failed_msg(bundle, msg);
+    let glue = |e: interp_pool::Error| init_failed(bundle, "reading polyplug_init's result", &e);
+    if !ret.is_tuple() {
+        return Err(fail(
+            "polyplug_init must return a (registrations, AbiError) tuple".into(),
+        ));
+    }
+    let n = ret.len(py).map_err(glue)?;
+    if n != 2 {
+        return Err(fail(format!(
+            "polyplug_init must return a 2-tuple (registrations, AbiError), got {n} elements"
+        )));
+    }
+    let regs = ret.get_index(py, 0).map_err(glue)?;
+    let abi = ret.get_index(py, 1).map_err(glue)?;
+    let code = abi
+        .getattr(py, "code")
+        .and_then(|c| c.extract_u64(py))
+        .ok()
+        .and_then(|c| u32::try_from(c).ok())
+        .ok_or_else(|| fail("polyplug_init AbiError has no readable u32 `code` field".into()))?;
+    if code != AbiErrorCode::Ok as u32 {
+        return Err(fail(format!("polyplug_init reported AbiError code {code}")));
+    }
+    if !regs.is_list() {
+        return Err(fail(
+            "polyplug_init registrations must be a list of dicts".into(),
+        ));
+    }
+    let arena_alloc = contract::new_arena_alloc(py, host).map_err(glue)?;
+    let count = regs.len(py).map_err(glue)?;
+    let mut declared = Vec::with_capacity(count);
+    for i in 0..count {
+        let entry = regs.get_index(py, i).map_err(glue)?;
+        let item = |key: &str| entry.get(py, key).ok().flatten();
+        let contract = item("contract")
+            .and_then(|c| c.extract_string(py).ok())
+            .ok_or_else(|| fail("registration entry missing string `contract` key".into()))?;
+        let (name, major) = parse_contract_string(&contract, bundle)?;
+        let plugin_name = item("plugin_name")
+            .and_then(|p| p.extract_string(py).ok())
+            .unwrap_or_else(|| bundle.to_owned());
+        let factory = item("factory").ok_or_else(|| {
+            fail(format!(
+                "registration entry for `{contract}` missing `factory` callable"
+            ))
+        })?;
+        if !factory.is_callable() {
+            return Err(fail(format!("`factory` for `{contract}` is not callable")));
+        }
+        let functions = item("functions").ok_or_else(|| {
+            fail(format!(
+                "registration entry for `{contract}` missing `functions` list"
+            ))
+        })?;
+        if !functions.is_list() {
+            return Err(fail(format!("`functions` for `{contract}` must be a list")));
+        }
+        let nfun = functions.len(py).map_err(glue)?;
+        let mut callables = Vec::with_capacity(nfun);
+        for idx in 0..nfun {
+            let f = functions.get_index(py, idx).map_err(glue)?;
+            if !f.is_callable() {
+                return Err(fail(format!(
+                    "`functions[{idx}]` for `{contract}` is not callable"
+                )));
+            }
+            callables.push(Persistent::new(py, f));
+        }
+        let default_impl = factory
+            .call(py, &[&py.uint(host as u64).map_err(glue)?])
+            .map_err(|e| {
+                init_failed(
+                    bundle,
+                    &format!(
+                        "factory for `{name}@{major}` failed while building the default instance"
+                    ),
+                    &e,
+                )
+            })?;
+        declared.push(Declared {
+            name,
+            major,
+            plugin_name,
+            objects: Objects {
+                functions: callables,
+                factory: Persistent::new(py, factory),
+                default_impl: Persistent::new(py, default_impl),
+                arena_alloc: Persistent::new(py, arena_alloc.clone_ref()),
+                instances: HashMap::new(),
+                next_id: 1,
+            },
+        });
+    }
+    Ok(declared)
+}
+
+/// `name@major[.minor]` → `(name, major)`; the minor never enters the contract id.
+pub(crate) fn parse_contract_string(
+    contract: &str,
+    bundle: &str,
+) -> Result<(String, u32), LoaderError> {
+    let fail = |why: String| {
+        init_failed_msg(
+            bundle,
+            format!("invalid contract string `{contract}`: {why}"),
+        )
+    };
+    let (name, version) = contract
+        .split_once('@')
+        .ok_or_else(|| fail("expected `name@major[.minor]`".into()))?;
+    if name.is_empty() {
+        return Err(fail("empty contract name".into()));
+    }
+    let major = version.split('.').next().unwrap_or(version);
+    let major = major
+        .parse::<u32>()
+        .map_err(|_| fail(format!("major version `{major}` is not a u32")))?;
+    Ok((name.to_owned(), major))
+}
+
+/// Pins every declared contract's loader data (see `ContractData` for why it is never
+/// freed) and registers it with the host, inside an init window on this thread so the
+/// registry attributes the contracts to the bundle. On failure the caller releases the
+/// Python objects of all of them (those already registered then answer `StaleHandle`).
+pub(crate) fn register_all(
+    declared: Vec<Declared>,
+    interp: &InterpreterHandle,
+    bundle: &str,
+    bundle_id: u64,
+    runtime: &Runtime,
+) -> (Vec<&'static ContractData>, Result<(), LoaderError>) {
+    let host: *const HostApi = runtime.as_context_ptr();
+    let mut entries = Vec::with_capacity(declared.len());
+    let mut datas = Vec::with_capacity(declared.len());
+    for d in declared {
+        let contract = format!("{}@{}", d.name, d.major);
+        let data: &'static ContractData = Box::leak(Box::new(ContractData {
+            interp: interp.clone(),
+            bundle: bundle.to_owned(),
+            contract_id: GuestContractId::new(&d.name, d.major),
+            fn_count: d.objects.functions.len(),
+            logger: runtime.logger(),
+            objects: Mutex::new(Some(d.objects)),
+            contract,
+        }));
+        datas.push(data);
+        entries.push((data, d.major, d.plugin_name));
+    }
+    let _window = InitWindow::enter(runtime, bundle_id);
+    for (data, major, plugin_name) in entries {
+        let version = Version {
+            major,
+            minor: 0,
+            patch: 0,
+        };
+        let interface = GuestContractInterface {
+            contract_id: data.contract_id,
+            contract_version: version,
+            dispatch_type: DispatchType::VirtualMachine,
+            create_instance: contract::create_instance,
+            destroy_instance: contract::destroy_instance,
+            dispatch: DispatchMechanisms {
+                vm: VmDispatch {
+                    call: contract::vm_call,
+                    loader_data: VmLoaderData {
+                        data: data as *const ContractData as *mut c_void,
+                    },
+                },
+            },
+        };
+        // The registry copies both; they only need to live for the call.
+        let descriptor = PluginDescriptor {
+            name: StringView {
+                ptr: plugin_name.as_ptr(),
+                len: plugin_name.len(),
+            },
+            contract_name: StringView {
+                ptr: data.contract.as_ptr(),
+                len: data.contract.len(),
+            },
+            version,
+        };
+        let mut result = AbiError::ok();
+        // SAFETY: `host` is the runtime's live HostApi (self-passing); descriptor,
+        // interface and result are valid for the duration of the call, which copies them.
+        unsafe { ((*host).register_guest_contract)(host, &descriptor, &interface, &mut result) };
+        if !result.is_ok() {
+            let err = init_failed_msg(
+                bundle,
+                format!(
+                    "register_guest_contract failed for `{}`: code={:?}",
+                    data.contract, result.code
+                ),
+            );
+            return (datas, Err(err));
+        }
+    }
+    (datas, Ok(()))
+}
