@@ -352,3 +352,15 @@ impl Drop for Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::synthetic_module_name;
+
+    #[test]
+    fn inline_module_names_are_python_identifiers() {
+        assert_eq!(synthetic_module_name("bad-utf8.plugin"), "bad_utf8_plugin");
+        assert_eq!(synthetic_module_name("9lives"), "_9lives");
+        assert_eq!(synthetic_module_name(""), "polyplug_inline_bundle");
+    }
+}

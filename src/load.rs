@@ -375,3 +375,24 @@ pub(crate) fn register_all(
     }
     (datas, Ok(()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_contract_string;
+
+    #[test]
+    fn contract_strings_parse_like_polyplug_python() {
+        assert_eq!(
+            parse_contract_string("calculator@2", "b").unwrap(),
+            ("calculator".into(), 2)
+        );
+        assert_eq!(
+            parse_contract_string("logger@3.7", "b").unwrap(),
+            ("logger".into(), 3),
+            "minor ignored"
+        );
+        for bad in ["noversion", "@1", "x@abc", "x@"] {
+            assert!(parse_contract_string(bad, "b").is_err(), "{bad}");
+        }
+    }
+}

@@ -132,12 +132,11 @@ fn promote_libpython() {}
 
 /// `(major, minor)` of the libpython this process runs.
 pub fn python_version() -> (u32, u32) {
-    // SAFETY: Py_GetVersion returns a static NUL-terminated string; callable at any time.
-    let v = unsafe { std::ffi::CStr::from_ptr(sys::Py_GetVersion()) }.to_string_lossy();
-    let mut parts = v
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse().ok());
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    // `Py_Version` is a constant; `Py_GetVersion()` would rebuild a shared static buffer
+    // on every call, which concurrent callers read torn.
+    // SAFETY: reads an immutable exported constant; valid at any time, on any thread.
+    let hex = unsafe { sys::Py_Version } as u32;
+    (hex >> 24, (hex >> 16) & 0xff)
 }
 
 fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {

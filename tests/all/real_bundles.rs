@@ -57,3 +57,71 @@ fn calculator_counter_pipeline_from_the_main_thread() {
         assert_eq!(p.scaled(7).unwrap_err().code, AbiErrorCode::Generic);
     });
 }
+
+struct Env(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl crate::core_api::host::host_contracts::HostEnv for Env {
+    fn scale(&self) -> i64 {
+        10
+    }
+    fn log(&self, message: &str) {
+        self.0.lock().unwrap().push(message.to_owned());
+    }
+}
+
+#[test]
+fn pipeline_calls_the_host_contract() {
+    let (rt, _logs) = fixture_runtime();
+    let seen = std::sync::Arc::default();
+    let iface = crate::core_api::host::interface_factories::create_host_env_interface(Box::new(
+        Env(std::sync::Arc::clone(&seen)),
+    ));
+    rt.register_host_contract(
+        crate::core_api::host::host_contracts::HOSTENV_CONTRACT_ID,
+        iface,
+    )
+    .unwrap();
+    let mut p = PipelineContract::new(find(&rt, "pipeline"), host(&rt)).unwrap();
+    assert_eq!(p.scaled(7).unwrap(), 70);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        ["py_pipeline: scaled(7) with factor 10"]
+    );
+}
+
+#[test]
+fn eight_host_threads_at_once_every_result_checked() {
+    let (rt, _logs) = fixture_runtime();
+    let host = host(&rt) as usize;
+    let handles = [
+        find(&rt, "calculator"),
+        find(&rt, "counter"),
+        find(&rt, "pipeline"),
+    ];
+    within("8 threads on fixtures", || {
+        std::thread::scope(|s| {
+            for t in 0..8i64 {
+                s.spawn(move || {
+                    let host = host as *const polyplug_abi::HostApi;
+                    let mut calc = CalculatorContract::new(handles[0], host).unwrap();
+                    let mut counter = CounterContract::new(handles[1], host).unwrap();
+                    let mut pipe = PipelineContract::new(handles[2], host).unwrap();
+                    for i in 0..200i64 {
+                        assert_eq!(calc.add(t, i).unwrap(), t + i);
+                        assert_eq!(calc.mul(t, i).unwrap(), t * i);
+                        assert_eq!(counter.increment(t + 1).unwrap(), (i + 1) * (t + 1));
+                        if i % 10 == 0 {
+                            assert_eq!(pipe.run(t, i).unwrap(), (t + i) * 2);
+                            let who = format!("t{t}-{i}");
+                            assert_eq!(
+                                text(calc.greet(view(&who)).unwrap()),
+                                format!("Hello, {who}!")
+                            );
+                        }
+                    }
+                    assert_eq!(counter.get().unwrap(), 200 * (t + 1));
+                });
+            }
+        });
+    });
+}

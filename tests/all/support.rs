@@ -116,9 +116,10 @@ pub fn vm_call(
 
 pub fn null_instance(iface: *const GuestContractInterface) -> GuestContractInstance {
     // SAFETY: a registry interface, alive while its bundle is loaded.
+    let contract_id = unsafe { (*iface).contract_id };
     GuestContractInstance {
         data: std::ptr::null_mut(),
-        contract_id: unsafe { (*iface).contract_id },
+        contract_id,
     }
 }
 
@@ -135,4 +136,117 @@ pub fn within<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let r = f();
     drop(tx);
     r
+}
+
+/// The source of a hand-written bundle providing `contract` (e.g. `"probe@1"`) whose
+/// `functions` list is `fns` (Python expressions), with `defs` defining them. `Impl(host)`
+/// is the factory; `ok` is a success AbiError.
+pub fn plugin_source(contract: &str, defs: &str, fns: &str) -> String {
+    format!(
+        r#"import ctypes
+
+class _Ok:
+    code = 0
+
+ok = _Ok()
+
+class Impl:
+    def __init__(self, host):
+        self.host = host
+
+def i64_at(addr):
+    return ctypes.c_int64.from_address(addr).value
+
+def put_i64(addr, v):
+    ctypes.c_int64.from_address(addr).value = v
+
+{defs}
+
+def polyplug_init(host, ctx):
+    return ([{{"contract": "{contract}", "factory": Impl, "functions": [{fns}]}}], ok)
+"#
+    )
+}
+
+/// Python helper (module `peer`) that calls another contract's `vm.call` through the
+/// guest SDK's ctypes structs, exactly like polyplugc's peer callers: a CFUNCTYPE call,
+/// which detaches the calling thread state first.
+pub const PEER_PY: &str = r#"import ctypes
+from polyplug_abi import AbiError, GuestContractInstance, GuestContractInterface, HostApi
+
+def call_i64(host_ptr, contract_id, fn_id, arg):
+    host = ctypes.cast(host_ptr, ctypes.POINTER(HostApi))
+    handle = host.contents.find_guest_contract(host_ptr, contract_id, 0)
+    iface_ptr = host.contents.resolve_guest_contract(host_ptr, handle)
+    if not iface_ptr:
+        raise RuntimeError("peer not found")
+    iface = ctypes.cast(iface_ptr, ctypes.POINTER(GuestContractInterface)).contents
+    a, out, err = ctypes.c_int64(arg), ctypes.c_int64(), AbiError()
+    inst = GuestContractInstance(None, iface.contract_id)
+    iface.dispatch.vm.call(iface.dispatch.vm.loader_data, inst, fn_id,
+                           ctypes.byref(a), ctypes.byref(out), None, ctypes.byref(err))
+    if err.code != 0:
+        raise RuntimeError(f"peer call failed (code {err.code})")
+    return out.value
+"#;
+
+/// Like `write_bundle`, with the fixtures' guest SDK reachable as `site-packages`.
+pub fn write_bundle_with_sdk(
+    name: &str,
+    source: &str,
+    extra: &[(&str, &str)],
+) -> (PathBuf, PathBuf) {
+    let (root, dir) = write_bundle(name, source, extra);
+    std::os::unix::fs::symlink(
+        fixtures().join("py_calculator/site-packages"),
+        dir.join("site-packages"),
+    )
+    .unwrap();
+    (root, dir)
+}
+
+pub fn contract_id(name: &str, major: u32) -> u64 {
+    GuestContractId::new(name, major).id()
+}
+
+/// Calls fn `fn_id` of `contract@1` with one i64 argument and an i64 result.
+pub fn call_i64(rt: &Runtime, contract: &str, fn_id: u32, arg: i64) -> Result<i64, u32> {
+    let iface = resolve(rt, contract, 1);
+    let mut out: i64 = 0;
+    let err = vm_call(
+        iface,
+        null_instance(iface),
+        fn_id,
+        (&arg as *const i64).cast(),
+        (&mut out as *mut i64).cast(),
+        std::ptr::null_mut(),
+    );
+    if err.code == 0 {
+        Ok(out)
+    } else {
+        Err(err.code)
+    }
+}
+
+/// A runtime with no plugin dirs and a handle to its loader.
+pub fn empty_runtime() -> (Arc<Runtime>, PythonLoader, Logs) {
+    let loader = PythonLoader::default();
+    let (rt, logs) = runtime_with(loader.clone(), &[]);
+    (rt, loader, logs)
+}
+
+/// Loads the bundle in `dir` straight through the loader (as polyplug_python's own tests
+/// do), returning the loader's error unchanged.
+pub fn load_dir(
+    loader: &PythonLoader,
+    rt: &Runtime,
+    dir: &Path,
+) -> Result<(), polyplug::error::LoaderError> {
+    use polyplug::loader::BundleLoader;
+    let manifest = polyplug::loader::manifest::parse_manifest(dir).expect("manifest parses");
+    loader.load(
+        &manifest,
+        &polyplug::loader::BundleSource::Path(dir.to_path_buf()),
+        rt,
+    )
 }

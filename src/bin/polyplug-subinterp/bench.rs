@@ -1,0 +1,162 @@
+//! `bench <plugin-dir>`: hammer the fixture contracts from N host threads.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use polyplug::runtime::Runtime;
+use polyplug::runtime_builder::RuntimeBuilder;
+use polyplug_abi::{GuestContractHandle, HostApi};
+use polyplug_subinterp::PythonLoader;
+use polyplug_utils::GuestContractId;
+
+use crate::core_api::host::host_callers::{CalculatorContract, CounterContract, PipelineContract};
+
+/// One benchmarked call per known fixture contract.
+const DRIVERS: &[(&str, &str)] = &[
+    ("calculator", "add"),
+    ("counter", "increment"),
+    ("pipeline", "run"),
+];
+
+fn one_call(
+    contract: &str,
+    handle: GuestContractHandle,
+    host: *const HostApi,
+) -> Box<dyn FnMut(i64) -> bool> {
+    match contract {
+        "calculator" => {
+            let mut c = CalculatorContract::new(handle, host).expect("calculator resolves");
+            Box::new(move |i| c.add(i, 1).ok() == Some(i + 1))
+        }
+        "counter" => {
+            let mut c = CounterContract::new(handle, host).expect("counter resolves");
+            Box::new(move |_| c.increment(1).is_ok())
+        }
+        _ => {
+            let mut c = PipelineContract::new(handle, host).expect("pipeline resolves");
+            Box::new(move |i| c.run(i, 1).ok() == Some((i + 1) * 2))
+        }
+    }
+}
+
+pub fn run(dir: &Path, threads: usize, seconds: u64) -> Result<bool, String> {
+    let rt = RuntimeBuilder::new()
+        .loader(PythonLoader::default())
+        .plugin_dir(dir.to_path_buf())
+        .build()
+        .map_err(|e| format!("cannot load {}: {e}", dir.display()))?;
+    println!("{threads} host threads, {seconds} s per contract");
+    println!(
+        "{:<12} {:<10} {:>12} {:>10} {:>10} {:>8}",
+        "contract", "call", "calls/s", "p50 us", "p99 us", "errors"
+    );
+    let mut all_ok = true;
+    for (contract, call) in DRIVERS {
+        let Ok(handle) = rt.find_guest_contract(GuestContractId::new(contract, 1).id(), 1) else {
+            println!("{contract:<12} {call:<10} {:>12}", "not loaded");
+            continue;
+        };
+        let r = drive(&rt, contract, handle, threads, Duration::from_secs(seconds));
+        all_ok &= r.errors == 0;
+        println!(
+            "{:<12} {:<10} {:>12.0} {:>10.2} {:>10.2} {:>8}",
+            contract, call, r.rate, r.p50_us, r.p99_us, r.errors
+        );
+    }
+    Ok(all_ok)
+}
+
+struct Figures {
+    rate: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+}
+
+fn drive(
+    rt: &Runtime,
+    contract: &str,
+    handle: GuestContractHandle,
+    threads: usize,
+    dur: Duration,
+) -> Figures {
+    let host = rt.as_context_ptr() as usize;
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let barrier = Barrier::new(threads + 1);
+    let (samples, elapsed) = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (stop, done, errors, barrier) = (&stop, &done, &errors, &barrier);
+                s.spawn(move || {
+                    let mut call = one_call(contract, handle, host as *const HostApi);
+                    let mut lat = Vec::with_capacity(1 << 16);
+                    barrier.wait();
+                    let mut i = 0i64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        if !call(i % 1000) {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        lat.push(t.elapsed().as_nanos() as u32);
+                        i += 1;
+                        if i % 64 == 0 {
+                            done.fetch_add(64, Ordering::Relaxed);
+                        }
+                    }
+                    lat
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        progress(contract, start, dur, &done);
+        stop.store(true, Ordering::Relaxed);
+        let samples: Vec<u32> = workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("bench thread"))
+            .collect();
+        (samples, start.elapsed())
+    });
+    let mut sorted = samples;
+    sorted.sort_unstable();
+    let pct = |p: f64| {
+        sorted
+            .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1e3
+    };
+    Figures {
+        rate: sorted.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+/// Waits `dur`, drawing a progress bar on stderr when it is a terminal.
+fn progress(label: &str, start: Instant, dur: Duration, done: &AtomicU64) {
+    let tty = std::io::stderr().is_terminal();
+    while start.elapsed() < dur {
+        std::thread::sleep(Duration::from_millis(100).min(dur.saturating_sub(start.elapsed())));
+        if tty {
+            let frac = (start.elapsed().as_secs_f64() / dur.as_secs_f64()).min(1.0);
+            let filled = (frac * 30.0) as usize;
+            eprint!(
+                "\r{label:<12} [{}{}] {:>10} calls",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                done.load(Ordering::Relaxed)
+            );
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if tty {
+        eprint!("\r{}\r", " ".repeat(60));
+    }
+}

@@ -1,0 +1,80 @@
+//! Nothing outlives what owns it: failed loads, unloads and dropped runtimes end their
+//! interpreters. Own binary, because it counts the process's live interpreters.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use polyplug::runtime_builder::RuntimeBuilder;
+use polyplug_subinterp::PythonLoader;
+
+fn bundle(root: &Path, name: &str, src: &str) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = polyplug_utils::BundleId::new(name).id();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        format!("name = \"{name}\"\nid = {id}\nloader = \"python\"\nfile = \"{name}.py\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{name}.py")), src).unwrap();
+    dir
+}
+
+const GOOD: &str = "class Ok:\n    code = 0\nclass Impl:\n    def __init__(self, host):\n        pass\ndef f(*a):\n    pass\ndef polyplug_init(h, c):\n    return ([{'contract': 'leftover@1', 'factory': Impl, 'functions': [f]}], Ok())\n";
+
+#[test]
+fn failed_loads_unloads_and_dropped_runtimes_end_their_interpreters() {
+    let root = std::env::temp_dir().join(format!(
+        "polyplug-subinterp-leftovers-{}",
+        std::process::id()
+    ));
+    let rt = RuntimeBuilder::new()
+        .loader(PythonLoader::default())
+        .build()
+        .unwrap();
+    assert_eq!(interp_pool::live_interpreters(), 0);
+
+    for (name, src) in [
+        ("bad_syntax", "def (:\n"),
+        (
+            "bad_init",
+            "def polyplug_init(h, c):\n    raise ValueError\n",
+        ),
+    ] {
+        assert!(rt.load_bundle(&bundle(&root, name, src)).is_err());
+        assert_eq!(
+            interp_pool::live_interpreters(),
+            0,
+            "{name} left an interpreter behind"
+        );
+    }
+
+    let good = bundle(&root, "leftover", GOOD);
+    for _ in 0..20 {
+        rt.load_bundle(&good).unwrap();
+        assert_eq!(interp_pool::live_interpreters(), 1);
+        rt.unload_bundle(polyplug_utils::BundleId::new("leftover"))
+            .unwrap();
+        assert_eq!(interp_pool::live_interpreters(), 0);
+    }
+
+    rt.load_bundle(&good).unwrap();
+    assert_eq!(interp_pool::live_interpreters(), 1);
+    drop(rt);
+    assert_eq!(
+        interp_pool::live_interpreters(),
+        0,
+        "dropping the runtime (and its loader) ends its bundles"
+    );
+
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bundles");
+    let rt: Arc<_> = RuntimeBuilder::new()
+        .loader(PythonLoader::default())
+        .plugin_dir(fixtures)
+        .build()
+        .unwrap();
+    assert_eq!(interp_pool::live_interpreters(), 3);
+    drop(rt);
+    assert_eq!(interp_pool::live_interpreters(), 0);
+    let _ = std::fs::remove_dir_all(root);
+}
