@@ -571,3 +571,46 @@ fn invalid_utf8_bytes_are_a_structured_error() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn c_exports_create_a_loader_a_c_host_can_register() {
+    use polyplug_subinterp::ffi::{
+        polyplug_python_loader_create, polyplug_python_loader_free, PolyplugPythonConfig,
+    };
+    let cfg = |v: &'static str| PolyplugPythonConfig {
+        min_version_ptr: v.as_ptr(),
+        min_version_len: v.len(),
+    };
+    // SAFETY: null and valid configs, as the C contract allows.
+    unsafe {
+        assert!(polyplug_python_loader_create(std::ptr::null()).is_null());
+        assert!(polyplug_python_loader_create(&cfg("three")).is_null());
+        polyplug_python_loader_free(std::ptr::null_mut());
+        let doomed = polyplug_python_loader_create(&cfg("3.13"));
+        assert!(!doomed.is_null());
+        polyplug_python_loader_free(doomed);
+    }
+    // SAFETY: a valid config; the returned pointer is the double-boxed loader.
+    let raw = unsafe { polyplug_python_loader_create(&cfg("3.13")) };
+    // SAFETY: `raw` came from polyplug_python_loader_create and is consumed once here,
+    // as HostApi.register_loader would.
+    let loader: Box<dyn BundleLoader> =
+        *unsafe { Box::from_raw(raw as *mut Box<dyn BundleLoader>) };
+    let rt = polyplug::runtime_builder::RuntimeBuilder::new()
+        .build()
+        .unwrap();
+    rt.register_loader(loader).unwrap();
+    rt.load_bundle(&write_out_bundle("c_host")).unwrap();
+    let iface = resolve(&rt, "writeout", 1);
+    let mut out: i32 = 0;
+    assert!(vm_call(
+        iface,
+        null_instance(iface),
+        0,
+        std::ptr::null(),
+        (&mut out as *mut i32).cast(),
+        std::ptr::null_mut()
+    )
+    .is_ok());
+    assert_eq!(out, 0x2A);
+}
