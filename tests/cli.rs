@@ -33,7 +33,7 @@ fn check_loads_every_fixture_bundle() {
             "{row}"
         );
     }
-    assert!(stdout.contains("3 bundles, 3 loaded, 0 failed"), "{stdout}");
+    assert!(stdout.contains("4 bundles, 4 loaded, 0 failed"), "{stdout}");
 }
 
 #[test]

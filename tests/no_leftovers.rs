@@ -73,7 +73,11 @@ fn failed_loads_unloads_and_dropped_runtimes_end_their_interpreters() {
         .plugin_dir(fixtures)
         .build()
         .unwrap();
-    assert_eq!(interp_pool::live_interpreters(), 3);
+    assert_eq!(
+        interp_pool::live_interpreters(),
+        4,
+        "one interpreter per fixture bundle"
+    );
     drop(rt);
     assert_eq!(interp_pool::live_interpreters(), 0);
     let _ = std::fs::remove_dir_all(root);

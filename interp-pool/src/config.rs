@@ -18,10 +18,12 @@ pub enum GilMode {
 /// A futex sleep/wake pair costs 20–25 µs on the 2-core VMs this was tuned on, against
 /// ~0.3 µs for a spinning hand-off, so both sides spin briefly first. The caller spins
 /// only while the interpreter's owner thread is known to be awake: spinning right after
-/// waking a sleeping thread keeps the CPU the scheduler picked for it.
+/// waking a sleeping thread keeps the CPU the scheduler picked for it. Spinning is a
+/// short run of CPU pause hints, then `yield_now` until the budget is spent; a caller
+/// whose target is itself waiting on another interpreter yields from the start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitPolicy {
-    /// How long a caller spins for its reply before parking (only if the owner is awake).
+    /// How long a caller spins for its reply before parking (only if the owner is not parked).
     pub caller_spin: Duration,
     /// How long an idle owner thread spins for the next job before parking.
     pub server_spin: Duration,

@@ -127,9 +127,10 @@ impl InterpreterHandle {
             };
             // Detached while blocked, or the interpreter we hold could never be served (R4).
             let _detached = DetachGuard::detach_current();
+            let target = &*self.shared;
             match owner {
-                Some(owner) => owner.serve(Some(slot), spin),
-                None => slot.wait(spin),
+                Some(owner) => owner.serve(Some((slot, target)), spin),
+                None => slot.wait(spin, || target.is_nested_waiting()),
             }
         });
         match call.out {

@@ -1,7 +1,7 @@
 //! The owner thread: creates its interpreter, serves the interpreter's queue (also while
 //! it waits on another interpreter), and ends the interpreter on the same thread.
 
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, Thread};
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
 use crate::job::Job;
 use crate::runtime::Runtime;
-use crate::wait::{spin_until, ReplySlot};
+use crate::wait::{spin_until, state, ReplySlot};
 use crate::InterpreterId;
 
 /// What callers share with an owner thread.
@@ -27,8 +27,9 @@ pub(crate) struct Shared {
     pub(crate) python_id: i64,
     pub(crate) tx: Sender<Job>,
     pub(crate) thread: Thread,
-    /// Hint: the owner thread is running or spinning, not parked. Callers spin only then.
-    pub(crate) awake: AtomicBool,
+    /// What the owner thread is doing (`wait::state`): callers spin only if it is not
+    /// parked, and yield rather than spin while it waits on another interpreter.
+    pub(crate) state: AtomicU8,
     /// Set once by `end`; the owner leaves its top-level loop when it sees it.
     pub(crate) closing: AtomicBool,
     pub(crate) max_depth: usize,
@@ -40,24 +41,29 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Queues `job` and wakes the owner if it may be parked. Returns the caller's spin
-    /// budget: non-zero only if the owner was awake.
+    /// budget: non-zero only if the owner was not parked.
     pub(crate) fn post(&self, job: Job) -> Result<Duration> {
         // A failed send hands the job back; dropping it completes the caller's slot.
         self.tx
             .send(job)
             .map_err(|_| Error::InterpreterGone { interp: self.id })?;
         // Pairs with the fence in `serve` before parking: either the owner sees the job,
-        // or we see `awake == false` and unpark it.
+        // or we see PARKED and unpark it.
         fence(Ordering::SeqCst);
-        if self.awake.load(Ordering::SeqCst) {
-            Ok(self.caller_spin)
-        } else {
+        if self.state.load(Ordering::SeqCst) == state::PARKED {
             self.thread.unpark();
             Ok(Duration::ZERO)
+        } else {
+            Ok(self.caller_spin)
         }
     }
 
     /// Asks the owner thread to end the interpreter once it is back at its top level.
+    /// True while the owner waits on another interpreter: see `wait::state::NESTED`.
+    pub(crate) fn is_nested_waiting(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == state::NESTED
+    }
+
     pub(crate) fn request_end(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.thread.unpark();
@@ -140,7 +146,7 @@ fn owner_main(
         python_id,
         tx,
         thread: thread::current(),
-        awake: AtomicBool::new(true),
+        state: AtomicU8::new(state::RUNNING),
         closing: AtomicBool::new(false),
         max_depth: config.max_depth,
         caller_spin: config.wait.caller_spin,
@@ -222,31 +228,42 @@ impl Owner {
     /// Serves this interpreter's queue until `slot` is done, or, for the top-level loop
     /// (`slot == None`), until the interpreter is asked to end. Never panics: a job's
     /// panic is caught inside the job.
-    pub(crate) fn serve(&self, slot: Option<&ReplySlot>, spin: Duration) {
+    pub(crate) fn serve(&self, wait_on: Option<(&ReplySlot, &Shared)>, spin: Duration) {
         let sh = &*self.shared;
-        let finished = || match slot {
-            Some(s) => s.is_done(),
+        let finished = || match wait_on {
+            Some((slot, _)) => slot.is_done(),
             None => sh.closing.load(Ordering::Acquire),
         };
+        // What we are doing while not running a job, as our callers should see it.
+        let waiting = if wait_on.is_some() {
+            state::NESTED
+        } else {
+            state::RUNNING
+        };
+        let defer = || wait_on.is_some_and(|(_, target)| target.is_nested_waiting());
+        sh.state.store(waiting, Ordering::Relaxed);
         loop {
             if let Ok(job) = self.rx.try_recv() {
+                sh.state.store(state::RUNNING, Ordering::Relaxed);
                 self.run_posted(job);
+                sh.state.store(waiting, Ordering::Relaxed);
                 continue;
             }
             if finished() {
-                return;
+                break;
             }
-            if spin_until(spin, || finished() || !self.rx.is_empty()) {
+            if spin_until(spin, || finished() || !self.rx.is_empty(), defer) {
                 continue;
             }
-            sh.awake.store(false, Ordering::SeqCst);
+            sh.state.store(state::PARKED, Ordering::SeqCst);
             // Pairs with the fence in `Shared::post` (see there).
             fence(Ordering::SeqCst);
             if !finished() && self.rx.is_empty() {
                 thread::park();
             }
-            sh.awake.store(true, Ordering::SeqCst);
+            sh.state.store(waiting, Ordering::SeqCst);
         }
+        sh.state.store(state::RUNNING, Ordering::Relaxed);
     }
 
     /// Runs a job that came through the queue. The thread is detached here: the top-level

@@ -12,7 +12,9 @@ use polyplug_abi::{GuestContractHandle, HostApi};
 use polyplug_subinterp::PythonLoader;
 use polyplug_utils::GuestContractId;
 
-use crate::core_api::host::host_callers::{CalculatorContract, CounterContract, PipelineContract};
+use crate::core_api::host::host_callers::{
+    CalculatorContract, CounterContract, CruncherContract, PipelineContract,
+};
 
 /// One benchmarked call per known fixture contract.
 const DRIVERS: &[(&str, &str)] = &[
@@ -34,6 +36,10 @@ fn one_call(
         "counter" => {
             let mut c = CounterContract::new(handle, host).expect("counter resolves");
             Box::new(move |_| c.increment(1).is_ok())
+        }
+        "cruncher" => {
+            let mut c = CruncherContract::new(handle, host).expect("cruncher resolves");
+            Box::new(move |_| c.crunch(2000).is_ok())
         }
         _ => {
             let mut c = PipelineContract::new(handle, host).expect("pipeline resolves");

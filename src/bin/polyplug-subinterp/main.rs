@@ -30,7 +30,8 @@ const USAGE: &str = "usage:
 check  loads every bundle under <plugin-dir> (one level deep) with the subinterpreter
        loader and prints one row per bundle: contracts, functions, interpreter mode,
        load time and memory, or the error and its cause.
-bench  calls the fixture contracts (calculator.add, counter.increment, pipeline.run)
+bench  calls the fixture contracts (calculator.add, counter.increment,
+       cruncher.crunch(2000), pipeline.run)
        from N host threads (default 2) for S seconds each (default 2) and prints
        calls/s and p50/p99 latency per bundle.";
 

@@ -1,0 +1,345 @@
+//! Scenarios shared by `benches/ours.rs` and `benches/reference.rs`: the same bundles, the
+//! same polyplugc-generated host callers and the same host code; only the loader differs.
+//! Each bench binary initialises exactly one loader (both embed CPython).
+
+#![allow(dead_code, reason = "each bench binary uses a subset")]
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use polyplug::loader::BundleLoader;
+use polyplug::runtime::Runtime;
+use polyplug::runtime_builder::RuntimeBuilder;
+use polyplug_abi::{GuestContractHandle, HostApi, StringView};
+use polyplug_utils::GuestContractId;
+
+use crate::core_api::host::host_callers::{
+    CalculatorContract, CounterContract, CruncherContract, PipelineContract,
+};
+
+/// `crunch(N)`: ~100–200 µs of pure Python per call.
+pub const CRUNCH_N: i64 = 2000;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bundles")
+}
+
+/// A runtime over the four fixture bundles with a fresh loader.
+pub fn runtime<L: BundleLoader + 'static>(make: fn() -> L) -> Arc<Runtime> {
+    RuntimeBuilder::new()
+        .loader(make())
+        .plugin_dir(fixtures())
+        .build()
+        .expect("fixture runtime builds")
+}
+
+pub fn handle(rt: &Runtime, contract: &str) -> GuestContractHandle {
+    rt.find_guest_contract(GuestContractId::new(contract, 1).id(), 1)
+        .unwrap_or_else(|e| panic!("{contract}@1: {e:?}"))
+}
+
+/// Host pointer that may cross threads (the HostApi is shared by design).
+#[derive(Clone, Copy)]
+pub struct Host(pub usize);
+
+impl Host {
+    pub fn of(rt: &Runtime) -> Self {
+        Host(rt.as_context_ptr() as usize)
+    }
+    pub fn ptr(self) -> *const HostApi {
+        self.0 as *const HostApi
+    }
+}
+
+/// One kind of call, made through the generated host caller for its contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Greet,
+    Increment,
+    Crunch,
+    PipelineRun,
+    ThreeDirect,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Add => "calculator.add",
+            Op::Greet => "calculator.greet",
+            Op::Increment => "counter.increment",
+            Op::Crunch => "cruncher.crunch",
+            Op::PipelineRun => "pipeline.run",
+            Op::ThreeDirect => "3 direct calls",
+        }
+    }
+
+    /// Builds the callers on the calling thread (host callers are not `Send`) and
+    /// returns a closure making one checked call.
+    pub fn caller(self, rt: &Runtime) -> Box<dyn FnMut()> {
+        let host = rt.as_context_ptr();
+        match self {
+            Op::Add => {
+                let mut c = CalculatorContract::new(handle(rt, "calculator"), host).unwrap();
+                Box::new(move || assert_eq!(c.add(2, 3).unwrap(), 5))
+            }
+            Op::Greet => {
+                let mut c = CalculatorContract::new(handle(rt, "calculator"), host).unwrap();
+                let who = "polyplug";
+                Box::new(move || {
+                    let v = c
+                        .greet(StringView {
+                            ptr: who.as_ptr(),
+                            len: who.len(),
+                        })
+                        .unwrap();
+                    assert_eq!(v.len, "Hello, polyplug!".len());
+                })
+            }
+            Op::Increment => {
+                let mut c = CounterContract::new(handle(rt, "counter"), host).unwrap();
+                Box::new(move || {
+                    c.increment(1).unwrap();
+                })
+            }
+            Op::Crunch => {
+                let mut c = CruncherContract::new(handle(rt, "cruncher"), host).unwrap();
+                Box::new(move || {
+                    c.crunch(CRUNCH_N).unwrap();
+                })
+            }
+            Op::PipelineRun => {
+                let mut p = PipelineContract::new(handle(rt, "pipeline"), host).unwrap();
+                Box::new(move || assert_eq!(p.run(2, 3).unwrap(), 10))
+            }
+            Op::ThreeDirect => {
+                // What pipeline.run does, done by the host itself: add, mul, and the
+                // outer call's worth of one more dispatch.
+                let mut c = CalculatorContract::new(handle(rt, "calculator"), host).unwrap();
+                Box::new(move || {
+                    let s = c.add(2, 3).unwrap();
+                    assert_eq!(c.mul(s, 2).unwrap(), 10);
+                    c.add(0, 0).unwrap();
+                })
+            }
+        }
+    }
+}
+
+/// K long-lived host threads, each with its own runtime (= its own bundles) or a shared
+/// one, driven in lock step: every round, each thread makes `iters` calls.
+pub struct Crew {
+    go: Vec<mpsc::Sender<u64>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Crew {
+    pub fn new(runtimes: &[Arc<Runtime>], op: Op) -> Self {
+        let (done_tx, done) = mpsc::channel();
+        let mut go = Vec::new();
+        for rt in runtimes {
+            let (tx, rx) = mpsc::channel::<u64>();
+            let (rt, done_tx) = (Arc::clone(rt), done_tx.clone());
+            let (ready_tx, ready_rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut call = op.caller(&rt);
+                ready_tx.send(()).unwrap();
+                while let Ok(iters) = rx.recv() {
+                    for _ in 0..iters {
+                        call();
+                    }
+                    if done_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            });
+            ready_rx.recv().unwrap();
+            go.push(tx);
+        }
+        Crew { go, done }
+    }
+
+    /// Wall time for every thread to make `iters` calls.
+    pub fn round(&self, iters: u64) -> Duration {
+        let start = Instant::now();
+        for g in &self.go {
+            g.send(iters).unwrap();
+        }
+        for _ in &self.go {
+            self.done.recv().unwrap();
+        }
+        start.elapsed()
+    }
+}
+
+/// Single-caller latency of `op`, from the bench's main thread and from a spawned thread.
+pub fn latency(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
+    let mut g = c.benchmark_group("latency");
+    for op in [Op::Add, Op::Greet, Op::Increment] {
+        let mut call = op.caller(rt);
+        g.bench_function(
+            BenchmarkId::new(format!("{}/main", op.name()), loader),
+            |b| b.iter(&mut call),
+        );
+        let crew = Crew::new(std::slice::from_ref(rt), op);
+        g.bench_function(
+            BenchmarkId::new(format!("{}/spawned", op.name()), loader),
+            |b| b.iter_custom(|iters| crew.round(iters)),
+        );
+    }
+    g.finish();
+}
+
+/// K bundles (one runtime each) driven by K threads; one iteration = one call per thread.
+pub fn scaling<L: BundleLoader + 'static>(c: &mut Criterion, loader: &str, make: fn() -> L) {
+    let runtimes: Vec<_> = (0..4).map(|_| runtime(make)).collect();
+    for op in [Op::Add, Op::Increment, Op::Crunch] {
+        let mut g = c.benchmark_group(format!("scaling/{}", op.name()));
+        if op == Op::Crunch {
+            g.sample_size(10);
+        }
+        for k in [1usize, 2, 4] {
+            let crew = Crew::new(&runtimes[..k], op);
+            g.throughput(Throughput::Elements(k as u64));
+            g.bench_function(BenchmarkId::new(loader, k), |b| {
+                b.iter_custom(|iters| crew.round(iters))
+            });
+        }
+        g.finish();
+    }
+}
+
+/// Four host threads hammering one bundle.
+pub fn contention(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
+    let shared: Vec<_> = (0..4).map(|_| Arc::clone(rt)).collect();
+    let crew = Crew::new(&shared, Op::Add);
+    let mut g = c.benchmark_group("contention");
+    g.throughput(Throughput::Elements(4));
+    g.bench_function(BenchmarkId::new("calculator.add/4 threads", loader), |b| {
+        b.iter_custom(|iters| crew.round(iters))
+    });
+    g.finish();
+}
+
+/// Nested py→py (`pipeline.run`, two peer calls inside) against three direct calls.
+pub fn nested(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
+    let mut g = c.benchmark_group("nested");
+    for op in [Op::PipelineRun, Op::ThreeDirect] {
+        let mut call = op.caller(rt);
+        g.bench_function(BenchmarkId::new(op.name(), loader), |b| b.iter(&mut call));
+    }
+    g.finish();
+}
+
+/// Per-call latency percentiles of 4 threads on one bundle (criterion gives means only).
+pub fn contention_percentiles(rt: &Arc<Runtime>, calls_per_thread: usize) -> (f64, f64, f64) {
+    let start = Instant::now();
+    let mut lat: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut call = Op::Add.caller(rt);
+                    (0..calls_per_thread)
+                        .map(|_| {
+                            let t = Instant::now();
+                            call();
+                            t.elapsed().as_nanos() as u64
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)] as f64 / 1e3;
+    (pct(0.5), pct(0.99), rate)
+}
+
+/// Resident set size in bytes.
+pub fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 4096
+}
+
+/// Load time of py_calculator, RSS per loaded bundle, RSS growth over load/unload cycles.
+pub fn load_and_memory<L: BundleLoader + 'static>(
+    make: fn() -> L,
+    cycles: usize,
+) -> serde_like::Obj {
+    let calc = fixtures().join("py_calculator");
+    let id = polyplug_utils::BundleId::new("py_calculator");
+    // Warm: CPython itself initialised, stdlib imported once.
+    let warm = RuntimeBuilder::new().loader(make()).build().unwrap();
+    warm.load_bundle(&calc).unwrap();
+    let mut times = Vec::new();
+    let base = rss();
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let rt = RuntimeBuilder::new().loader(make()).build().unwrap();
+        let t = Instant::now();
+        rt.load_bundle(&calc).unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        held.push(rt);
+    }
+    let per_bundle = (rss().saturating_sub(base)) as f64 / 10.0 / (1 << 20) as f64;
+    drop(held);
+    times.sort_by(f64::total_cmp);
+    let rt = RuntimeBuilder::new().loader(make()).build().unwrap();
+    let before = rss();
+    for _ in 0..cycles {
+        rt.load_bundle(&calc).unwrap();
+        rt.unload_bundle(id).unwrap();
+    }
+    let growth = (rss().saturating_sub(before)) as f64 / (1 << 20) as f64;
+    serde_like::Obj::default()
+        .num("load_ms_median", times[times.len() / 2])
+        .num("rss_mib_per_bundle", per_bundle)
+        .num("cycles", cycles as f64)
+        .num("rss_mib_growth_after_cycles", growth)
+}
+
+/// Tiny JSON writer for the extra figures (no serde dependency for three numbers).
+pub mod serde_like {
+    #[derive(Default)]
+    pub struct Obj(Vec<(String, String)>);
+
+    impl Obj {
+        pub fn num(mut self, k: &str, v: f64) -> Self {
+            self.0.push((k.into(), format!("{v}")));
+            self
+        }
+        pub fn text(mut self, k: &str, v: &str) -> Self {
+            self.0.push((k.into(), format!("{v:?}")));
+            self
+        }
+        pub fn write(&self, name: &str) {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-extra");
+            std::fs::create_dir_all(&dir).unwrap();
+            let body: Vec<String> = self
+                .0
+                .iter()
+                .map(|(k, v)| format!("  {k:?}: {v}"))
+                .collect();
+            std::fs::write(
+                dir.join(format!("{name}.json")),
+                format!("{{\n{}\n}}\n", body.join(",\n")),
+            )
+            .unwrap();
+        }
+    }
+}
+
+/// Whether criterion was asked for a quick smoke run.
+pub fn quick() -> bool {
+    std::env::args().any(|a| a == "--quick")
+}
