@@ -26,6 +26,7 @@ mod contract;
 mod error;
 pub mod ffi;
 mod load;
+mod spare;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -146,6 +147,20 @@ impl PythonLoader {
         Ok(())
     }
 
+    /// A fresh interpreter for `bundle`: the pre-warmed spare if allowed and ready, else a
+    /// new one.
+    fn interpreter(&self, bundle: &str) -> interp_pool::Result<InterpreterHandle> {
+        let config = self.inner.config.interpreter(bundle);
+        if self.inner.config.prewarm {
+            if let Some(h) = spare::take(&config) {
+                if h.rename(bundle).is_ok() {
+                    return Ok(h);
+                }
+            }
+        }
+        InterpreterHandle::spawn(config)
+    }
+
     /// Creates the bundle's interpreter, runs its init there, registers its contracts.
     /// Any failure ends the interpreter and leaves nothing behind.
     fn load_plan(
@@ -156,10 +171,11 @@ impl PythonLoader {
     ) -> Result<(), LoaderError> {
         self.check_version()?;
         let bundle = plan.module.clone();
-        let interp = InterpreterHandle::spawn(self.inner.config.interpreter(&manifest.name))
-            .map_err(|e| {
-                error::init_failed(&bundle, "cannot create the bundle's interpreter", &e)
-            })?;
+        let t0 = std::time::Instant::now();
+        let interp = self.interpreter(&manifest.name).map_err(|e| {
+            error::init_failed(&bundle, "cannot create the bundle's interpreter", &e)
+        })?;
+        let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
         let declared = interp
             .call(|py| Ok(load::run_init(py, &plan, runtime, host)))
@@ -171,13 +187,23 @@ impl PythonLoader {
                 return Err(e);
             }
         };
+        let t_init = t0.elapsed() - t_spawn;
         let (contracts, registered) =
             load::register_all(declared, &interp, &bundle, plan.bundle_id, runtime);
         if let Err(e) = registered {
             release(&interp, &contracts);
             return Err(e);
         }
-        tracing::info!(bundle = %manifest.name, interp = %interp.id(), contracts = contracts.len(), "bundle loaded");
+        tracing::info!(
+            bundle = %manifest.name,
+            interp = %interp.id(),
+            mode = "own_gil",
+            contracts = contracts.len(),
+            create_ms = t_spawn.as_secs_f64() * 1e3,
+            init_ms = t_init.as_secs_f64() * 1e3,
+            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "bundle loaded"
+        );
         self.lock()
             .entry(plan.bundle_id)
             .or_default()

@@ -5,7 +5,15 @@ use std::path::Path;
 use std::sync::Arc;
 
 use polyplug::runtime_builder::RuntimeBuilder;
-use polyplug_subinterp::PythonLoader;
+use polyplug_subinterp::{PythonConfig, PythonLoader};
+
+/// Exact interpreter counts: no pre-warmed spare in this process.
+fn loader() -> PythonLoader {
+    PythonLoader::new(PythonConfig {
+        prewarm: false,
+        ..PythonConfig::default()
+    })
+}
 
 fn bundle(root: &Path, name: &str, src: &str) -> std::path::PathBuf {
     let dir = root.join(name);
@@ -28,10 +36,7 @@ fn failed_loads_unloads_and_dropped_runtimes_end_their_interpreters() {
         "polyplug-subinterp-leftovers-{}",
         std::process::id()
     ));
-    let rt = RuntimeBuilder::new()
-        .loader(PythonLoader::default())
-        .build()
-        .unwrap();
+    let rt = RuntimeBuilder::new().loader(loader()).build().unwrap();
     assert_eq!(interp_pool::live_interpreters(), 0);
 
     for (name, src) in [
@@ -69,7 +74,7 @@ fn failed_loads_unloads_and_dropped_runtimes_end_their_interpreters() {
 
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bundles");
     let rt: Arc<_> = RuntimeBuilder::new()
-        .loader(PythonLoader::default())
+        .loader(loader())
         .plugin_dir(fixtures)
         .build()
         .unwrap();

@@ -30,7 +30,7 @@ impl fmt::Debug for InterpreterHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InterpreterHandle")
             .field("id", &self.shared.id)
-            .field("name", &self.shared.name)
+            .field("name", &self.name())
             .field("python_id", &self.shared.python_id)
             .finish()
     }
@@ -51,8 +51,23 @@ impl InterpreterHandle {
     }
 
     /// The name it was created with.
-    pub fn name(&self) -> &str {
-        &self.shared.name
+    pub fn name(&self) -> String {
+        self.shared
+            .name
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Renames the interpreter (and its owner thread, `py-<name>`, as tools show it): for
+    /// an interpreter created ahead of time and handed to its user later.
+    pub fn rename(&self, name: &str) -> Result<()> {
+        *self.shared.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_owned();
+        let thread_name = format!("py-{name}");
+        self.call(move |_| {
+            set_current_thread_name(&thread_name);
+            Ok(())
+        })
     }
 
     /// CPython's id for it (`PyInterpreterState_GetID`), for correlating logs.
@@ -177,6 +192,25 @@ where
     // by the guard above, which outlives the token.
     let att = unsafe { Attached::assume(owner.shared.id) };
     f(&att)
+}
+
+/// Best effort: Linux keeps 15 bytes of a thread name.
+fn set_current_thread_name(name: &str) {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn prctl(option: std::ffi::c_int, arg2: std::ffi::c_ulong, ...) -> std::ffi::c_int;
+        }
+        const PR_SET_NAME: std::ffi::c_int = 15;
+        let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
+        bytes.push(0);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the
+        // pointer, which `bytes` provides for the duration of the call; it only renames
+        // the calling thread.
+        unsafe { prctl(PR_SET_NAME, bytes.as_ptr() as std::ffi::c_ulong) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = name;
 }
 
 /// The interpreter whose owner thread this is, if any.

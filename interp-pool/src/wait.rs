@@ -2,40 +2,56 @@
 //!
 //! A caller waits on a [`ReplySlot`] it reuses for every call (one per thread, taken out
 //! of a thread-local while in use so a nested call on the same thread gets a fresh one).
-//! The completing side clones the waiter's `Thread` handle *before* publishing `done`, so
-//! it never touches the slot after the waiter may have moved on.
+//! The slot is WAITING while the caller spins, PARKING once it has committed to sleep, and
+//! DONE when the job finished. The completer unparks only a PARKING waiter, and touches the
+//! slot only before publishing DONE: a waiter never leaves before it sees DONE, so the slot
+//! (and the `Thread` handle in it) are alive until then.
 
 use std::cell::Cell;
 use std::hint;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
+
+const WAITING: u8 = 0;
+const PARKING: u8 = 1;
+const DONE: u8 = 2;
 
 /// One pending reply: "the job has finished with the caller's data". The result itself is
 /// written into the caller's stack frame (see `job.rs`); this only says when.
 #[derive(Debug)]
 pub(crate) struct ReplySlot {
-    done: AtomicBool,
+    state: AtomicU8,
     waiter: Thread,
 }
 
 impl ReplySlot {
     fn new() -> Self {
         Self {
-            done: AtomicBool::new(false),
+            state: AtomicU8::new(WAITING),
             waiter: thread::current(),
         }
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == DONE
     }
 
-    /// Publishes completion and wakes the waiter. After the store the slot may be gone.
+    /// Publishes completion, waking the waiter only if it went to sleep. After DONE is
+    /// stored the slot may be gone.
     pub(crate) fn complete(&self) {
-        let waiter = self.waiter.clone();
-        self.done.store(true, Ordering::Release);
-        waiter.unpark();
+        match self
+            .state
+            .compare_exchange(WAITING, DONE, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {} // the waiter is spinning and will see it
+            Err(_) => {
+                // PARKING: the waiter cannot return before DONE, so the handle is valid.
+                let waiter = self.waiter.clone();
+                self.state.store(DONE, Ordering::Release);
+                waiter.unpark();
+            }
+        }
     }
 
     /// Blocks the current (owning) thread until [`complete`](Self::complete); `defer`
@@ -44,8 +60,29 @@ impl ReplySlot {
         if spin_until(spin, || self.is_done(), defer) {
             return;
         }
+        self.park_until_done();
+    }
+
+    /// Commits to sleeping and parks until DONE (spurious wake-ups are absorbed).
+    pub(crate) fn park_until_done(&self) {
+        if !self.prepare_park() {
+            return;
+        }
         while !self.is_done() {
             thread::park();
+        }
+    }
+
+    /// Announces that the waiter may park from now on, so completion will unpark it.
+    /// False if the reply is already there. Idempotent: an owner thread that parks, wakes
+    /// for its own queue and parks again stays PARKING.
+    pub(crate) fn prepare_park(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(WAITING, PARKING, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(s) => s == PARKING,
         }
     }
 }
@@ -65,7 +102,7 @@ pub(crate) fn with_slot<R>(f: impl FnOnce(&ReplySlot) -> R) -> R {
         .ok()
         .flatten()
         .unwrap_or_else(|| Box::new(ReplySlot::new()));
-    slot.done.store(false, Ordering::Relaxed);
+    slot.state.store(WAITING, Ordering::Relaxed);
     let r = f(&slot);
     // During TLS teardown the slot is simply freed.
     let _ = SLOT.try_with(|c| c.set(Some(slot)));

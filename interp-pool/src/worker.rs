@@ -22,7 +22,7 @@ use crate::InterpreterId;
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: InterpreterId,
-    pub(crate) name: String,
+    pub(crate) name: Mutex<String>,
     /// CPython's own id for the interpreter (for logs).
     pub(crate) python_id: i64,
     pub(crate) tx: Sender<Job>,
@@ -142,7 +142,7 @@ fn owner_main(
     let (tx, rx) = crossbeam_channel::unbounded();
     let shared = Arc::new(Shared {
         id,
-        name: config.name.clone(),
+        name: Mutex::new(config.name.clone()),
         python_id,
         tx,
         thread: thread::current(),
@@ -254,6 +254,12 @@ impl Owner {
             }
             if spin_until(spin, || finished() || !self.rx.is_empty(), defer) {
                 continue;
+            }
+            // Nested: the reply's completer must know to unpark us.
+            if let Some((slot, _)) = wait_on {
+                if !slot.prepare_park() {
+                    continue;
+                }
             }
             sh.state.store(state::PARKED, Ordering::SeqCst);
             // Pairs with the fence in `Shared::post` (see there).

@@ -53,3 +53,15 @@ fn own_gil_interpreter_refuses_threads_by_default() {
     assert_eq!(err.python_exception().unwrap().type_name, "RuntimeError");
     h.end();
 }
+
+#[test]
+fn rename_changes_the_name_and_the_os_thread_name() {
+    let h = spawn("before");
+    h.rename("after-rename").unwrap();
+    assert_eq!(h.name(), "after-rename");
+    let comm = h
+        .call(|_| Ok(std::fs::read_to_string("/proc/thread-self/comm").unwrap_or_default()))
+        .unwrap();
+    assert_eq!(comm.trim_end(), "py-after-rename");
+    h.end();
+}
