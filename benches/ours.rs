@@ -16,7 +16,15 @@ mod common;
 use std::time::Duration;
 
 use criterion::Criterion;
-use polyplug_subinterp::PythonLoader;
+use polyplug_subinterp::{PythonConfig, PythonLoader};
+
+/// Without the pre-warmed spare: every load creates its interpreter on the spot.
+fn cold() -> PythonLoader {
+    PythonLoader::new(PythonConfig {
+        prewarm: false,
+        ..PythonConfig::default()
+    })
+}
 
 const LOADER: &str = "ours";
 
@@ -31,18 +39,8 @@ fn main() {
     common::nested(&mut c, LOADER, &rt);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);
-    let (p50, p99, rate) =
-        common::contention_percentiles(&rt, if common::quick() { 2_000 } else { 50_000 });
-    common::serde_like::Obj::default()
-        .num("contention_p50_us", p50)
-        .num("contention_p99_us", p99)
-        .num("contention_calls_per_s", rate)
-        .text("pipeline_run", "ok")
-        .write("ours-contention");
-    common::load_and_memory(
-        PythonLoader::default,
-        if common::quick() { 20 } else { 200 },
-    )
-    .write("ours-load");
+    common::extras(LOADER, &rt, PythonLoader::default, "ok");
+    let cycles = if common::quick() { 5 } else { 50 };
+    common::load_and_memory(cold, cycles).write("ours-cold-load");
     c.final_summary();
 }

@@ -54,18 +54,6 @@ fn main() {
     common::latency(&mut c, LOADER, &rt);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);
-    let (p50, p99, rate) =
-        common::contention_percentiles(&rt, if common::quick() { 2_000 } else { 50_000 });
-    common::serde_like::Obj::default()
-        .num("contention_p50_us", p50)
-        .num("contention_p99_us", p99)
-        .num("contention_calls_per_s", rate)
-        .text("pipeline_run", &pipeline)
-        .write("reference-contention");
-    common::load_and_memory(
-        PythonLoader::default,
-        if common::quick() { 20 } else { 200 },
-    )
-    .write("reference-load");
+    common::extras(LOADER, &rt, PythonLoader::default, &pipeline);
     c.final_summary();
 }

@@ -22,6 +22,7 @@ fn check_loads_every_fixture_bundle() {
     for (bundle, contract) in [
         ("py_calculator", "calculator@1"),
         ("py_counter", "counter@1"),
+        ("py_cruncher", "cruncher@1"),
         ("py_pipeline", "pipeline@1"),
     ] {
         let row = stdout
@@ -50,6 +51,7 @@ fn bench_reports_every_fixture_contract_without_errors() {
     for call in [
         "calculator   add",
         "counter      increment",
+        "cruncher     crunch",
         "pipeline     run",
     ] {
         let row = stdout

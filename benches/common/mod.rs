@@ -260,6 +260,24 @@ pub fn contention_percentiles(rt: &Arc<Runtime>, calls_per_thread: usize) -> (f6
     (pct(0.5), pct(0.99), rate)
 }
 
+/// The figures criterion cannot give (percentiles, load, memory), written to
+/// `target/bench-extra/<loader>-*.json` for `tools/bench-report`.
+pub fn extras<L: BundleLoader + 'static>(
+    loader: &str,
+    rt: &Arc<Runtime>,
+    make: fn() -> L,
+    pipeline_run: &str,
+) {
+    let (p50, p99, rate) = contention_percentiles(rt, if quick() { 2_000 } else { 50_000 });
+    serde_like::Obj::default()
+        .num("contention_p50_us", p50)
+        .num("contention_p99_us", p99)
+        .num("contention_calls_per_s", rate)
+        .text("pipeline_run", pipeline_run)
+        .write(&format!("{loader}-contention"));
+    load_and_memory(make, if quick() { 20 } else { 200 }).write(&format!("{loader}-load"));
+}
+
 /// Resident set size in bytes.
 pub fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -271,29 +289,38 @@ pub fn rss() -> u64 {
         * 4096
 }
 
-/// Load time of py_calculator, RSS per loaded bundle, RSS growth over load/unload cycles.
+/// Load time of py_calculator (median of 10 loads into an idle process, each in a fresh
+/// runtime, and median of a burst of 10 back-to-back loads), RSS per loaded bundle, and
+/// RSS growth over load/unload cycles.
 pub fn load_and_memory<L: BundleLoader + 'static>(
     make: fn() -> L,
     cycles: usize,
 ) -> serde_like::Obj {
     let calc = fixtures().join("py_calculator");
     let id = polyplug_utils::BundleId::new("py_calculator");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     // Warm: CPython itself initialised, stdlib imported once.
     let warm = RuntimeBuilder::new().loader(make()).build().unwrap();
     warm.load_bundle(&calc).unwrap();
-    let mut times = Vec::new();
-    let base = rss();
     let mut held = Vec::new();
-    for _ in 0..10 {
+    let mut load = |pause: Duration| {
+        std::thread::sleep(pause);
         let rt = RuntimeBuilder::new().loader(make()).build().unwrap();
         let t = Instant::now();
         rt.load_bundle(&calc).unwrap();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
         held.push(rt);
-    }
+        ms
+    };
+    // Idle: whatever background work a load starts has finished before the next one.
+    let idle: Vec<f64> = (0..10).map(|_| load(Duration::from_millis(100))).collect();
+    let base = rss();
+    let burst: Vec<f64> = (0..10).map(|_| load(Duration::ZERO)).collect();
     let per_bundle = (rss().saturating_sub(base)) as f64 / 10.0 / (1 << 20) as f64;
     drop(held);
-    times.sort_by(f64::total_cmp);
     let rt = RuntimeBuilder::new().loader(make()).build().unwrap();
     let before = rss();
     for _ in 0..cycles {
@@ -302,7 +329,8 @@ pub fn load_and_memory<L: BundleLoader + 'static>(
     }
     let growth = (rss().saturating_sub(before)) as f64 / (1 << 20) as f64;
     serde_like::Obj::default()
-        .num("load_ms_median", times[times.len() / 2])
+        .num("load_ms_median", median(idle))
+        .num("load_ms_burst_median", median(burst))
         .num("rss_mib_per_bundle", per_bundle)
         .num("cycles", cycles as f64)
         .num("rss_mib_growth_after_cycles", growth)

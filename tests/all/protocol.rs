@@ -21,6 +21,22 @@ fn write_out_bundle(name: &str) -> std::path::PathBuf {
     .1
 }
 
+/// fn 0 of `contract@1` with no args and an i32 out, as the write-out plugins define it.
+fn dispatch_i32(rt: &polyplug::runtime::Runtime, contract: &str) -> i32 {
+    let iface = resolve(rt, contract, 1);
+    let mut out: i32 = 0;
+    let err = vm_call(
+        iface,
+        null_instance(iface),
+        0,
+        std::ptr::null(),
+        (&mut out as *mut i32).cast(),
+        std::ptr::null_mut(),
+    );
+    assert!(err.is_ok(), "{contract}: code {}", err.code);
+    out
+}
+
 fn init_failed(r: Result<(), LoaderError>) -> (String, String) {
     match r {
         Err(LoaderError::InitFailed { bundle, error }) => (bundle, error),
@@ -36,17 +52,7 @@ fn valid_plugin_loads_registers_vm_contract_and_dispatches() {
     // SAFETY: a live registry interface.
     let dispatch_type = unsafe { (*iface).dispatch_type };
     assert_eq!(dispatch_type, DispatchType::VirtualMachine);
-    let mut out: i32 = 0;
-    let err = vm_call(
-        iface,
-        null_instance(iface),
-        0,
-        std::ptr::null(),
-        (&mut out as *mut i32).cast(),
-        std::ptr::null_mut(),
-    );
-    assert!(err.is_ok(), "{}", err.code);
-    assert_eq!(out, 0x2A);
+    assert_eq!(dispatch_i32(&rt, "writeout"), 0x2A);
 }
 
 #[test]
@@ -527,18 +533,7 @@ fn code_and_bytes_sources_load_and_dispatch() {
         BundleSource::Code(INLINE.into()),
     )
     .unwrap();
-    let iface = resolve(&rt, "code.contract", 1);
-    let mut out: i32 = 0;
-    assert!(vm_call(
-        iface,
-        null_instance(iface),
-        0,
-        std::ptr::null(),
-        (&mut out as *mut i32).cast(),
-        std::ptr::null_mut()
-    )
-    .is_ok());
-    assert_eq!(out, 0x7B);
+    assert_eq!(dispatch_i32(&rt, "code.contract"), 0x7B);
     let (rt2, _, _) = empty_runtime();
     rt2.load_bundle_from_source(
         inline_manifest("bytes_plugin"),
@@ -601,16 +596,5 @@ fn c_exports_create_a_loader_a_c_host_can_register() {
         .unwrap();
     rt.register_loader(loader).unwrap();
     rt.load_bundle(&write_out_bundle("c_host")).unwrap();
-    let iface = resolve(&rt, "writeout", 1);
-    let mut out: i32 = 0;
-    assert!(vm_call(
-        iface,
-        null_instance(iface),
-        0,
-        std::ptr::null(),
-        (&mut out as *mut i32).cast(),
-        std::ptr::null_mut()
-    )
-    .is_ok());
-    assert_eq!(out, 0x2A);
+    assert_eq!(dispatch_i32(&rt, "writeout"), 0x2A);
 }

@@ -20,6 +20,7 @@ use crate::core_api::host::host_callers::{
 const DRIVERS: &[(&str, &str)] = &[
     ("calculator", "add"),
     ("counter", "increment"),
+    ("cruncher", "crunch"),
     ("pipeline", "run"),
 ];
 
