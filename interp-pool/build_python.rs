@@ -33,7 +33,6 @@ pub fn configure() {
         // Applies to this package's binaries, tests, benches and examples.
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
-    println!("cargo:rustc-env=INTERP_POOL_PYTHON_EXE={exe}");
     // The soname to re-open RTLD_GLOBAL when this code is itself dlopen'ed (a C host
     // loading our cdylib), so that extension modules such as _ctypes resolve Py* symbols.
     let lib = config.lib_name().unwrap_or("python3");
