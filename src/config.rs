@@ -1,6 +1,45 @@
 //! Loader configuration.
 
-use interp_pool::WaitPolicy;
+use std::collections::HashMap;
+
+use interp_pool::{GilMode, WaitPolicy};
+
+/// How a bundle's interpreter relates to the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum InterpreterMode {
+    /// Its own subinterpreter and its own GIL: runs in parallel with every other bundle.
+    /// Extension modules must declare per-interpreter-GIL support.
+    #[default]
+    OwnGil,
+    /// Its own subinterpreter sharing the main interpreter's GIL: isolated like `OwnGil`,
+    /// but no parallelism; accepts extension modules that refuse a per-interpreter GIL
+    /// (single-phase init included).
+    SharedGil,
+}
+
+impl InterpreterMode {
+    /// `"own_gil"` or `"shared_gil"`, as the CLI and logs show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterpreterMode::OwnGil => "own_gil",
+            InterpreterMode::SharedGil => "shared_gil",
+        }
+    }
+
+    /// The next, more permissive mode to try when an extension refuses this one.
+    pub(crate) fn fallback(self) -> Option<Self> {
+        match self {
+            InterpreterMode::OwnGil => Some(InterpreterMode::SharedGil),
+            InterpreterMode::SharedGil => None,
+        }
+    }
+}
+
+impl std::fmt::Display for InterpreterMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Settings for [`PythonLoader`](crate::PythonLoader).
 ///
@@ -29,6 +68,15 @@ pub struct PythonConfig {
     pub allow_threads: bool,
     /// Spin-then-park policy of the calling and interpreter threads.
     pub wait: WaitPolicy,
+    /// Interpreter mode for bundles not named in `bundle_modes`. Default `OwnGil`.
+    pub mode: InterpreterMode,
+    /// Per-bundle mode, by bundle (manifest) name; wins over `mode`.
+    pub bundle_modes: HashMap<String, InterpreterMode>,
+    /// When a bundle's import fails because an extension module refuses its mode ("does not
+    /// support loading in subinterpreters"), end that interpreter and retry in the next
+    /// mode, logging a warning that names the module. Off: the load fails with that error.
+    /// Default `true`.
+    pub auto_downgrade: bool,
     /// Keep one fresh interpreter ready (created, common stdlib modules imported) so a load
     /// skips ~20 ms of start-up; it costs one idle interpreter (~3 MiB) per process.
     /// Default `true`.
@@ -44,13 +92,31 @@ impl Default for PythonConfig {
             allow_threads: false,
             wait: WaitPolicy::default(),
             prewarm: true,
+            mode: InterpreterMode::OwnGil,
+            bundle_modes: HashMap::new(),
+            auto_downgrade: true,
         }
     }
 }
 
 impl PythonConfig {
-    pub(crate) fn interpreter(&self, bundle: &str) -> interp_pool::InterpreterConfig {
+    /// The mode a bundle starts in.
+    pub(crate) fn mode_for(&self, bundle: &str) -> InterpreterMode {
+        self.bundle_modes.get(bundle).copied().unwrap_or(self.mode)
+    }
+
+    pub(crate) fn interpreter(
+        &self,
+        bundle: &str,
+        mode: InterpreterMode,
+    ) -> interp_pool::InterpreterConfig {
+        let (gil, check_multi_interp_extensions) = match mode {
+            InterpreterMode::OwnGil => (GilMode::Own, true),
+            InterpreterMode::SharedGil => (GilMode::Shared, false),
+        };
         interp_pool::InterpreterConfig {
+            gil,
+            check_multi_interp_extensions,
             max_depth: self.max_depth,
             stack_size: self.stack_size,
             allow_threads: self.allow_threads,

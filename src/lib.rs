@@ -39,7 +39,7 @@ use polyplug::runtime::Runtime;
 use polyplug_abi::SupportedLanguage;
 use polyplug_utils::BundleId;
 
-pub use config::PythonConfig;
+pub use config::{InterpreterMode, PythonConfig};
 
 use crate::contract::ContractData;
 use crate::load::{Entry, Plan};
@@ -64,6 +64,7 @@ struct Inner {
 struct LoadedBundle {
     interp: InterpreterHandle,
     contracts: Vec<&'static ContractData>,
+    mode: InterpreterMode,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
 }
@@ -91,7 +92,7 @@ pub struct BundleInfo {
     pub bundle_id: u64,
     /// `name@major` and the number of functions, per registered contract.
     pub contracts: Vec<(String, usize)>,
-    /// How the bundle's interpreter runs: `"own_gil"`.
+    /// How the bundle's interpreter runs: `"own_gil"` or `"shared_gil"`.
     pub mode: &'static str,
     /// CPython's id of the bundle's interpreter.
     pub python_interp_id: i64,
@@ -124,7 +125,7 @@ impl PythonLoader {
                 .iter()
                 .map(|c| (c.contract.clone(), c.fn_count))
                 .collect(),
-            mode: "own_gil",
+            mode: b.mode.as_str(),
             python_interp_id: b.interp.python_id(),
         })
     }
@@ -147,11 +148,15 @@ impl PythonLoader {
         Ok(())
     }
 
-    /// A fresh interpreter for `bundle`: the pre-warmed spare if allowed and ready, else a
-    /// new one.
-    fn interpreter(&self, bundle: &str) -> interp_pool::Result<InterpreterHandle> {
-        let config = self.inner.config.interpreter(bundle);
-        if self.inner.config.prewarm {
+    /// A fresh interpreter for `bundle` in `mode`: the pre-warmed spare if allowed (own-GIL
+    /// only) and ready, else a new one.
+    fn interpreter(
+        &self,
+        bundle: &str,
+        mode: InterpreterMode,
+    ) -> interp_pool::Result<InterpreterHandle> {
+        let config = self.inner.config.interpreter(bundle, mode);
+        if self.inner.config.prewarm && mode == InterpreterMode::OwnGil {
             if let Some(h) = spare::take(&config) {
                 if h.rename(bundle).is_ok() {
                     return Ok(h);
@@ -161,8 +166,9 @@ impl PythonLoader {
         InterpreterHandle::spawn(config)
     }
 
-    /// Creates the bundle's interpreter, runs its init there, registers its contracts.
-    /// Any failure ends the interpreter and leaves nothing behind.
+    /// Loads in the bundle's configured mode; if an extension module refuses that kind of
+    /// interpreter and `auto_downgrade` is on, retries in the next mode, with a warning
+    /// that names the module.
     fn load_plan(
         &self,
         manifest: &ManifestData,
@@ -170,15 +176,60 @@ impl PythonLoader {
         runtime: &Runtime,
     ) -> Result<(), LoaderError> {
         self.check_version()?;
+        let config = &self.inner.config;
+        let mut mode = config.mode_for(&manifest.name);
+        loop {
+            let err = match self.load_in(manifest, &plan, runtime, mode) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let refused = plan
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let (Some(module), Some(next)) = (refused, mode.fallback()) else {
+                return Err(err);
+            };
+            if !config.auto_downgrade {
+                return Err(error::init_failed_msg(
+                    &plan.module,
+                    format!(
+                        "extension module {module} refuses {mode} interpreters and automatic downgrade is off; \
+                         set PythonConfig::bundle_modes[\"{}\"] = {next:?} to run it ({err})",
+                        manifest.name
+                    ),
+                ));
+            }
+            tracing::warn!(
+                bundle = %manifest.name,
+                module = %module,
+                from = %mode,
+                to = %next,
+                "extension module refuses this interpreter mode; retrying the load"
+            );
+            mode = next;
+        }
+    }
+
+    /// One load attempt in `mode`: create the interpreter, run the bundle's init there,
+    /// register its contracts. Any failure ends the interpreter and leaves nothing behind.
+    fn load_in(
+        &self,
+        manifest: &ManifestData,
+        plan: &Plan<'_>,
+        runtime: &Runtime,
+        mode: InterpreterMode,
+    ) -> Result<(), LoaderError> {
         let bundle = plan.module.clone();
         let t0 = std::time::Instant::now();
-        let interp = self.interpreter(&manifest.name).map_err(|e| {
+        let interp = self.interpreter(&manifest.name, mode).map_err(|e| {
             error::init_failed(&bundle, "cannot create the bundle's interpreter", &e)
         })?;
         let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
         let declared = interp
-            .call(|py| Ok(load::run_init(py, &plan, runtime, host)))
+            .call(|py| Ok(load::run_init(py, plan, runtime, host)))
             .unwrap_or_else(|e| Err(error::init_failed(&bundle, "bundle init", &e)));
         let declared = match declared {
             Ok(d) => d,
@@ -197,7 +248,7 @@ impl PythonLoader {
         tracing::info!(
             bundle = %manifest.name,
             interp = %interp.id(),
-            mode = "own_gil",
+            mode = %mode,
             contracts = contracts.len(),
             create_ms = t_spawn.as_secs_f64() * 1e3,
             init_ms = t_init.as_secs_f64() * 1e3,
@@ -210,6 +261,7 @@ impl PythonLoader {
             .push(LoadedBundle {
                 interp,
                 contracts,
+                mode,
                 _ctx_path: plan.ctx_path.into(),
             });
         Ok(())
@@ -262,6 +314,7 @@ impl PythonLoader {
                 dirs,
             },
             ctx_path: &dir_s,
+            refused: Default::default(),
         };
         self.load_plan(manifest, plan, runtime)
     }
@@ -277,6 +330,7 @@ impl PythonLoader {
             bundle_id: manifest.id,
             entry: Entry::Code { src },
             ctx_path: "",
+            refused: Default::default(),
         };
         self.load_plan(manifest, plan, runtime)
     }

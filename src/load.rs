@@ -59,6 +59,19 @@ pub(crate) struct Plan<'a> {
     pub(crate) entry: Entry<'a>,
     /// `BundleInitContext.bundle_path`: the canonical bundle dir, or "".
     pub(crate) ctx_path: &'a str,
+    /// Set when the load failed because an extension module refused this kind of
+    /// interpreter: the module's name (the caller may retry in another mode).
+    pub(crate) refused: Mutex<Option<String>>,
+}
+
+impl Plan<'_> {
+    /// `InitFailed` for this bundle; remembers a refusing extension module.
+    fn failed(&self, doing: &str, err: &interp_pool::Error) -> LoaderError {
+        if let interp_pool::Error::Unsupported { module, .. } = err {
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(module.clone());
+        }
+        init_failed(&self.module, doing, err)
+    }
 }
 
 /// A contract as `polyplug_init` declared it, its Python objects still pinned in the
@@ -103,8 +116,8 @@ pub(crate) fn run_init(
         py.run_in(BOOTSTRAP, &ns)?;
         Ok(ns)
     })()
-    .map_err(|e| init_failed(bundle, "interpreter bootstrap failed", &e))?;
-    let glue = |e: interp_pool::Error| init_failed(bundle, "preparing the import", &e);
+    .map_err(|e| plan.failed("interpreter bootstrap failed", &e))?;
+    let glue = |e: interp_pool::Error| plan.failed("preparing the import", &e);
     let module = match &plan.entry {
         Entry::Path { file, dirs } => {
             let load_path = boot
@@ -121,11 +134,7 @@ pub(crate) fn run_init(
             load_path
                 .call(py, &[&name, &path, &dirs_list])
                 .map_err(|e| {
-                    init_failed(
-                        bundle,
-                        &format!("failed to import Python module at {file}"),
-                        &e,
-                    )
+                    plan.failed(&format!("failed to import Python module at {file}"), &e)
                 })?
         }
         Entry::Code { src } => {
@@ -136,7 +145,7 @@ pub(crate) fn run_init(
             let (name, src) = (py.str(bundle).map_err(glue)?, py.str(src).map_err(glue)?);
             load_code
                 .call(py, &[&name, &src])
-                .map_err(|e| init_failed(bundle, "inline module compile/exec failed", &e))?
+                .map_err(|e| plan.failed("inline module compile/exec failed", &e))?
         }
     };
     let init = module
@@ -158,8 +167,8 @@ pub(crate) fn run_init(
     );
     let ret = init
         .call(py, &[&host_arg, &ctx_arg])
-        .map_err(|e| init_failed(bundle, "polyplug_init call failed", &e))?;
-    let declared = parse_registrations(py, &ret, bundle, host)?;
+        .map_err(|e| plan.failed("polyplug_init call failed", &e))?;
+    let declared = parse_registrations(py, &ret, plan, host)?;
     if declared.is_empty() {
         return Err(init_failed_msg(
             bundle,
@@ -172,11 +181,12 @@ pub(crate) fn run_init(
 fn parse_registrations(
     py: &Attached<'_>,
     ret: &PyObj<'_>,
-    bundle: &str,
+    plan: &Plan<'_>,
     host: usize,
 ) -> Result<Vec<Declared>, LoaderError> {
+    let bundle = plan.module.as_str();
     let fail = |msg: String| init_failed_msg(bundle, msg);
-    let glue = |e: interp_pool::Error| init_failed(bundle, "reading polyplug_init's result", &e);
+    let glue = |e: interp_pool::Error| plan.failed("reading polyplug_init's result", &e);
     if !ret.is_tuple() {
         return Err(fail(
             "polyplug_init must return a (registrations, AbiError) tuple".into(),
@@ -247,8 +257,7 @@ fn parse_registrations(
         let default_impl = factory
             .call(py, &[&py.uint(host as u64).map_err(glue)?])
             .map_err(|e| {
-                init_failed(
-                    bundle,
+                plan.failed(
                     &format!(
                         "factory for `{name}@{major}` failed while building the default instance"
                     ),

@@ -68,3 +68,36 @@ fn bad_usage_says_how_to_use_it() {
     assert!(!ok);
     assert!(stderr.contains("usage:"), "{stderr}");
 }
+
+#[test]
+fn check_shows_the_mode_each_bundle_runs_in() {
+    let root = std::env::temp_dir().join(format!(
+        "polyplug-subinterp-cli-modes-{}",
+        std::process::id()
+    ));
+    let dir = root.join("tm_user");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = polyplug_utils::BundleId::new("tm_user").id();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        format!("name = \"tm_user\"\nid = {id}\nloader = \"python\"\nfile = \"tm_user.py\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tm_user.py"),
+        "import _tracemalloc\nclass Ok:\n    code = 0\ndef f(*a):\n    pass\ndef polyplug_init(h, c):\n    return ([{'contract': 'tm@1', 'factory': lambda h: None, 'functions': [f]}], Ok())\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = cli(&["check", root.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("tm_user"))
+        .expect("a row");
+    assert!(row.contains("shared_gil"), "{row}");
+    assert!(
+        stderr.contains("_tracemalloc"),
+        "the downgrade warning names the module:\n{stderr}"
+    );
+}

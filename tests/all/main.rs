@@ -14,6 +14,7 @@ mod core_api;
 
 mod isolation;
 mod lifecycle;
+mod modes;
 mod protocol;
 mod real_bundles;
 mod reentry;

@@ -7,7 +7,7 @@ use polyplug_subinterp::{PythonConfig, PythonLoader};
 use crate::support::*;
 
 /// Bundles `pp_a`/`pp_b`: `ping(n)` returns `n` by bouncing n times between them.
-fn ping_pong(loader: &PythonLoader, rt: &polyplug::runtime::Runtime) {
+pub(crate) fn ping_pong(loader: &PythonLoader, rt: &polyplug::runtime::Runtime) {
     for (me, other) in [("pa", "pb"), ("pb", "pa")] {
         let defs = format!(
             "import peer, threading\nTHREADS = set()\nOTHER = {other_id}\ndef ping(impl, args, out, arena, alloc):\n    THREADS.add(threading.get_ident())\n    n = i64_at(args)\n    put_i64(out, 0 if n == 0 else peer.call_i64(impl.host, OTHER, 0, n - 1) + 1)\ndef threads(impl, args, out, arena, alloc):\n    put_i64(out, len(THREADS))\n",

@@ -1,0 +1,112 @@
+//! Interpreter modes: own_gil by default, shared_gil for extensions that refuse a
+//! per-interpreter GIL, chosen per bundle or by automatic downgrade at load.
+//! `_tracemalloc` stands in for numpy & co.: a builtin that refuses own-GIL interpreters.
+
+use polyplug::error::LoaderError;
+use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader};
+
+use crate::support::*;
+
+const REFUSER: &str = "import _tracemalloc\ndef tracing(impl, args, out, arena, alloc):\n    put_i64(out, 7 if not _tracemalloc.is_tracing() else 8)\n";
+
+fn loader_with(config: PythonConfig) -> (std::sync::Arc<polyplug::runtime::Runtime>, PythonLoader) {
+    let loader = PythonLoader::new(config);
+    let (rt, _) = runtime_with(loader.clone(), &[]);
+    (rt, loader)
+}
+
+fn mode_of(loader: &PythonLoader, bundle: &str) -> &'static str {
+    loader
+        .bundle_info(polyplug_utils::BundleId::new(bundle).id())
+        .expect("loaded")
+        .mode
+}
+
+#[test]
+fn a_refusing_extension_downgrades_the_bundle_to_shared_gil() {
+    let (rt, loader, _) = empty_runtime();
+    let (_, dir) = write_bundle(
+        "refuser",
+        &plugin_source("refuser@1", REFUSER, "tracing"),
+        &[],
+    );
+    load_dir(&loader, &rt, &dir).unwrap();
+    assert_eq!(mode_of(&loader, "refuser"), "shared_gil");
+    assert_eq!(call_i64(&rt, "refuser", 0, 0), Ok(7));
+    // A second such bundle gets an interpreter of its own too.
+    let (_, dir2) = write_bundle(
+        "refuser_two",
+        &plugin_source("refuser2@1", REFUSER, "tracing"),
+        &[],
+    );
+    load_dir(&loader, &rt, &dir2).unwrap();
+    assert_eq!(call_i64(&rt, "refuser2", 0, 0), Ok(7));
+    // Bundles that do not need it stay own-GIL.
+    let (_, plain) = write_bundle(
+        "plain_mode",
+        &plugin_source(
+            "plainmode@1",
+            "def f(impl, args, out, arena, alloc):\n    put_i64(out, 1)\n",
+            "f",
+        ),
+        &[],
+    );
+    load_dir(&loader, &rt, &plain).unwrap();
+    assert_eq!(mode_of(&loader, "plain_mode"), "own_gil");
+}
+
+#[test]
+fn with_downgrade_off_the_error_names_the_module_and_the_way_out() {
+    let (rt, loader) = loader_with(PythonConfig {
+        auto_downgrade: false,
+        ..PythonConfig::default()
+    });
+    let (_, dir) = write_bundle(
+        "refuser_strict",
+        &plugin_source("strict@1", REFUSER, "tracing"),
+        &[],
+    );
+    match load_dir(&loader, &rt, &dir) {
+        Err(LoaderError::InitFailed { bundle, error }) => {
+            assert_eq!(bundle, "refuser_strict");
+            for needle in [
+                "_tracemalloc",
+                "own_gil",
+                "automatic downgrade is off",
+                "bundle_modes",
+            ] {
+                assert!(error.contains(needle), "{error:?} lacks {needle:?}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_bundle_pinned_to_shared_gil_runs_there() {
+    let config = PythonConfig {
+        bundle_modes: [("pinned".to_owned(), InterpreterMode::SharedGil)].into(),
+        ..PythonConfig::default()
+    };
+    let (rt, loader) = loader_with(config);
+    let src = plugin_source("pinned@1", "import ctypes\ndef f(impl, args, out, arena, alloc):\n    put_i64(out, i64_at(args) * 2)\n", "f");
+    load_dir(&loader, &rt, &write_bundle("pinned", &src, &[]).1).unwrap();
+    assert_eq!(mode_of(&loader, "pinned"), "shared_gil");
+    assert_eq!(call_i64(&rt, "pinned", 0, 21), Ok(42));
+}
+
+#[test]
+fn own_gil_and_shared_gil_bundles_call_each_other() {
+    within("cross-mode ping-pong", || {
+        let config = PythonConfig {
+            bundle_modes: [("pp_pb".to_owned(), InterpreterMode::SharedGil)].into(),
+            ..PythonConfig::default()
+        };
+        let (rt, loader) = loader_with(config);
+        crate::reentry::ping_pong(&loader, &rt);
+        assert_eq!(mode_of(&loader, "pp_pa"), "own_gil");
+        assert_eq!(mode_of(&loader, "pp_pb"), "shared_gil");
+        assert_eq!(call_i64(&rt, "pa", 0, 15), Ok(15));
+        assert_eq!(call_i64(&rt, "pb", 0, 16), Ok(16));
+    });
+}
