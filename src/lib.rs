@@ -161,6 +161,7 @@ impl PythonLoader {
                 if h.rename(bundle).is_ok() {
                     return Ok(h);
                 }
+                h.end();
             }
         }
         InterpreterHandle::spawn(config)

@@ -62,12 +62,13 @@ impl InterpreterHandle {
     /// Renames the interpreter (and its owner thread, `py-<name>`, as tools show it): for
     /// an interpreter created ahead of time and handed to its user later.
     pub fn rename(&self, name: &str) -> Result<()> {
-        *self.shared.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_owned();
         let thread_name = format!("py-{name}");
         self.call(move |_| {
             set_current_thread_name(&thread_name);
             Ok(())
-        })
+        })?;
+        *self.shared.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_owned();
+        Ok(())
     }
 
     /// CPython's id for it (`PyInterpreterState_GetID`), for correlating logs.
