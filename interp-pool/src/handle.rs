@@ -4,7 +4,7 @@
 use std::fmt;
 use std::panic;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::activation::{self, DepthGuard};
 use crate::attach::{AttachGuard, Attached, DetachGuard};
@@ -14,7 +14,7 @@ use crate::ffi;
 use crate::job::{Call, Job};
 use crate::runtime;
 use crate::wait;
-use crate::worker::{self, Owner, Shared};
+use crate::worker::{self, Origin, Owner, Shared};
 use crate::InterpreterId;
 
 /// A handle to one interpreter and its owner thread. Cheap to clone; `Send + Sync`.
@@ -41,8 +41,41 @@ impl InterpreterHandle {
     /// is the first interpreter of the process.
     pub fn spawn(config: InterpreterConfig) -> Result<Self> {
         let rt = runtime::get()?;
-        let shared = worker::spawn(rt, config)?;
+        let shared = worker::spawn(rt, config, Origin::New)?;
         Ok(Self { shared })
+    }
+
+    /// The main interpreter, served by one process-wide owner thread (`py-__main__`) with
+    /// a thread state of its own: for extension modules that refuse subinterpreters.
+    ///
+    /// Every caller gets a handle to the same server, started on first use with
+    /// `config`'s depth cap, stack size and wait policy (later configs are
+    /// ignored; the GIL and isolation settings never apply: this is the main interpreter,
+    /// sharing its GIL with every [`GilMode::Shared`](crate::GilMode::Shared) interpreter).
+    /// [`end`](Self::end) does nothing on it; [`shutdown`](crate::shutdown) stops it.
+    pub fn main(config: InterpreterConfig) -> Result<Self> {
+        static MAIN: Mutex<Option<InterpreterHandle>> = Mutex::new(None);
+        let mut slot = MAIN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = slot
+            .as_ref()
+            .filter(|h| !h.shared.closing.load(Ordering::Acquire))
+        {
+            return Ok(h.clone());
+        }
+        let rt = runtime::get()?;
+        let config = InterpreterConfig {
+            name: "__main__".into(),
+            ..config
+        };
+        let shared = worker::spawn(rt, config, Origin::Main)?;
+        let handle = Self { shared };
+        *slot = Some(handle.clone());
+        Ok(handle)
+    }
+
+    /// Whether this is the [`main`](Self::main) interpreter's handle.
+    pub fn is_main(&self) -> bool {
+        self.shared.origin == Origin::Main
     }
 
     /// This interpreter's pool-wide id.
@@ -162,7 +195,11 @@ impl InterpreterHandle {
     /// queued fail the same way, calls already running finish, and then the owner thread
     /// runs `Py_EndInterpreter`. Waits for that, except when called on an owner thread
     /// (which cannot wait without risking waiting for itself): then it only requests it.
+    /// Does nothing on the [`main`](Self::main) interpreter's handle.
     pub fn end(&self) {
+        if self.is_main() {
+            return;
+        }
         self.shared.request_end();
         if activation::owner().is_none() {
             self.shared.wait_ended();

@@ -204,7 +204,8 @@ pub fn shutdown() -> Result<()> {
     Ok(())
 }
 
-/// How many interpreters are alive (created and not yet ended) in this process.
+/// How many interpreters the pool serves in this process: subinterpreters created and not
+/// yet ended, plus the main interpreter once [`InterpreterHandle::main`](crate::InterpreterHandle::main) started its server.
 pub fn live_interpreters() -> usize {
     match RUNTIME.get() {
         Some(Ok(rt)) => rt.lock_live().len(),

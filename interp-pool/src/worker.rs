@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) closing: AtomicBool,
     pub(crate) max_depth: usize,
     pub(crate) caller_spin: Duration,
+    /// Serves the main interpreter (which it never ends) rather than one it created.
+    pub(crate) origin: Origin,
     /// Set by the owner thread as its last act, after `Py_EndInterpreter`.
     ended: Mutex<bool>,
     ended_cv: Condvar,
@@ -87,6 +89,16 @@ impl Shared {
     }
 }
 
+/// Where an owner thread's interpreter comes from, and so how it is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// Created on the owner thread with `Py_NewInterpreterFromConfig`; ended there.
+    New,
+    /// The main interpreter: the owner thread serves it through a thread state of its
+    /// own, and at shutdown only deletes that thread state (R1: py-main finalizes).
+    Main,
+}
+
 /// The owner thread's private state: registered in `activation` for the thread's life.
 #[derive(Debug)]
 pub(crate) struct Owner {
@@ -98,7 +110,11 @@ pub(crate) struct Owner {
 }
 
 /// Starts an owner thread and waits until its interpreter exists (or failed to).
-pub(crate) fn spawn(rt: &'static Runtime, config: InterpreterConfig) -> Result<Arc<Shared>> {
+pub(crate) fn spawn(
+    rt: &'static Runtime,
+    config: InterpreterConfig,
+    origin: Origin,
+) -> Result<Arc<Shared>> {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let id = InterpreterId::next();
     let thread_name = format!("py-{}", config.name);
@@ -106,7 +122,7 @@ pub(crate) fn spawn(rt: &'static Runtime, config: InterpreterConfig) -> Result<A
     thread::Builder::new()
         .name(thread_name)
         .stack_size(config.stack_size)
-        .spawn(move || owner_main(rt, id, config, ready_tx))
+        .spawn(move || owner_main(rt, id, config, origin, ready_tx))
         .map_err(|e| Error::Init(format!("cannot start interpreter thread: {e}")))?;
     ready_rx.recv().unwrap_or_else(|_| {
         Err(Error::Internal(
@@ -119,6 +135,7 @@ fn owner_main(
     rt: &'static Runtime,
     id: InterpreterId,
     config: InterpreterConfig,
+    origin: Origin,
     ready: Sender<Result<Arc<Shared>>>,
 ) {
     // Whatever happens below, waiters in `wait_ended` must not hang: a panic here is a bug,
@@ -132,7 +149,11 @@ fn owner_main(
         let _ = ready.send(Err(Error::ShutDown));
         return;
     }
-    let (ts, python_id) = match create_interpreter(&config) {
+    let created = match origin {
+        Origin::New => create_interpreter(&config),
+        Origin::Main => main_thread_state(),
+    };
+    let (ts, python_id) = match created {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -150,6 +171,7 @@ fn owner_main(
         closing: AtomicBool::new(false),
         max_depth: config.max_depth,
         caller_spin: config.wait.caller_spin,
+        origin,
         ended: Mutex::new(false),
         ended_cv: Condvar::new(),
     });
@@ -172,13 +194,24 @@ fn owner_main(
     let Owner { ts, rx, shared, .. } = owner;
     // Jobs still queued are dropped unrun: each completes its caller with InterpreterGone.
     drop(rx);
-    // SAFETY: thread: the owner, which created `ts` (R2). interp: alive; only this thread
-    // ends it. tstate: none attached (the top-level loop detaches between jobs and no
-    // call is running any more), so we attach `ts` and end the interpreter with it
-    // current, as Py_EndInterpreter requires. Afterwards no tstate is attached.
-    unsafe {
-        sys::PyEval_RestoreThread(ts);
-        sys::Py_EndInterpreter(ts);
+    match origin {
+        // SAFETY: thread: the owner, which created `ts` (R2). interp: alive; only this
+        // thread ends it. tstate: none attached (the top-level loop detaches between jobs
+        // and no call is running any more), so we attach `ts` and end the interpreter
+        // with it current, as Py_EndInterpreter requires. Afterwards none is attached.
+        Origin::New => unsafe {
+            sys::PyEval_RestoreThread(ts);
+            sys::Py_EndInterpreter(ts);
+        },
+        // SAFETY: thread: the owner, which created `ts` for the main interpreter (R2).
+        // tstate: none attached; we attach ours, clear it (which needs it attached) and
+        // delete it as the current one, which also detaches. Main itself lives on until
+        // py-main finalizes it (R9).
+        Origin::Main => unsafe {
+            sys::PyEval_RestoreThread(ts);
+            sys::PyThreadState_Clear(ts);
+            sys::PyThreadState_DeleteCurrent();
+        },
     }
     rt.unregister(shared.id);
     tracing::debug!(interp = %shared.id, "interpreter ended");
@@ -222,6 +255,21 @@ fn create_interpreter(config: &InterpreterConfig) -> Result<(*mut sys::PyThreadS
         id
     };
     Ok((ts, python_id))
+}
+
+/// A thread state of this thread's own for the main interpreter, detached.
+fn main_thread_state() -> Result<(*mut sys::PyThreadState, i64)> {
+    // SAFETY: thread: a fresh owner thread with no thread state. interp: the runtime is
+    // initialised, so the main interpreter exists for the life of the process (until
+    // finalize, which waits for this thread to end, R9). PyThreadState_New needs no GIL;
+    // the new tstate is bound to this thread and not attached.
+    let ts = unsafe { sys::PyThreadState_New(sys::PyInterpreterState_Main()) };
+    if ts.is_null() {
+        return Err(Error::Init(
+            "cannot create a thread state for the main interpreter".into(),
+        ));
+    }
+    Ok((ts, 0))
 }
 
 impl Owner {

@@ -21,7 +21,11 @@ fn shutdown_waits_for_running_calls_ends_everything_and_never_reinitialises() {
     for h in &hs {
         h.call(|py| py.run("import json, decimal\nx = 41")).unwrap();
     }
-    assert_eq!(interp_pool::live_interpreters(), 3);
+    // The main interpreter's server is stopped by shutdown too (its thread state deleted
+    // before py-main finalizes).
+    let main = InterpreterHandle::main(InterpreterConfig::default()).unwrap();
+    main.call(|py| py.run("import json\nmain_x = 1")).unwrap();
+    assert_eq!(interp_pool::live_interpreters(), 4);
 
     // A call that is running when shutdown starts finishes normally.
     let (started_tx, started_rx) = mpsc::channel::<()>();
@@ -46,7 +50,7 @@ fn shutdown_waits_for_running_calls_ends_everything_and_never_reinitialises() {
     shutting.join().unwrap().unwrap();
 
     assert_eq!(interp_pool::live_interpreters(), 0);
-    for h in &hs {
+    for h in hs.iter().chain([&main]) {
         assert!(h.is_ended());
         assert!(matches!(
             h.call(|_| Ok(())),
@@ -55,6 +59,10 @@ fn shutdown_waits_for_running_calls_ends_everything_and_never_reinitialises() {
     }
     assert!(matches!(
         InterpreterHandle::spawn(InterpreterConfig::named("after")),
+        Err(Error::ShutDown)
+    ));
+    assert!(matches!(
+        InterpreterHandle::main(InterpreterConfig::default()),
         Err(Error::ShutDown)
     ));
     shutdown().unwrap(); // idempotent

@@ -6,6 +6,7 @@ mod concurrency;
 mod errors;
 mod isolation;
 mod lifecycle;
+mod main_interp;
 mod own_gil;
 mod reentry;
 mod util;

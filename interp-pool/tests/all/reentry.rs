@@ -15,7 +15,7 @@ static PEERS: Mutex<Vec<InterpreterHandle>> = Mutex::new(Vec::new());
 /// Errors seen by the C callback, by peer index.
 static ERRORS: Mutex<Vec<(i64, Error)>> = Mutex::new(Vec::new());
 
-fn register(h: &InterpreterHandle) -> i64 {
+pub(crate) fn register(h: &InterpreterHandle) -> i64 {
     let mut peers = PEERS.lock().unwrap();
     peers.push(h.clone());
     (peers.len() - 1) as i64
@@ -39,7 +39,7 @@ extern "C" fn hop(target: i64, n: i64) -> i64 {
 }
 
 /// Defines `hop` (the ctypes callback), `ping` and call counters in `h`.
-fn install_ping(h: &InterpreterHandle, me: i64, other: i64) {
+pub(crate) fn install_ping(h: &InterpreterHandle, me: i64, other: i64) {
     let addr = hop as extern "C" fn(i64, i64) -> i64 as usize;
     run(
         h,
