@@ -15,22 +15,35 @@ pub enum InterpreterMode {
     /// but no parallelism; accepts extension modules that refuse a per-interpreter GIL
     /// (single-phase init included).
     SharedGil,
+    /// The main interpreter, shared by every `Main` bundle, its modules kept apart by
+    /// re-keying (see `isolation.rs`): for extension modules that refuse subinterpreters
+    /// altogether (numpy, orjson, PyO3 modules). Serialised with every `SharedGil` bundle
+    /// on the main GIL.
+    Main,
 }
 
 impl InterpreterMode {
-    /// `"own_gil"` or `"shared_gil"`, as the CLI and logs show it.
+    /// `"own_gil"`, `"shared_gil"` or `"main"`, as the CLI and logs show it.
     pub fn as_str(self) -> &'static str {
         match self {
             InterpreterMode::OwnGil => "own_gil",
             InterpreterMode::SharedGil => "shared_gil",
+            InterpreterMode::Main => "main",
         }
     }
 
     /// The next, more permissive mode to try when an extension refuses this one.
-    pub(crate) fn fallback(self) -> Option<Self> {
+    ///
+    /// A PyO3 module skips `SharedGil`: CPython would let it load in a shared-GIL
+    /// subinterpreter, but PyO3 binds the module to the first interpreter that imports it
+    /// and refuses (or breaks in) every other one, main included, for the rest of the
+    /// process.
+    pub(crate) fn fallback(self, pyo3: bool) -> Option<Self> {
         match self {
+            InterpreterMode::OwnGil if pyo3 => Some(InterpreterMode::Main),
             InterpreterMode::OwnGil => Some(InterpreterMode::SharedGil),
-            InterpreterMode::SharedGil => None,
+            InterpreterMode::SharedGil => Some(InterpreterMode::Main),
+            InterpreterMode::Main => None,
         }
     }
 }
@@ -112,7 +125,14 @@ impl PythonConfig {
     ) -> interp_pool::InterpreterConfig {
         let (gil, check_multi_interp_extensions) = match mode {
             InterpreterMode::OwnGil => (GilMode::Own, true),
-            InterpreterMode::SharedGil => (GilMode::Shared, false),
+            // Still refuse extensions without subinterpreter support (single-phase init,
+            // numpy, orjson), so they move on to `Main` instead of loading where they may
+            // misbehave. Before 3.13 `_ctypes` itself is single-phase: no check there.
+            InterpreterMode::SharedGil => {
+                (GilMode::Shared, interp_pool::python_version() >= (3, 13))
+            }
+            // Only depth, stack and wait policy apply to the main interpreter.
+            InterpreterMode::Main => (GilMode::Shared, false),
         };
         interp_pool::InterpreterConfig {
             gil,

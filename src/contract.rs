@@ -18,6 +18,7 @@ use polyplug_abi::{
 use polyplug_utils::GuestContractId;
 
 use crate::error;
+use crate::isolation::{self, BundleKey, Scope};
 
 /// Python objects of one contract. They live in the bundle's interpreter and are only
 /// touched inside its jobs; `None` once the bundle is unloaded.
@@ -36,6 +37,9 @@ pub(crate) struct Objects {
 /// After unload it holds no Python object and only a handle to an ended interpreter.
 pub(crate) struct ContractData {
     pub(crate) interp: InterpreterHandle,
+    /// The bundle's identity in the main interpreter (`main` mode): its code runs inside
+    /// an isolation scope, and what it imports is settled after each call.
+    pub(crate) scope: Option<BundleKey>,
     /// Bundle name, for logs and errors.
     pub(crate) bundle: String,
     /// `name@major`, for logs.
@@ -56,6 +60,20 @@ enum Found {
 impl ContractData {
     fn objects(&self) -> MutexGuard<'_, Option<Objects>> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs guest code `f` as this bundle's (see `isolation`); a no-op wrapper outside
+    /// `main` mode.
+    fn guest<T>(&self, py: &Attached<'_>, f: impl FnOnce() -> T) -> T {
+        let Some(key) = self.scope else { return f() };
+        let out = {
+            let _scope = Scope::enter(key);
+            f()
+        };
+        if let Err(e) = isolation::settle(py) {
+            tracing::warn!(bundle = %self.bundle, error = %e, "could not re-key imported modules");
+        }
+        out
     }
 
     /// Drops every Python object; must run inside a job of this interpreter.
@@ -106,7 +124,7 @@ impl ContractData {
                 py.uint(out as u64)?,
                 py.uint(arena as u64)?,
             );
-            f.call(py, &[&imp, &a, &o, &ar, &alloc])?;
+            self.guest(py, || f.call(py, &[&imp, &a, &o, &ar, &alloc]))?;
             Ok(Found::Done)
         });
         match r {
@@ -131,7 +149,8 @@ impl ContractData {
                 Some(o) => o.factory.bind(py)?,
                 None => return Ok(None),
             };
-            let obj = factory.call(py, &[&py.uint(host as u64)?])?;
+            let host = py.uint(host as u64)?;
+            let obj = self.guest(py, || factory.call(py, &[&host]))?;
             let obj = Persistent::new(py, obj);
             let mut guard = self.objects();
             let Some(o) = guard.as_mut() else {

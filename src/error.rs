@@ -9,12 +9,20 @@ use polyplug_abi::{AbiError, AbiErrorCode, StringView};
 /// `InitFailed` for `bundle`, with what was being done and the cause. Python exceptions
 /// show as `Type: message`; the full traceback goes to the log.
 pub(crate) fn init_failed(bundle: &str, doing: &str, err: &Error) -> LoaderError {
-    if let Some(exc) = err.python_exception() {
-        tracing::error!(bundle, "{doing}:\n{}", exc.traceback);
+    match err {
+        // Usually followed by a retry in another mode (see `load_plan`): not an error yet.
+        Error::Unsupported { exception, .. } => {
+            tracing::debug!(bundle, "{doing}:\n{}", exception.traceback)
+        }
+        _ => {
+            if let Some(exc) = err.python_exception() {
+                tracing::error!(bundle, "{doing}:\n{}", exc.traceback);
+            }
+        }
     }
     let cause = match err {
         Error::Unsupported { module, exception } => {
-            format!("{exception} (the extension module {module} refuses own-GIL subinterpreters)")
+            format!("{exception} (the extension module {module} refuses this kind of interpreter)")
         }
         other => other.to_string(),
     };
@@ -58,10 +66,17 @@ pub(crate) fn call_failed(
             abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
         }
         other => {
-            let text = match other.python_exception() {
+            let mut text = match other.python_exception() {
                 Some(exc) => exc.traceback.clone(),
                 None => other.to_string(),
             };
+            if let Error::Unsupported { module, .. } = other {
+                // Imported only at call time, so the load could not move the bundle.
+                text.push_str(&format!(
+                    "(extension module {module} refuses this bundle's interpreter mode; \
+                     set PythonConfig::bundle_modes[\"{bundle}\"] = InterpreterMode::Main)\n"
+                ));
+            }
             tracing::error!(bundle, "{what} failed:\n{text}");
             logger.log(LogLevel::Error, bundle, || {
                 format!("{what} failed:\n{text}")

@@ -25,6 +25,7 @@ mod config;
 mod contract;
 mod error;
 pub mod ffi;
+mod isolation;
 mod load;
 mod spare;
 
@@ -42,6 +43,7 @@ use polyplug_utils::BundleId;
 pub use config::{InterpreterMode, PythonConfig};
 
 use crate::contract::ContractData;
+use crate::isolation::BundleKey;
 use crate::load::{Entry, Plan};
 
 /// The `python` bundle loader. `Send + Sync`; one per runtime.
@@ -65,6 +67,8 @@ struct LoadedBundle {
     interp: InterpreterHandle,
     contracts: Vec<&'static ContractData>,
     mode: InterpreterMode,
+    /// Its identity in the main interpreter (`Main` mode only).
+    key: Option<BundleKey>,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
 }
@@ -92,7 +96,7 @@ pub struct BundleInfo {
     pub bundle_id: u64,
     /// `name@major` and the number of functions, per registered contract.
     pub contracts: Vec<(String, usize)>,
-    /// How the bundle's interpreter runs: `"own_gil"` or `"shared_gil"`.
+    /// How the bundle's interpreter runs: `"own_gil"`, `"shared_gil"` or `"main"`.
     pub mode: &'static str,
     /// CPython's id of the bundle's interpreter.
     pub python_interp_id: i64,
@@ -156,6 +160,9 @@ impl PythonLoader {
         mode: InterpreterMode,
     ) -> interp_pool::Result<InterpreterHandle> {
         let config = self.inner.config.interpreter(bundle, mode);
+        if mode == InterpreterMode::Main {
+            return InterpreterHandle::main(config);
+        }
         if self.inner.config.prewarm && mode == InterpreterMode::OwnGil {
             if let Some(h) = spare::take(&config) {
                 if h.rename(bundle).is_ok() {
@@ -189,7 +196,10 @@ impl PythonLoader {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take();
-            let (Some(module), Some(next)) = (refused, mode.fallback()) else {
+            let Some(refusal) = refused else {
+                return Err(err);
+            };
+            let (module, Some(next)) = (refusal.module, mode.fallback(refusal.pyo3)) else {
                 return Err(err);
             };
             if !config.auto_downgrade {
@@ -229,21 +239,22 @@ impl PythonLoader {
         })?;
         let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
+        let key = (mode == InterpreterMode::Main).then(BundleKey::next);
         let declared = interp
-            .call(|py| Ok(load::run_init(py, plan, runtime, host)))
+            .call(|py| Ok(load::run_init(py, plan, runtime, host, key)))
             .unwrap_or_else(|e| Err(error::init_failed(&bundle, "bundle init", &e)));
         let declared = match declared {
             Ok(d) => d,
             Err(e) => {
-                interp.end();
+                release(&interp, &[], key);
                 return Err(e);
             }
         };
         let t_init = t0.elapsed() - t_spawn;
         let (contracts, registered) =
-            load::register_all(declared, &interp, &bundle, plan.bundle_id, runtime);
+            load::register_all(declared, &interp, &bundle, plan.bundle_id, key, runtime);
         if let Err(e) = registered {
-            release(&interp, &contracts);
+            release(&interp, &contracts, key);
             return Err(e);
         }
         tracing::info!(
@@ -263,6 +274,7 @@ impl PythonLoader {
                 interp,
                 contracts,
                 mode,
+                key,
                 _ctx_path: plan.ctx_path.into(),
             });
         Ok(())
@@ -338,13 +350,21 @@ impl PythonLoader {
 }
 
 /// Drops the contracts' Python objects inside their interpreter, then ends it (waiting
-/// for calls already running in it).
-fn release(interp: &InterpreterHandle, contracts: &[&'static ContractData]) {
+/// for calls already running in it). In the main interpreter, which never ends, it drops
+/// the bundle's modules from `sys.modules` instead.
+fn release(
+    interp: &InterpreterHandle,
+    contracts: &[&'static ContractData],
+    key: Option<BundleKey>,
+) {
     let _ = interp.call(|py| {
         for c in contracts {
             c.release_objects(py);
         }
-        Ok(())
+        match key {
+            Some(key) => isolation::forget(py, key),
+            None => Ok(()),
+        }
     });
     interp.end();
 }
@@ -412,8 +432,8 @@ impl BundleLoader for PythonLoader {
     fn unload(&self, bundle_id: BundleId, _runtime: &Runtime) -> Result<(), LoaderError> {
         let removed = self.lock().remove(&bundle_id.id()).unwrap_or_default();
         for b in removed {
-            release(&b.interp, &b.contracts);
-            tracing::info!(interp = %b.interp.id(), "bundle unloaded; interpreter ended");
+            release(&b.interp, &b.contracts, b.key);
+            tracing::info!(interp = %b.interp.id(), mode = %b.mode, "bundle unloaded");
         }
         Ok(())
     }
@@ -429,7 +449,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         let all: Vec<LoadedBundle> = self.lock().drain().flat_map(|(_, v)| v).collect();
         for b in all {
-            release(&b.interp, &b.contracts);
+            release(&b.interp, &b.contracts, b.key);
         }
     }
 }

@@ -19,6 +19,7 @@ use polyplug_utils::GuestContractId;
 
 use crate::contract::{self, ContractData, Objects};
 use crate::error::{init_failed, init_failed_msg};
+use crate::isolation::{self, BundleKey};
 
 /// Runs once per interpreter before the bundle: the import machinery both source kinds use.
 const BOOTSTRAP: &str = r#"
@@ -34,6 +35,25 @@ def load_path(stem, path, dirs):
     spec.loader.exec_module(module)
     return module
 
+def refused_by_pyo3(name):
+    """1 if extension module `name` (found on sys.path) is a PyO3 build, else 0.
+
+    Older PyO3 embeds its subinterpreter refusal message; every PyO3 build embeds
+    panic locations under pyo3-X.Y.Z/src/."""
+    import os, re, importlib.machinery as m
+    parts = name.split(".")
+    for entry in sys.path:
+        base = os.path.join(entry or ".", *parts)
+        for suffix in m.EXTENSION_SUFFIXES:
+            try:
+                with open(base + suffix, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            return int(b"PyO3 modules do not yet support" in data
+                       or re.search(rb"[/\\]pyo3-[0-9]+\.[0-9]+\.[0-9]+[/\\]src[/\\]", data) is not None)
+    return 0
+
 def load_code(name, src):
     code = compile(src, f"{name}.py", "exec")
     module = types.ModuleType(name)
@@ -45,7 +65,9 @@ def load_code(name, src):
 
 /// Where the entry module comes from.
 pub(crate) enum Entry<'a> {
-    /// Entry file (absolute), module name = its stem, plus sys.path entries to prepend.
+    /// Entry file (absolute), module name = its stem, plus the bundle's import
+    /// directories: prepended to `sys.path` in a subinterpreter (in this order, each at
+    /// 0), resolved by the isolation finder in the main interpreter.
     Path { file: &'a str, dirs: Vec<String> },
     /// Source text compiled under `module` (Code/Bytes sources).
     Code { src: &'a str },
@@ -60,17 +82,58 @@ pub(crate) struct Plan<'a> {
     /// `BundleInitContext.bundle_path`: the canonical bundle dir, or "".
     pub(crate) ctx_path: &'a str,
     /// Set when the load failed because an extension module refused this kind of
-    /// interpreter: the module's name (the caller may retry in another mode).
-    pub(crate) refused: Mutex<Option<String>>,
+    /// interpreter (the caller may retry in another mode).
+    pub(crate) refused: Mutex<Option<Refusal>>,
+}
+
+/// An extension module that refused the interpreter a load ran in.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) module: String,
+    /// Built with PyO3, which binds a module to the first interpreter importing it.
+    pub(crate) pyo3: bool,
 }
 
 impl Plan<'_> {
     /// `InitFailed` for this bundle; remembers a refusing extension module.
     fn failed(&self, doing: &str, err: &interp_pool::Error) -> LoaderError {
         if let interp_pool::Error::Unsupported { module, .. } = err {
-            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(module.clone());
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(Refusal {
+                module: module.clone(),
+                pyo3: false,
+            });
         }
         init_failed(&self.module, doing, err)
+    }
+
+    /// Like `failed`, and finds out whether a refusing module is a PyO3 build, with the
+    /// bootstrap's probe in the interpreter that refused it.
+    fn failed_probing(
+        &self,
+        py: &Attached<'_>,
+        boot: &PyObj<'_>,
+        doing: &str,
+        err: &interp_pool::Error,
+    ) -> LoaderError {
+        let out = self.failed(doing, err);
+        if let interp_pool::Error::Unsupported { module, .. } = err {
+            let pyo3 = (|| {
+                let probe = boot.get(py, "refused_by_pyo3")?;
+                let Some(probe) = probe else { return Ok(0) };
+                probe.call(py, &[&py.str(module)?])?.extract_i64(py)
+            })()
+            .unwrap_or(0)
+                == 1;
+            if let Some(r) = self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_mut()
+            {
+                r.pyo3 = pyo3;
+            }
+        }
+        out
     }
 }
 
@@ -102,15 +165,43 @@ impl Drop for InitWindow<'_> {
 
 /// The job run on the bundle's owner thread: import, `polyplug_init`, parse, default
 /// instances. Guest code runs inside an init window on this (the owner) thread, so
-/// dependency enforcement sees the bundle.
+/// dependency enforcement sees the bundle. `main` is the bundle's identity when it loads
+/// into the main interpreter: then its imports go through the isolation finder and are
+/// re-keyed afterwards, and `sys.path` is left alone.
 pub(crate) fn run_init(
     py: &Attached<'_>,
     plan: &Plan<'_>,
     runtime: &Runtime,
     host: usize,
+    main: Option<BundleKey>,
+) -> Result<Vec<Declared>, LoaderError> {
+    let _window = InitWindow::enter(runtime, plan.bundle_id);
+    let Some(key) = main else {
+        return init_bundle(py, plan, host, false);
+    };
+    let _scope = isolation::Scope::enter(key);
+    let dirs = match &plan.entry {
+        // Search order: as sys.path would have them after the inserts at 0.
+        Entry::Path { dirs, .. } => dirs.iter().rev().cloned().collect(),
+        Entry::Code { .. } => Vec::new(),
+    };
+    isolation::register(py, key, plan.bundle_id, &dirs)
+        .map_err(|e| plan.failed("isolating the bundle in the main interpreter", &e))?;
+    let out = init_bundle(py, plan, host, true);
+    let settled = isolation::settle(py)
+        .map_err(|e| plan.failed("re-keying the bundle's modules in the main interpreter", &e));
+    let declared = out?;
+    settled?;
+    Ok(declared)
+}
+
+fn init_bundle(
+    py: &Attached<'_>,
+    plan: &Plan<'_>,
+    host: usize,
+    in_main: bool,
 ) -> Result<Vec<Declared>, LoaderError> {
     let bundle = plan.module.as_str();
-    let _window = InitWindow::enter(runtime, plan.bundle_id);
     let boot = (|| {
         let ns = py.eval("{'__builtins__': __builtins__}")?;
         py.run_in(BOOTSTRAP, &ns)?;
@@ -125,7 +216,8 @@ pub(crate) fn run_init(
                 .map_err(glue)?
                 .expect("bootstrap defines load_path");
             let dirs_list = py.eval("[]").map_err(glue)?;
-            for d in dirs {
+            let on_sys_path: &[String] = if in_main { &[] } else { dirs };
+            for d in on_sys_path {
                 dirs_list
                     .call_method(py, "append", &[&py.str(d).map_err(glue)?])
                     .map_err(glue)?;
@@ -134,7 +226,8 @@ pub(crate) fn run_init(
             load_path
                 .call(py, &[&name, &path, &dirs_list])
                 .map_err(|e| {
-                    plan.failed(&format!("failed to import Python module at {file}"), &e)
+                    let doing = format!("failed to import Python module at {file}");
+                    plan.failed_probing(py, &boot, &doing, &e)
                 })?
         }
         Entry::Code { src } => {
@@ -167,7 +260,7 @@ pub(crate) fn run_init(
     );
     let ret = init
         .call(py, &[&host_arg, &ctx_arg])
-        .map_err(|e| plan.failed("polyplug_init call failed", &e))?;
+        .map_err(|e| plan.failed_probing(py, &boot, "polyplug_init call failed", &e))?;
     let declared = parse_registrations(py, &ret, plan, host)?;
     if declared.is_empty() {
         return Err(init_failed_msg(
@@ -314,6 +407,7 @@ pub(crate) fn register_all(
     interp: &InterpreterHandle,
     bundle: &str,
     bundle_id: u64,
+    key: Option<BundleKey>,
     runtime: &Runtime,
 ) -> (Vec<&'static ContractData>, Result<(), LoaderError>) {
     let host: *const HostApi = runtime.as_context_ptr();
@@ -323,6 +417,7 @@ pub(crate) fn register_all(
         let contract = format!("{}@{}", d.name, d.major);
         let data: &'static ContractData = Box::leak(Box::new(ContractData {
             interp: interp.clone(),
+            scope: key,
             bundle: bundle.to_owned(),
             contract_id: GuestContractId::new(&d.name, d.major),
             fn_count: d.objects.functions.len(),

@@ -95,9 +95,28 @@ fn check_shows_the_mode_each_bundle_runs_in() {
         .lines()
         .find(|l| l.starts_with("tm_user"))
         .expect("a row");
-    assert!(row.contains("shared_gil"), "{row}");
+    assert!(row.contains(" main "), "{row}");
     assert!(
         stderr.contains("_tracemalloc"),
         "the downgrade warning names the module:\n{stderr}"
     );
+}
+
+#[test]
+fn check_shows_numpy_and_orjson_bundles_in_main() {
+    let (ok, stdout, stderr) = cli(&["check", "fixtures/ext-bundles"]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for b in ["py_numpy", "py_orjson"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(b))
+            .unwrap_or_else(|| panic!("no row {b}:\n{stdout}"));
+        assert!(row.contains(" ok ") && row.contains(" main "), "{row}");
+    }
+    // The PyO3 module (rpds) sends py_orjson straight to main, never via shared_gil.
+    assert!(
+        stderr.contains("module=rpds.rpds") && stderr.contains("to=main"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("to=shared_gil module=rpds"), "{stderr}");
 }

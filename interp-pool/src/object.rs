@@ -450,14 +450,12 @@ impl<'a> Attached<'a> {
                     .ok()
                     .and_then(|m| m.find(MARK).map(|at| (m, at)))
                 {
-                    let head = &msg[..at];
+                    // "module X does not support ...", possibly at the end of a
+                    // wrapper's longer message (numpy's "Original error was: module X").
+                    let name = msg[..at].split_whitespace().next_back().unwrap_or("");
+                    let name = name.trim_matches(|c| c == '\'' || c == '"').to_owned();
                     self.clear_error();
-                    return Some(
-                        head.strip_prefix("module ")
-                            .unwrap_or(head)
-                            .trim()
-                            .to_owned(),
-                    );
+                    return Some(name);
                 }
             }
             cur = e

@@ -1,13 +1,28 @@
-//! Interpreter modes: own_gil by default, shared_gil for extensions that refuse a
-//! per-interpreter GIL, chosen per bundle or by automatic downgrade at load.
-//! `_tracemalloc` stands in for numpy & co.: a builtin that refuses own-GIL interpreters.
+//! Interpreter modes: own_gil by default, shared_gil for extensions that support
+//! subinterpreters but not a per-interpreter GIL, main for those that refuse every
+//! subinterpreter; chosen per bundle or by automatic downgrade at load.
+//! Stand-ins: `_test_shared_gil_only` (CPython's own test module, declared
+//! "multiple interpreters supported" but not "per-interpreter GIL") and `_tracemalloc`
+//! (a builtin that refuses subinterpreters). Real numpy/orjson/PyO3: `ext_modules.rs`.
 
 use polyplug::error::LoaderError;
 use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader};
 
 use crate::support::*;
 
-const REFUSER: &str = "import _tracemalloc\ndef tracing(impl, args, out, arena, alloc):\n    put_i64(out, 7 if not _tracemalloc.is_tracing() else 8)\n";
+/// Loads `_test_shared_gil_only` from CPython's `_testmultiphase` library.
+const REFUSER: &str = r#"
+import importlib.util, importlib.machinery
+_origin = importlib.util.find_spec("_testmultiphase").origin
+_loader = importlib.machinery.ExtensionFileLoader("_test_shared_gil_only", _origin)
+_shared_only = importlib.util.module_from_spec(importlib.util.spec_from_loader("_test_shared_gil_only", _loader))
+_loader.exec_module(_shared_only)
+def tracing(impl, args, out, arena, alloc):
+    put_i64(out, 7 if _shared_only.__name__ == "_test_shared_gil_only" else 8)
+"#;
+
+/// Refuses own-GIL and shared-GIL subinterpreters alike: runs in main.
+const MAIN_ONLY: &str = "import _tracemalloc\ndef tracing(impl, args, out, arena, alloc):\n    put_i64(out, 7 if not _tracemalloc.is_tracing() else 8)\n";
 
 fn loader_with(config: PythonConfig) -> (std::sync::Arc<polyplug::runtime::Runtime>, PythonLoader) {
     let loader = PythonLoader::new(config);
@@ -70,7 +85,7 @@ fn with_downgrade_off_the_error_names_the_module_and_the_way_out() {
         Err(LoaderError::InitFailed { bundle, error }) => {
             assert_eq!(bundle, "refuser_strict");
             for needle in [
-                "_tracemalloc",
+                "_test_shared_gil_only",
                 "own_gil",
                 "automatic downgrade is off",
                 "bundle_modes",
@@ -108,5 +123,34 @@ fn own_gil_and_shared_gil_bundles_call_each_other() {
         assert_eq!(mode_of(&loader, "pp_pb"), "shared_gil");
         assert_eq!(call_i64(&rt, "pa", 0, 15), Ok(15));
         assert_eq!(call_i64(&rt, "pb", 0, 16), Ok(16));
+    });
+}
+
+#[test]
+fn a_module_refusing_every_subinterpreter_downgrades_twice_to_main() {
+    let (rt, loader, _) = empty_runtime();
+    let (_, dir) = write_bundle(
+        "main_only",
+        &plugin_source("mainonly@1", MAIN_ONLY, "tracing"),
+        &[],
+    );
+    load_dir(&loader, &rt, &dir).unwrap();
+    assert_eq!(mode_of(&loader, "main_only"), "main");
+    assert_eq!(call_i64(&rt, "mainonly", 0, 0), Ok(7));
+}
+
+#[test]
+fn own_gil_and_main_bundles_ping_pong() {
+    within("own <-> main ping-pong", || {
+        let config = PythonConfig {
+            bundle_modes: [("pp_pb".to_owned(), InterpreterMode::Main)].into(),
+            ..PythonConfig::default()
+        };
+        let (rt, loader) = loader_with(config);
+        crate::reentry::ping_pong(&loader, &rt);
+        assert_eq!(mode_of(&loader, "pp_pa"), "own_gil");
+        assert_eq!(mode_of(&loader, "pp_pb"), "main");
+        assert_eq!(call_i64(&rt, "pa", 0, 21), Ok(21));
+        assert_eq!(call_i64(&rt, "pb", 0, 30), Ok(30));
     });
 }

@@ -25,6 +25,21 @@ pub fn fixtures() -> PathBuf {
     dir
 }
 
+/// The bundles that need C extensions from PyPI (numpy, orjson): they run in `main`.
+pub fn ext_fixtures() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ext-bundles");
+    for b in [
+        "py_numpy/site-packages/numpy",
+        "py_orjson/site-packages/orjson",
+    ] {
+        assert!(
+            dir.join(b).is_dir(),
+            "{b} missing: run tools/provision-fixtures (tools/test does)"
+        );
+    }
+    dir
+}
+
 /// Log lines the runtime's logger received.
 pub type Logs = Arc<Mutex<Vec<(LogLevel, String, String)>>>;
 

@@ -1,0 +1,228 @@
+//! Keeping bundles apart inside the one main interpreter (mode `main`).
+//!
+//! Every polyplugc bundle ships the same generated package names (`guest`,
+//! `guest.contracts`), and several `main`-mode bundles share one `sys.modules`. As in
+//! polyplug_python 0.1.3 (reference §5.4), a bundle's own modules are re-keyed under a
+//! unique prefix once imported, so the next bundle imports its own copy. Unlike it, we
+//! never put bundle directories on `sys.path`: a meta-path finder (first in
+//! `sys.meta_path`) resolves imports against the directories of the bundle whose code is
+//! running on this thread (set by the loader around every call into the bundle, cheaply,
+//! in a thread-local), so imports made later, at call time, still find the bundle's
+//! files and its own re-keyed modules, and nothing leaks into other bundles.
+//!
+//! Packages that contain C extension modules (numpy) are left under their plain names:
+//! an extension loads once per process, so they are shared by every `main`-mode bundle
+//! (the first bundle to import one decides which copy).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use interp_pool::{sys, Attached, NativeFunction, PyObj};
+
+/// The finder, the alias loader and the bookkeeping, installed once in main.
+const ISOLATION: &str = r#"
+import sys, importlib.machinery as _m
+
+_bundles = {}   # key -> (prefix, dirs)
+_pending = {}   # key -> top-level names imported through the finder since the last settle
+
+def _is_extension(module):
+    spec = getattr(module, "__spec__", None)
+    if isinstance(getattr(spec, "loader", None), _m.ExtensionFileLoader):
+        return True
+    f = getattr(module, "__file__", None) or ""
+    return f.endswith(tuple(_m.EXTENSION_SUFFIXES))
+
+class _Alias:
+    """Hands back a bundle's own module, which lives under its prefixed key."""
+    def __init__(self, module):
+        self.module = module
+        self.spec = getattr(module, "__spec__", None)
+    def create_module(self, spec):
+        return self.module
+    def exec_module(self, module):
+        module.__spec__ = self.spec
+
+class BundleFinder:
+    """Resolves imports made by the bundle running on this thread (see isolation.rs)."""
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        key = current()
+        bundle = _bundles.get(key) if key else None
+        if bundle is None:
+            return None
+        prefix, dirs = bundle
+        own = sys.modules.get(prefix + "." + fullname)
+        if own is not None:
+            spec = _m.ModuleSpec(fullname, _Alias(own))
+        elif path is None:
+            spec = _m.PathFinder.find_spec(fullname, dirs)
+            if spec is None:
+                return None
+        else:
+            return None   # a submodule: the parent's __path__ finds it
+        _pending.setdefault(key, set()).add(fullname.partition(".")[0])
+        mark_dirty()
+        return spec
+
+    @classmethod
+    def invalidate_caches(cls):
+        pass
+
+def install(current_fn, mark_dirty_fn):
+    global current, mark_dirty
+    current, mark_dirty = current_fn, mark_dirty_fn
+    sys.meta_path.insert(0, BundleFinder)
+
+def register(key, prefix, dirs):
+    _bundles[key] = (prefix, list(dirs))
+
+def settle():
+    """Moves what bundles imported since the last call under their prefixes."""
+    pending = list(_pending.items())
+    _pending.clear()
+    for key, tops in pending:
+        bundle = _bundles.get(key)
+        if bundle is None:
+            continue
+        prefix = bundle[0]
+        for top in tops:
+            names = [n for n in list(sys.modules) if n == top or n.startswith(top + ".")]
+            if any(_is_extension(sys.modules[n]) for n in names):
+                continue
+            for n in sorted(names, key=len, reverse=True):
+                sys.modules[prefix + "." + n] = sys.modules.pop(n)
+
+def forget(key):
+    bundle = _bundles.pop(key, None)
+    _pending.pop(key, None)
+    if bundle is not None:
+        for n in [n for n in list(sys.modules) if n.startswith(bundle[0] + ".")]:
+            del sys.modules[n]
+"#;
+
+const MODULE: &str = "_polyplug_subinterp_isolation";
+
+thread_local! {
+    /// The `main`-mode bundle whose code runs on this thread (0: none).
+    static CURRENT: Cell<u64> = const { Cell::new(0) };
+    /// Set by the finder: something was imported for a bundle; `settle` must run.
+    static DIRTY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One `main`-mode bundle load's identity inside the main interpreter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BundleKey(u64);
+
+impl BundleKey {
+    /// Unique per load in the process: two runtimes may load the same bundle.
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn prefix(self, bundle_id: u64) -> String {
+        format!("__polyplug_bundle_{bundle_id:016X}_{:016X}__", self.0)
+    }
+}
+
+/// Marks `key`'s code as running on this thread until dropped (nests).
+pub(crate) struct Scope(u64);
+
+impl Scope {
+    pub(crate) fn enter(key: BundleKey) -> Self {
+        Self(CURRENT.with(|c| c.replace(key.0)))
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let _ = CURRENT.try_with(|c| c.set(self.0));
+    }
+}
+
+static CURRENT_FN: NativeFunction = NativeFunction::fastcall(
+    c"current",
+    current,
+    c"current() -> int: the main-mode bundle running on this thread (0: none)",
+);
+static MARK_DIRTY_FN: NativeFunction = NativeFunction::fastcall(
+    c"mark_dirty",
+    mark_dirty,
+    c"mark_dirty(): a bundle imported something; the loader settles it after the call",
+);
+
+unsafe extern "C" fn current(
+    slf: *mut sys::PyObject,
+    args: *mut *mut sys::PyObject,
+    nargs: sys::Py_ssize_t,
+) -> *mut sys::PyObject {
+    // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
+    unsafe { interp_pool::u64_trampoline(slf, args, nargs, |_, _| Ok(CURRENT.with(Cell::get))) }
+}
+
+unsafe extern "C" fn mark_dirty(
+    slf: *mut sys::PyObject,
+    args: *mut *mut sys::PyObject,
+    nargs: sys::Py_ssize_t,
+) -> *mut sys::PyObject {
+    let body = |_, _: &[u64]| {
+        DIRTY.with(|d| d.set(true));
+        Ok(0)
+    };
+    // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
+    unsafe { interp_pool::u64_trampoline(slf, args, nargs, body) }
+}
+
+/// The isolation module, installed on first use. `py` must be the main interpreter.
+fn module<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
+    let modules = py.import("sys")?.getattr(py, "modules")?;
+    if let Some(m) = modules.get(py, MODULE)? {
+        return Ok(m);
+    }
+    let m = py
+        .import("types")?
+        .call_method(py, "ModuleType", &[&py.str(MODULE)?])?;
+    py.run_in(ISOLATION, &m.getattr(py, "__dict__")?)?;
+    let zero = py.uint(0)?;
+    let (cur, dirty) = (
+        py.native_function(&CURRENT_FN, &zero)?,
+        py.native_function(&MARK_DIRTY_FN, &zero)?,
+    );
+    m.call_method(py, "install", &[&cur, &dirty])?;
+    modules.call_method(py, "__setitem__", &[&py.str(MODULE)?, &m])?;
+    Ok(m)
+}
+
+/// Declares a bundle's import directories; imports made inside its [`Scope`] use them.
+pub(crate) fn register(
+    py: &Attached<'_>,
+    key: BundleKey,
+    bundle_id: u64,
+    dirs: &[String],
+) -> interp_pool::Result<()> {
+    let m = module(py)?;
+    let list = py.eval("[]")?;
+    for d in dirs {
+        list.call_method(py, "append", &[&py.str(d)?])?;
+    }
+    let (k, prefix) = (py.uint(key.0)?, py.str(&key.prefix(bundle_id))?);
+    m.call_method(py, "register", &[&k, &prefix, &list])?;
+    Ok(())
+}
+
+/// Re-keys whatever bundles imported on this thread since the last settle. Cheap when
+/// nothing was imported (one thread-local read), so it runs after every call.
+pub(crate) fn settle(py: &Attached<'_>) -> interp_pool::Result<()> {
+    if !DIRTY.with(|d| d.replace(false)) {
+        return Ok(());
+    }
+    module(py)?.call_method(py, "settle", &[])?;
+    Ok(())
+}
+
+/// Drops a bundle's modules from `sys.modules` (unload, or a failed load).
+pub(crate) fn forget(py: &Attached<'_>, key: BundleKey) -> interp_pool::Result<()> {
+    module(py)?.call_method(py, "forget", &[&py.uint(key.0)?])?;
+    Ok(())
+}
