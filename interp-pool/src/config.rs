@@ -38,6 +38,16 @@ impl Default for WaitPolicy {
     }
 }
 
+/// What a call does when the interpreter's queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Wait for room (default). A waiting owner thread keeps serving its own queue.
+    #[default]
+    Block,
+    /// Fail at once with [`Error::Busy`](crate::Error::Busy).
+    Fail,
+}
+
 /// Settings for one interpreter. `InterpreterConfig::default()` is an isolated own-GIL
 /// interpreter that may not start threads, fork or exec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +75,11 @@ pub struct InterpreterConfig {
     pub max_depth: usize,
     /// Spin-then-park policy for this interpreter's callers and owner thread.
     pub wait: WaitPolicy,
+    /// Most calls that may wait in the interpreter's queue (running ones not counted).
+    /// Default 1024: a flood cannot grow memory without bound.
+    pub queue_capacity: usize,
+    /// What a call does when the queue is full. Default [`WhenFull::Block`].
+    pub when_full: WhenFull,
 }
 
 impl Default for InterpreterConfig {
@@ -80,6 +95,8 @@ impl Default for InterpreterConfig {
             stack_size: 8 << 20,
             max_depth: 64,
             wait: WaitPolicy::default(),
+            queue_capacity: 1024,
+            when_full: WhenFull::Block,
         }
     }
 }

@@ -61,6 +61,21 @@ pub enum Error {
         /// The configured cap.
         limit: usize,
     },
+    /// The call's deadline passed: it was interrupted inside the interpreter (or never
+    /// started). The interpreter stays usable.
+    Timeout {
+        /// The deadline the call was given, measured from when it was made.
+        after: std::time::Duration,
+    },
+    /// The call was cancelled through its [`CancelToken`](crate::CancelToken).
+    Cancelled,
+    /// The interpreter's queue was full and its policy is [`WhenFull::Fail`](crate::WhenFull::Fail).
+    Busy {
+        /// The interpreter that was called.
+        interp: InterpreterId,
+        /// Its queue capacity.
+        capacity: usize,
+    },
     /// CPython could not be initialised or could not create an interpreter.
     Init(String),
     /// A state the pool's invariants rule out; a bug in interp-pool or in unsafe caller code.
@@ -90,6 +105,12 @@ impl fmt::Display for Error {
             Error::ReentryLimit { depth, limit } => write!(
                 f,
                 "nested interpreter call at depth {depth} exceeds the limit of {limit}"
+            ),
+            Error::Timeout { after } => write!(f, "call deadline of {after:?} exceeded"),
+            Error::Cancelled => f.write_str("call cancelled"),
+            Error::Busy { interp, capacity } => write!(
+                f,
+                "interpreter {interp} is busy: its queue of {capacity} calls is full"
             ),
             Error::Init(msg) => write!(f, "CPython initialisation failed: {msg}"),
             Error::Internal(msg) => write!(f, "interp-pool internal error: {msg} (bug)"),

@@ -18,6 +18,20 @@ pub(crate) fn current_tstate() -> *mut sys::PyThreadState {
     unsafe { sys::PyThreadState_GetUnchecked() }
 }
 
+extern "C" {
+    /// Public C API (pythread.h) that pyo3-ffi does not bind: the identifier CPython
+    /// records in a thread state as `thread_id`, which `PyThreadState_SetAsyncExc` matches.
+    fn PyThread_get_thread_ident() -> std::ffi::c_ulong;
+}
+
+/// CPython's identifier for the calling OS thread.
+pub(crate) fn thread_ident() -> u64 {
+    // SAFETY: thread: any; needs no interpreter or thread state (it wraps pthread_self).
+    let ident: std::ffi::c_ulong = unsafe { PyThread_get_thread_ident() };
+    #[allow(clippy::useless_conversion, reason = "c_ulong is u32 on some targets")]
+    u64::from(ident)
+}
+
 /// The C struct `Py_NewInterpreterFromConfig` expects, from our config.
 pub(crate) fn interpreter_config(cfg: &InterpreterConfig) -> sys::PyInterpreterConfig {
     let own = cfg.gil == GilMode::Own;

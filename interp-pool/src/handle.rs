@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::activation::{self, DepthGuard};
 use crate::attach::{AttachGuard, Attached, DetachGuard};
+use crate::cancel::{self, CallCtl, CallOptions};
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::ffi;
@@ -149,6 +150,29 @@ impl InterpreterHandle {
         }
     }
 
+    /// [`call`](Self::call) with a deadline and/or a cancel token. An interrupted call
+    /// raises an exception (a `BaseException` subclass, so `finally` blocks run and
+    /// `except Exception` does not catch it) at the interpreter's next bytecode boundary;
+    /// the caller then gets [`Error::Timeout`] or [`Error::Cancelled`] and the interpreter
+    /// serves the next call as usual. A call still queued when its deadline passes fails
+    /// without running. A call that finished despite the interrupt returns its result.
+    ///
+    /// Not interruptible: C code that holds the GIL without returning to Python (the
+    /// caller keeps waiting for it); blocking calls that release the GIL are interrupted
+    /// when they return. Calls nested inside this one share its deadline.
+    pub fn call_with<R, F>(&self, opts: &CallOptions, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        if opts.is_plain() {
+            return self.call(f);
+        }
+        let ctl = CallCtl::new(Arc::clone(&self.shared), opts);
+        let _armed = opts.timeout.map(|t| cancel::arm(&ctl, t));
+        self.call(|att| ctl.run(att, f))
+    }
+
     /// Queues the call and waits for it; an owner thread serves its own queue meanwhile.
     fn post_and_wait<R, F>(&self, owner: Option<&Owner>, depth: usize, f: F) -> Result<R>
     where
@@ -164,28 +188,28 @@ impl InterpreterHandle {
             }
         }
         let mut call = Call::new(f);
-        wait::with_slot(|slot| {
+        let posted = wait::with_slot(|slot| {
             // SAFETY: `call` and `slot` live in this frame, and this closure does not
             // return until `slot` is complete: `post` completes it on failure (the job is
             // dropped), otherwise `serve`/`wait` block until the job ran or was dropped
             // (R7). `F: Send` and `R: Send` are required by `call`'s bounds.
             let job = unsafe { Job::new(&mut call, slot, depth) };
-            let spin = match self.shared.post(job) {
-                Ok(spin) => spin,
-                Err(_) => return,
-            };
-            // Detached while blocked, or the interpreter we hold could never be served (R4).
+            // Detached while blocked (also for room in a full queue), or the interpreter
+            // we hold could never be served (R4).
             let _detached = DetachGuard::detach_current();
+            let spin = self.shared.post(job, owner)?;
             let target = &*self.shared;
             match owner {
                 Some(owner) => owner.serve(Some((slot, target)), spin),
                 None => slot.wait(spin, || target.is_nested_waiting()),
             }
+            Ok(())
         });
-        match call.out {
-            Some(Ok(result)) => result,
-            Some(Err(payload)) => panic::resume_unwind(payload),
-            None => Err(Error::InterpreterGone {
+        match (posted, call.out) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(Ok(result))) => result,
+            (Ok(()), Some(Err(payload))) => panic::resume_unwind(payload),
+            (Ok(()), None) => Err(Error::InterpreterGone {
                 interp: self.shared.id,
             }),
         }

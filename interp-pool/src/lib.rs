@@ -30,6 +30,7 @@
 
 mod activation;
 mod attach;
+mod cancel;
 mod config;
 mod error;
 mod ffi;
@@ -47,7 +48,8 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use attach::Attached;
-pub use config::{GilMode, InterpreterConfig, WaitPolicy};
+pub use cancel::{CallOptions, CancelToken};
+pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
 pub use error::{Error, PyException, Result};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
 pub use native::{u64_trampoline, FastcallFn, NativeFunction};

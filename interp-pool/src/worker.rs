@@ -1,16 +1,16 @@
 //! The owner thread: creates its interpreter, serves the interpreter's queue (also while
 //! it waits on another interpreter), and ends the interpreter on the same thread.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::activation::{DepthGuard, OwnerRegistration};
 use crate::attach::{AttachGuard, Attached};
-use crate::config::InterpreterConfig;
+use crate::config::{InterpreterConfig, WhenFull};
 use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
 use crate::job::Job;
@@ -36,6 +36,22 @@ pub(crate) struct Shared {
     pub(crate) caller_spin: Duration,
     /// Serves the main interpreter (which it never ends) rather than one it created.
     pub(crate) origin: Origin,
+    pub(crate) queue_capacity: usize,
+    pub(crate) when_full: WhenFull,
+    /// `PyInterpreterState*`, for the thread state an interrupt is delivered with.
+    pub(crate) interp_ptr: usize,
+    /// CPython's id of the owner thread (`PyThreadState_SetAsyncExc` targets it).
+    pub(crate) owner_ident: u64,
+    /// Id of the interruptible call running on the owner (0: none). Written by the owner
+    /// only while attached, so an interrupter holding this interpreter's GIL reads a
+    /// stable value (see `cancel.rs`).
+    pub(crate) running: AtomicU64,
+    /// An async exception was set on the owner's thread state; the owner clears any
+    /// leftover after the call so it cannot hit the next one.
+    pub(crate) async_pending: AtomicBool,
+    /// Held while an interrupter has a thread state in this interpreter, and by the owner
+    /// before it ends the interpreter (which must then have no other thread state).
+    pub(crate) interrupt_lock: Mutex<()>,
     /// Set by the owner thread as its last act, after `Py_EndInterpreter`.
     ended: Mutex<bool>,
     ended_cv: Condvar,
@@ -43,12 +59,36 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Queues `job` and wakes the owner if it may be parked. Returns the caller's spin
-    /// budget: non-zero only if the owner was not parked.
-    pub(crate) fn post(&self, job: Job) -> Result<Duration> {
-        // A failed send hands the job back; dropping it completes the caller's slot.
-        self.tx
-            .send(job)
-            .map_err(|_| Error::InterpreterGone { interp: self.id })?;
+    /// budget: non-zero only if the owner was not parked. The caller is detached. If the
+    /// queue is full it fails (`WhenFull::Fail`) or waits for room; an owner thread
+    /// (`serving`) keeps running its own queue meanwhile, so two full interpreters calling
+    /// each other cannot deadlock. On failure the job is dropped, completing its slot.
+    pub(crate) fn post(&self, job: Job, serving: Option<&Owner>) -> Result<Duration> {
+        let gone = || Error::InterpreterGone { interp: self.id };
+        let mut job = job;
+        loop {
+            match self.tx.try_send(job) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(gone()),
+                Err(TrySendError::Full(j)) => match (self.when_full, serving) {
+                    (WhenFull::Fail, _) => {
+                        return Err(Error::Busy {
+                            interp: self.id,
+                            capacity: self.queue_capacity,
+                        })
+                    }
+                    (WhenFull::Block, None) => {
+                        self.tx.send(j).map_err(|_| gone())?;
+                        break;
+                    }
+                    (WhenFull::Block, Some(owner)) => {
+                        owner.drain();
+                        thread::yield_now();
+                        job = j;
+                    }
+                },
+            }
+        }
         // Pairs with the fence in `serve` before parking: either the owner sees the job,
         // or we see PARKED and unpark it.
         fence(Ordering::SeqCst);
@@ -83,7 +123,7 @@ impl Shared {
         *self.ended.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn mark_ended(&self) {
+    pub(crate) fn mark_ended(&self) {
         *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.ended_cv.notify_all();
     }
@@ -153,14 +193,14 @@ fn owner_main(
         Origin::New => create_interpreter(&config),
         Origin::Main => main_thread_state(),
     };
-    let (ts, python_id) = match created {
+    let (ts, python_id, interp_ptr) = match created {
         Ok(v) => v,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
     let shared = Arc::new(Shared {
         id,
         name: Mutex::new(config.name.clone()),
@@ -172,6 +212,13 @@ fn owner_main(
         max_depth: config.max_depth,
         caller_spin: config.wait.caller_spin,
         origin,
+        queue_capacity: config.queue_capacity.max(1),
+        when_full: config.when_full,
+        interp_ptr,
+        owner_ident: ffi::thread_ident(),
+        running: AtomicU64::new(0),
+        async_pending: AtomicBool::new(false),
+        interrupt_lock: Mutex::new(()),
         ended: Mutex::new(false),
         ended_cv: Condvar::new(),
     });
@@ -194,6 +241,12 @@ fn owner_main(
     let Owner { ts, rx, shared, .. } = owner;
     // Jobs still queued are dropped unrun: each completes its caller with InterpreterGone.
     drop(rx);
+    // No interrupter may hold a thread state in the interpreter from here on (`closing`
+    // is set, so none starts after we release this at the end of the function).
+    let _no_interrupts = shared
+        .interrupt_lock
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     match origin {
         // SAFETY: thread: the owner, which created `ts` (R2). interp: alive; only this
         // thread ends it. tstate: none attached (the top-level loop detaches between jobs
@@ -214,6 +267,8 @@ fn owner_main(
         },
     }
     rt.unregister(shared.id);
+    // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
+    shared.mark_ended();
     tracing::debug!(interp = %shared.id, "interpreter ended");
     drop(ended);
 }
@@ -232,8 +287,9 @@ impl Drop for EndedOnExit {
     }
 }
 
-/// Creates the interpreter on this (new) thread and detaches it; returns its thread state.
-fn create_interpreter(config: &InterpreterConfig) -> Result<(*mut sys::PyThreadState, i64)> {
+/// Creates the interpreter on this (new) thread and detaches it; returns its thread state,
+/// CPython's id for it and its `PyInterpreterState*`.
+fn create_interpreter(config: &InterpreterConfig) -> Result<(*mut sys::PyThreadState, i64, usize)> {
     let cfg = ffi::interpreter_config(config);
     let mut ts: *mut sys::PyThreadState = std::ptr::null_mut();
     // SAFETY: thread: a fresh owner thread with no thread state attached. interp: the
@@ -249,27 +305,31 @@ fn create_interpreter(config: &InterpreterConfig) -> Result<(*mut sys::PyThreadS
     }
     // SAFETY: thread: owner. tstate: `ts` is attached (just created), so its interpreter
     // may be queried and the thread state detached; it stays valid while detached (R2).
-    let python_id = unsafe {
-        let id = sys::PyInterpreterState_GetID(sys::PyThreadState_GetInterpreter(ts));
+    let (python_id, interp) = unsafe {
+        let interp = sys::PyThreadState_GetInterpreter(ts);
+        let id = sys::PyInterpreterState_GetID(interp);
         sys::PyEval_SaveThread();
-        id
+        (id, interp as usize)
     };
-    Ok((ts, python_id))
+    Ok((ts, python_id, interp))
 }
 
 /// A thread state of this thread's own for the main interpreter, detached.
-fn main_thread_state() -> Result<(*mut sys::PyThreadState, i64)> {
+fn main_thread_state() -> Result<(*mut sys::PyThreadState, i64, usize)> {
     // SAFETY: thread: a fresh owner thread with no thread state. interp: the runtime is
     // initialised, so the main interpreter exists for the life of the process (until
     // finalize, which waits for this thread to end, R9). PyThreadState_New needs no GIL;
     // the new tstate is bound to this thread and not attached.
-    let ts = unsafe { sys::PyThreadState_New(sys::PyInterpreterState_Main()) };
+    let (ts, interp) = unsafe {
+        let interp = sys::PyInterpreterState_Main();
+        (sys::PyThreadState_New(interp), interp)
+    };
     if ts.is_null() {
         return Err(Error::Init(
             "cannot create a thread state for the main interpreter".into(),
         ));
     }
-    Ok((ts, 0))
+    Ok((ts, 0, interp as usize))
 }
 
 impl Owner {
@@ -318,6 +378,16 @@ impl Owner {
             sh.state.store(waiting, Ordering::SeqCst);
         }
         sh.state.store(state::RUNNING, Ordering::Relaxed);
+    }
+
+    /// Runs whatever is queued now, without waiting (a caller waiting for room in a full
+    /// queue elsewhere). Detached, like every serving loop.
+    pub(crate) fn drain(&self) {
+        while let Ok(job) = self.rx.try_recv() {
+            let before = self.shared.state.swap(state::RUNNING, Ordering::Relaxed);
+            self.run_posted(job);
+            self.shared.state.store(before, Ordering::Relaxed);
+        }
     }
 
     /// Runs a job that came through the queue. The thread is detached here: the top-level

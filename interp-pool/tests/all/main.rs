@@ -3,6 +3,7 @@
 
 mod basics;
 mod concurrency;
+mod deadlines;
 mod errors;
 mod isolation;
 mod lifecycle;
