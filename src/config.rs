@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use interp_pool::{GilMode, WaitPolicy};
+use std::time::Duration;
+
+use interp_pool::{GilMode, WaitPolicy, WhenFull};
 
 /// How a bundle's interpreter relates to the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -94,6 +96,17 @@ pub struct PythonConfig {
     /// skips ~20 ms of start-up; it costs one idle interpreter (~3 MiB) per process.
     /// Default `true`.
     pub prewarm: bool,
+    /// Deadline for every call into a bundle (interrupted inside Python, see
+    /// `interp_pool::InterpreterHandle::call_with`). Default `None`: no deadline, and no
+    /// cost. `with_call_options` overrides it per call.
+    pub call_timeout: Option<Duration>,
+    /// Per-bundle deadline, by bundle (manifest) name; wins over `call_timeout`.
+    pub bundle_timeouts: HashMap<String, Duration>,
+    /// Calls that may wait in one bundle's queue. Default 1024.
+    pub queue_capacity: usize,
+    /// When a bundle's queue is full: wait for room (`Block`, default) or fail the call
+    /// at once (`Fail`: `AbiError` Generic, "python: bundle busy").
+    pub when_full: WhenFull,
 }
 
 impl Default for PythonConfig {
@@ -108,11 +121,23 @@ impl Default for PythonConfig {
             mode: InterpreterMode::OwnGil,
             bundle_modes: HashMap::new(),
             auto_downgrade: true,
+            call_timeout: None,
+            bundle_timeouts: HashMap::new(),
+            queue_capacity: 1024,
+            when_full: WhenFull::Block,
         }
     }
 }
 
 impl PythonConfig {
+    /// The deadline of a bundle's calls.
+    pub(crate) fn timeout_for(&self, bundle: &str) -> Option<Duration> {
+        self.bundle_timeouts
+            .get(bundle)
+            .copied()
+            .or(self.call_timeout)
+    }
+
     /// The mode a bundle starts in.
     pub(crate) fn mode_for(&self, bundle: &str) -> InterpreterMode {
         self.bundle_modes.get(bundle).copied().unwrap_or(self.mode)
@@ -141,6 +166,8 @@ impl PythonConfig {
             stack_size: self.stack_size,
             allow_threads: self.allow_threads,
             wait: self.wait,
+            queue_capacity: self.queue_capacity,
+            when_full: self.when_full,
             ..interp_pool::InterpreterConfig::named(bundle)
         }
     }

@@ -8,9 +8,12 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use interp_pool::{sys, Attached, InterpreterHandle, NativeFunction, Persistent, PyObj};
+use interp_pool::{
+    sys, Attached, CallOptions, InterpreterHandle, NativeFunction, Persistent, PyObj,
+};
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::{
     AbiError, AbiErrorCode, CallArena, GuestContractInstance, HostApi, VmLoaderData,
@@ -19,6 +22,8 @@ use polyplug_utils::GuestContractId;
 
 use crate::error;
 use crate::isolation::{self, BundleKey, Scope};
+use crate::metrics::{Meter, Outcome};
+use crate::scope;
 
 /// Python objects of one contract. They live in the bundle's interpreter and are only
 /// touched inside its jobs; `None` once the bundle is unloaded.
@@ -48,6 +53,10 @@ pub(crate) struct ContractData {
     pub(crate) fn_count: usize,
     pub(crate) logger: LoggerHandle,
     pub(crate) objects: Mutex<Option<Objects>>,
+    /// The bundle's metrics, shared by its contracts.
+    pub(crate) meter: Arc<Meter>,
+    /// The bundle's configured deadline (`with_call_options` overrides it).
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// Outcome of a call that found no Python error.
@@ -60,6 +69,40 @@ enum Found {
 impl ContractData {
     fn objects(&self) -> MutexGuard<'_, Option<Objects>> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This call's deadline and cancel token.
+    fn options(&self) -> CallOptions {
+        scope::current().unwrap_or(CallOptions {
+            timeout: self.timeout,
+            cancel: None,
+        })
+    }
+
+    /// Runs `job` in the bundle's interpreter with this call's options, metered.
+    fn metered<R: Send>(
+        &self,
+        job: impl FnOnce(&Attached<'_>) -> interp_pool::Result<R> + Send,
+    ) -> interp_pool::Result<R> {
+        let m = &*self.meter;
+        m.start();
+        let t0 = Instant::now();
+        let r = self.interp.call_with(&self.options(), |py| {
+            let t1 = Instant::now();
+            m.queue_wait.record(t1 - t0);
+            m.depth(interp_pool::current_depth());
+            let r = job(py);
+            m.run.record(t1.elapsed());
+            r
+        });
+        m.finish(match &r {
+            Ok(_) => Outcome::Ok,
+            Err(interp_pool::Error::Timeout { .. }) => Outcome::Timeout,
+            Err(interp_pool::Error::Cancelled) => Outcome::Cancelled,
+            Err(interp_pool::Error::Busy { .. }) => Outcome::Busy,
+            Err(_) => Outcome::Failed,
+        });
+        r
     }
 
     /// Runs guest code `f` as this bundle's (see `isolation`); a no-op wrapper outside
@@ -97,7 +140,7 @@ impl ContractData {
                 b"python: fn_id out of range",
             );
         }
-        let r = self.interp.call(|py| {
+        let r = self.metered(|py| {
             // Take our own references, then release the lock before running Python:
             // the call may re-enter this contract (nested dispatch, create_instance).
             let (f, imp, alloc) = {
@@ -144,7 +187,7 @@ impl ContractData {
     }
 
     fn create_instance(&self, host: usize) -> Option<u64> {
-        let r = self.interp.call(|py| {
+        let r = self.metered(|py| {
             let factory = match self.objects().as_ref() {
                 Some(o) => o.factory.bind(py)?,
                 None => return Ok(None),

@@ -46,6 +46,13 @@ pub(crate) fn abi(code: AbiErrorCode, message: &'static [u8]) -> AbiError {
     }
 }
 
+/// `AbiError.message` of a call interrupted by its deadline (code Generic).
+pub const TIMEOUT_MESSAGE: &[u8] = b"python: call deadline exceeded";
+/// `AbiError.message` of a call interrupted through a cancel token (code Generic).
+pub const CANCELLED_MESSAGE: &[u8] = b"python: call cancelled";
+/// `AbiError.message` of a call refused because the bundle's queue was full (Generic).
+pub const BUSY_MESSAGE: &[u8] = b"python: bundle busy (queue full)";
+
 /// The `AbiError` a failed call returns; Python tracebacks go to the runtime's logger
 /// and to `tracing`, never to stderr.
 pub(crate) fn call_failed(
@@ -64,6 +71,19 @@ pub(crate) fn call_failed(
         }
         Error::InterpreterGone { .. } | Error::ShutDown => {
             abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
+        }
+        // polyplug 0.1.3 has no codes for these: Generic, told apart by the message.
+        Error::Timeout { after } => {
+            tracing::warn!(bundle, ?after, "{what}: deadline exceeded");
+            abi(AbiErrorCode::Generic, TIMEOUT_MESSAGE)
+        }
+        Error::Cancelled => {
+            tracing::info!(bundle, "{what}: cancelled");
+            abi(AbiErrorCode::Generic, CANCELLED_MESSAGE)
+        }
+        Error::Busy { capacity, .. } => {
+            tracing::warn!(bundle, capacity, "{what}: queue full");
+            abi(AbiErrorCode::Generic, BUSY_MESSAGE)
         }
         other => {
             let mut text = match other.python_exception() {

@@ -27,6 +27,8 @@ mod error;
 pub mod ffi;
 mod isolation;
 mod load;
+mod metrics;
+mod scope;
 mod spare;
 
 use std::collections::HashMap;
@@ -41,10 +43,15 @@ use polyplug_abi::SupportedLanguage;
 use polyplug_utils::BundleId;
 
 pub use config::{InterpreterMode, PythonConfig};
+pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
+pub use interp_pool::{CallOptions, CancelToken, WhenFull};
+pub use metrics::BundleMetrics;
+pub use scope::with_call_options;
 
 use crate::contract::ContractData;
 use crate::isolation::BundleKey;
 use crate::load::{Entry, Plan};
+use crate::metrics::Meter;
 
 /// The `python` bundle loader. `Send + Sync`; one per runtime.
 ///
@@ -69,6 +76,7 @@ struct LoadedBundle {
     mode: InterpreterMode,
     /// Its identity in the main interpreter (`Main` mode only).
     key: Option<BundleKey>,
+    meter: Arc<Meter>,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
 }
@@ -132,6 +140,13 @@ impl PythonLoader {
             mode: b.mode.as_str(),
             python_interp_id: b.interp.python_id(),
         })
+    }
+
+    /// Call metrics of the bundle's most recent load.
+    pub fn metrics(&self, bundle_id: u64) -> Option<BundleMetrics> {
+        let bundles = self.lock();
+        let b = bundles.get(&bundle_id)?.last()?;
+        Some(b.meter.snapshot(b.interp.queue_len()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<LoadedBundle>>> {
@@ -233,6 +248,7 @@ impl PythonLoader {
         mode: InterpreterMode,
     ) -> Result<(), LoaderError> {
         let bundle = plan.module.clone();
+        let rss0 = metrics::rss_bytes();
         let t0 = std::time::Instant::now();
         let interp = self.interpreter(&manifest.name, mode).map_err(|e| {
             error::init_failed(&bundle, "cannot create the bundle's interpreter", &e)
@@ -251,12 +267,25 @@ impl PythonLoader {
             }
         };
         let t_init = t0.elapsed() - t_spawn;
-        let (contracts, registered) =
-            load::register_all(declared, &interp, &bundle, plan.bundle_id, key, runtime);
+        let meter = Arc::new(Meter::new());
+        let per_bundle = load::PerBundle {
+            key,
+            meter: Arc::clone(&meter),
+            timeout: self.inner.config.timeout_for(&manifest.name),
+        };
+        let (contracts, registered) = load::register_all(
+            declared,
+            &interp,
+            &bundle,
+            plan.bundle_id,
+            per_bundle,
+            runtime,
+        );
         if let Err(e) = registered {
             release(&interp, &contracts, key);
             return Err(e);
         }
+        meter.set_rss_at_load(metrics::rss_bytes().saturating_sub(rss0));
         tracing::info!(
             bundle = %manifest.name,
             interp = %interp.id(),
@@ -275,6 +304,7 @@ impl PythonLoader {
                 contracts,
                 mode,
                 key,
+                meter,
                 _ctx_path: plan.ctx_path.into(),
             });
         Ok(())
@@ -432,8 +462,18 @@ impl BundleLoader for PythonLoader {
     fn unload(&self, bundle_id: BundleId, _runtime: &Runtime) -> Result<(), LoaderError> {
         let removed = self.lock().remove(&bundle_id.id()).unwrap_or_default();
         for b in removed {
+            let m = b.meter.snapshot(0);
             release(&b.interp, &b.contracts, b.key);
-            tracing::info!(interp = %b.interp.id(), mode = %b.mode, "bundle unloaded");
+            tracing::info!(
+                interp = %b.interp.id(),
+                mode = %b.mode,
+                calls = m.calls,
+                errors = m.errors,
+                timeouts = m.timeouts,
+                run_p99_us = m.run_p99.as_secs_f64() * 1e6,
+                max_depth = m.max_depth,
+                "bundle unloaded"
+            );
         }
         Ok(())
     }

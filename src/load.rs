@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use interp_pool::{Attached, InterpreterHandle, Persistent, PyObj};
 use polyplug::error::LoaderError;
@@ -20,6 +20,7 @@ use polyplug_utils::GuestContractId;
 use crate::contract::{self, ContractData, Objects};
 use crate::error::{init_failed, init_failed_msg};
 use crate::isolation::{self, BundleKey};
+use crate::metrics::Meter;
 
 /// Runs once per interpreter before the bundle: the import machinery both source kinds use.
 const BOOTSTRAP: &str = r#"
@@ -398,6 +399,13 @@ pub(crate) fn parse_contract_string(
     Ok((name.to_owned(), major))
 }
 
+/// What every contract of one load shares.
+pub(crate) struct PerBundle {
+    pub(crate) key: Option<BundleKey>,
+    pub(crate) meter: Arc<Meter>,
+    pub(crate) timeout: Option<std::time::Duration>,
+}
+
 /// Pins every declared contract's loader data (see `ContractData` for why it is never
 /// freed) and registers it with the host, inside an init window on this thread so the
 /// registry attributes the contracts to the bundle. On failure the caller releases the
@@ -407,7 +415,7 @@ pub(crate) fn register_all(
     interp: &InterpreterHandle,
     bundle: &str,
     bundle_id: u64,
-    key: Option<BundleKey>,
+    per_bundle: PerBundle,
     runtime: &Runtime,
 ) -> (Vec<&'static ContractData>, Result<(), LoaderError>) {
     let host: *const HostApi = runtime.as_context_ptr();
@@ -417,7 +425,9 @@ pub(crate) fn register_all(
         let contract = format!("{}@{}", d.name, d.major);
         let data: &'static ContractData = Box::leak(Box::new(ContractData {
             interp: interp.clone(),
-            scope: key,
+            scope: per_bundle.key,
+            meter: Arc::clone(&per_bundle.meter),
+            timeout: per_bundle.timeout,
             bundle: bundle.to_owned(),
             contract_id: GuestContractId::new(&d.name, d.major),
             fn_count: d.objects.functions.len(),

@@ -110,6 +110,11 @@ impl InterpreterHandle {
         self.shared.python_id
     }
 
+    /// Calls waiting in the interpreter's queue now (not counting running ones).
+    pub fn queue_len(&self) -> usize {
+        self.shared.tx.len()
+    }
+
     /// Whether the interpreter has been ended.
     pub fn is_ended(&self) -> bool {
         self.shared.is_ended()

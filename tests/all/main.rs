@@ -25,6 +25,7 @@ mod core_api;
 mod ext_api;
 
 mod ext_modules;
+mod hardening;
 mod isolation;
 mod lifecycle;
 mod modes;

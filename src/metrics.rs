@@ -1,0 +1,233 @@
+//! Per-bundle call metrics: counters and two latency histograms, updated lock-free by
+//! every call (a handful of relaxed atomics and three clock reads), read as a snapshot.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+/// What a bundle's calls have done since it was loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BundleMetrics {
+    /// Calls finished (any outcome), including `create_instance`.
+    pub calls: u64,
+    /// Calls that failed for any reason (includes the three below).
+    pub errors: u64,
+    /// Calls interrupted by their deadline.
+    pub timeouts: u64,
+    /// Calls interrupted through a cancel token.
+    pub cancelled: u64,
+    /// Calls refused because the queue was full (`WhenFull::Fail`).
+    pub busy: u64,
+    /// Calls made and not yet finished (queued or running).
+    pub in_flight: u64,
+    /// Calls waiting in the interpreter's queue right now.
+    pub queue_depth: usize,
+    /// Time from the call to the start of its Python work: p50 and p99.
+    pub queue_wait_p50: Duration,
+    /// See `queue_wait_p50`.
+    pub queue_wait_p99: Duration,
+    /// Time spent running the Python work: p50 and p99.
+    pub run_p50: Duration,
+    /// See `run_p50`.
+    pub run_p99: Duration,
+    /// Deepest plugin→plugin nesting a call of this bundle ran at (1 = called by the host).
+    pub max_depth: usize,
+    /// Growth of the process's resident memory across the load, in bytes (approximate:
+    /// concurrent loads and allocator reuse blur it).
+    pub rss_at_load: u64,
+}
+
+/// Sub-buckets per power of two: percentiles are exact to within 1/4 of their value.
+const SUB: usize = 4;
+const BUCKETS: usize = 64 * SUB;
+
+/// A log-linear histogram of nanoseconds.
+pub(crate) struct Histogram([AtomicU64; BUCKETS]);
+
+impl Histogram {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+
+    fn index(ns: u64) -> usize {
+        if ns < SUB as u64 {
+            return ns as usize;
+        }
+        let log = 63 - ns.leading_zeros() as usize; // >= 2
+        let frac = ((ns >> (log - 2)) & 3) as usize;
+        (log * SUB + frac).min(BUCKETS - 1)
+    }
+
+    /// The largest value a bucket holds (what a percentile reports).
+    fn upper(i: usize) -> u64 {
+        if i < SUB {
+            return i as u64;
+        }
+        let (log, frac) = (i / SUB, (i % SUB) as u64);
+        let base = 1u64 << log;
+        let step = base / SUB as u64;
+        base + step * (frac + 1) - 1
+    }
+
+    pub(crate) fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0[Self::index(ns)].fetch_add(1, Relaxed);
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let counts: Vec<u64> = self.0.iter().map(|c| c.load(Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return Duration::ZERO;
+        }
+        let rank = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Duration::from_nanos(Self::upper(i));
+            }
+        }
+        Duration::from_nanos(Self::upper(BUCKETS - 1))
+    }
+}
+
+/// The live counters of one loaded bundle, shared by its contracts.
+pub(crate) struct Meter {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    timeouts: AtomicU64,
+    cancelled: AtomicU64,
+    busy: AtomicU64,
+    started: AtomicU64,
+    max_depth: AtomicUsize,
+    pub(crate) queue_wait: Histogram,
+    pub(crate) run: Histogram,
+    rss_at_load: AtomicU64,
+}
+
+/// How a metered call ended.
+pub(crate) enum Outcome {
+    Ok,
+    Failed,
+    Timeout,
+    Cancelled,
+    Busy,
+}
+
+impl Meter {
+    pub(crate) fn new() -> Self {
+        Self {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            max_depth: AtomicUsize::new(0),
+            queue_wait: Histogram::new(),
+            run: Histogram::new(),
+            rss_at_load: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn set_rss_at_load(&self, bytes: u64) {
+        self.rss_at_load.store(bytes, Relaxed);
+    }
+
+    pub(crate) fn start(&self) {
+        self.started.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn depth(&self, depth: usize) {
+        if depth > self.max_depth.load(Relaxed) {
+            self.max_depth.fetch_max(depth, Relaxed);
+        }
+    }
+
+    pub(crate) fn finish(&self, outcome: Outcome) {
+        self.calls.fetch_add(1, Relaxed);
+        let extra = match outcome {
+            Outcome::Ok => return,
+            Outcome::Failed => None,
+            Outcome::Timeout => Some(&self.timeouts),
+            Outcome::Cancelled => Some(&self.cancelled),
+            Outcome::Busy => Some(&self.busy),
+        };
+        self.errors.fetch_add(1, Relaxed);
+        if let Some(c) = extra {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self, queue_depth: usize) -> BundleMetrics {
+        let calls = self.calls.load(Relaxed);
+        BundleMetrics {
+            calls,
+            errors: self.errors.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
+            busy: self.busy.load(Relaxed),
+            in_flight: self.started.load(Relaxed).saturating_sub(calls),
+            queue_depth,
+            queue_wait_p50: self.queue_wait.percentile(0.50),
+            queue_wait_p99: self.queue_wait.percentile(0.99),
+            run_p50: self.run.percentile(0.50),
+            run_p99: self.run.percentile(0.99),
+            max_depth: self.max_depth.load(Relaxed),
+            rss_at_load: self.rss_at_load.load(Relaxed),
+        }
+    }
+}
+
+/// Resident set size of this process in bytes (Linux; 0 elsewhere or on error).
+pub(crate) fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_bound_their_values_within_a_quarter() {
+        for ns in [
+            0u64,
+            1,
+            3,
+            4,
+            5,
+            7,
+            8,
+            100,
+            1_000,
+            12_345,
+            1 << 40,
+            u64::MAX / 3,
+        ] {
+            let i = Histogram::index(ns);
+            let up = Histogram::upper(i);
+            assert!(up >= ns, "{ns} -> bucket {i} upper {up}");
+            assert!(up - ns <= ns / 4 + 1, "{ns} -> {up}");
+        }
+    }
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let h = Histogram::new();
+        for us in 1..=100u64 {
+            h.record(Duration::from_micros(us));
+        }
+        let p50 = h.percentile(0.5).as_nanos() as f64;
+        let p99 = h.percentile(0.99).as_nanos() as f64;
+        assert!((50_000.0..=62_500.0).contains(&p50), "{p50}");
+        assert!((99_000.0..=123_750.0).contains(&p99), "{p99}");
+    }
+}

@@ -1,0 +1,342 @@
+//! Deadlines, cancellation, backpressure and metrics through the loader, plus the stress
+//! and bad-input cases of the hardening suite (bounded in time; every result checked).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use polyplug_abi::{AbiError, AbiErrorCode};
+use polyplug_subinterp::{
+    with_call_options, CallOptions, CancelToken, PythonConfig, PythonLoader, WhenFull,
+    BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE,
+};
+
+use crate::core_api::host::host_callers::{CalculatorContract, CounterContract, PipelineContract};
+use crate::support::*;
+
+/// `fn_id` of `contract@1` with one i64 in and out; the whole AbiError on failure.
+fn call(
+    rt: &polyplug::runtime::Runtime,
+    contract: &str,
+    fn_id: u32,
+    arg: i64,
+) -> Result<i64, AbiError> {
+    let iface = resolve(rt, contract, 1);
+    let mut out = 0i64;
+    let err = vm_call(
+        iface,
+        null_instance(iface),
+        fn_id,
+        (&arg as *const i64).cast(),
+        (&mut out as *mut i64).cast(),
+        std::ptr::null_mut(),
+    );
+    if err.is_ok() {
+        Ok(out)
+    } else {
+        Err(err)
+    }
+}
+
+fn message(e: &AbiError) -> &[u8] {
+    // SAFETY: loader messages are static byte strings.
+    unsafe { std::slice::from_raw_parts(e.message.ptr, e.message.len) }
+}
+
+const SPINNER: &str = r#"
+state = {"cleanups": 0}
+def spin(impl, args, out, arena, alloc):
+    try:
+        while True:
+            pass
+    finally:
+        state["cleanups"] += 1
+def echo(impl, args, out, arena, alloc):
+    put_i64(out, i64_at(args))
+def cleanups(impl, args, out, arena, alloc):
+    put_i64(out, state["cleanups"])
+"#;
+
+fn spinner(
+    config: PythonConfig,
+    name: &str,
+) -> (std::sync::Arc<polyplug::runtime::Runtime>, PythonLoader) {
+    let loader = PythonLoader::new(config);
+    let (rt, _logs) = runtime_with(loader.clone(), &[]);
+    let src = plugin_source(&format!("{name}@1"), SPINNER, "spin, echo, cleanups");
+    load_dir(&loader, &rt, &write_bundle(name, &src, &[]).1).unwrap();
+    (rt, loader)
+}
+
+#[test]
+fn an_endless_loop_with_a_deadline_times_out_and_the_bundle_answers_next() {
+    within("deadline", || {
+        let (rt, loader) = spinner(
+            PythonConfig {
+                bundle_timeouts: [("spinner".to_owned(), Duration::from_millis(100))].into(),
+                ..PythonConfig::default()
+            },
+            "spinner",
+        );
+        let e = call(&rt, "spinner", 0, 0).unwrap_err();
+        assert_eq!(e.code, AbiErrorCode::Generic as u32);
+        assert_eq!(message(&e), TIMEOUT_MESSAGE);
+        assert_eq!(
+            call(&rt, "spinner", 1, 41).ok(),
+            Some(41),
+            "the next call is served"
+        );
+        assert_eq!(
+            call(&rt, "spinner", 2, 0).ok(),
+            Some(1),
+            "the finally block ran"
+        );
+        let m = loader
+            .metrics(polyplug_utils::BundleId::new("spinner").id())
+            .unwrap();
+        assert_eq!((m.calls, m.errors, m.timeouts), (3, 1, 1), "{m:?}");
+        assert!(m.run_p99 >= Duration::from_millis(100), "{m:?}");
+        assert_eq!(m.in_flight, 0);
+    });
+}
+
+#[test]
+fn a_host_cancels_a_call_from_another_thread() {
+    within("cancel", || {
+        let (rt, _loader) = spinner(PythonConfig::default(), "spinner_c");
+        let token = CancelToken::new();
+        let canceller = std::thread::spawn({
+            let token = token.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(50));
+                token.cancel();
+            }
+        });
+        let opts = CallOptions {
+            timeout: None,
+            cancel: Some(token),
+        };
+        let r = with_call_options(opts, || call(&rt, "spinner_c", 0, 0));
+        canceller.join().unwrap();
+        let e = r.unwrap_err();
+        assert_eq!(message(&e), CANCELLED_MESSAGE);
+        // Outside the scope: no options, a plain call.
+        assert_eq!(call(&rt, "spinner_c", 1, 7).ok(), Some(7));
+    });
+}
+
+#[test]
+fn a_flood_against_a_small_queue_is_refused_or_waits_as_configured() {
+    within("flood", || {
+        for when_full in [WhenFull::Fail, WhenFull::Block] {
+            let loader = PythonLoader::new(PythonConfig {
+                queue_capacity: 2,
+                when_full,
+                ..PythonConfig::default()
+            });
+            let (rt, _logs) = runtime_with(loader.clone(), &[]);
+            let src = plugin_source(
+                "slow@1",
+                "import time\ndef slow(impl, args, out, arena, alloc):\n    time.sleep(0.002)\n    put_i64(out, i64_at(args))\n",
+                "slow",
+            );
+            load_dir(&loader, &rt, &write_bundle("slow", &src, &[]).1).unwrap();
+            let rss0 = rss_mib();
+            let (ok, busy) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            std::thread::scope(|s| {
+                for t in 0..8 {
+                    let (rt, ok, busy) = (&rt, &ok, &busy);
+                    s.spawn(move || {
+                        for i in 0..25 {
+                            match call(rt, "slow", 0, t * 100 + i) {
+                                Ok(v) => {
+                                    assert_eq!(v, t * 100 + i);
+                                    ok.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => {
+                                    assert_eq!(message(&e), BUSY_MESSAGE);
+                                    busy.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            let (ok, busy) = (ok.into_inner(), busy.into_inner());
+            assert_eq!(ok + busy, 200);
+            let m = loader
+                .metrics(polyplug_utils::BundleId::new("slow").id())
+                .unwrap();
+            assert_eq!((m.calls, m.busy), (200, busy as u64), "{m:?}");
+            match when_full {
+                WhenFull::Fail => assert!(busy > 0, "8 threads against room for 2"),
+                WhenFull::Block => assert_eq!(busy, 0),
+            }
+            assert!(rss_mib() < rss0 + 64.0, "memory stays flat under the flood");
+        }
+    });
+}
+
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1 << 20) as f64
+}
+
+#[test]
+fn eight_threads_three_bundles_nested_calls_nothing_lost() {
+    within("stress 8x3", || {
+        let loader = PythonLoader::default();
+        let (rt, _logs) = runtime_with(loader.clone(), &[fixtures()]);
+        let done = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..8i64 {
+                let (rt, done) = (&rt, &done);
+                s.spawn(move || {
+                    let host = host(rt);
+                    let find = |n: &str| {
+                        rt.find_guest_contract(polyplug_utils::GuestContractId::new(n, 1).id(), 1)
+                            .unwrap()
+                    };
+                    let mut p = PipelineContract::new(find("pipeline"), host).unwrap();
+                    let mut c = CalculatorContract::new(find("calculator"), host).unwrap();
+                    let mut k = CounterContract::new(find("counter"), host).unwrap();
+                    let mut expected = 0;
+                    for i in 0..stress_n(100) {
+                        assert_eq!(p.run(t, i).unwrap(), (t + i) * 2, "nested py->py");
+                        assert_eq!(c.mul(t, i).unwrap(), t * i);
+                        expected += i;
+                        assert_eq!(k.increment(i).unwrap(), expected, "own instance");
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(done.into_inner(), 8 * stress_n(100) as usize);
+        let calc = loader
+            .metrics(polyplug_utils::BundleId::new("py_calculator").id())
+            .unwrap();
+        assert_eq!(calc.errors, 0);
+        assert_eq!(calc.max_depth, 2, "called from pipeline: depth 2");
+        assert!(calc.calls >= 3 * 8 * stress_n(100) as u64, "{calc:?}");
+    });
+}
+
+fn stress_n(n: i64) -> i64 {
+    n * std::env::var("STRESS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1)
+}
+
+#[test]
+fn unload_while_calls_are_in_flight_gives_answers_or_stale_never_a_hang() {
+    within("unload in flight", || {
+        let (rt, _logs) = fixture_runtime();
+        let (_, dir) = write_bundle(
+            "busy_unload",
+            &plugin_source(
+                "busyunload@1",
+                "import time\ndef f(impl, args, out, arena, alloc):\n    time.sleep(0.001)\n    put_i64(out, i64_at(args) + 1)\n",
+                "f",
+            ),
+            &[],
+        );
+        rt.load_bundle(&dir).unwrap();
+        let iface = resolve(&rt, "busyunload", 1) as usize;
+        let (answers, stale) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for t in 0..4i64 {
+                let (answers, stale) = (&answers, &stale);
+                s.spawn(move || {
+                    let iface = iface as *const polyplug_abi::GuestContractInterface;
+                    for i in 0..200 {
+                        let arg = t * 1000 + i;
+                        let mut out = 0i64;
+                        let e = vm_call(
+                            iface,
+                            null_instance(iface),
+                            0,
+                            (&arg as *const i64).cast(),
+                            (&mut out as *mut i64).cast(),
+                            std::ptr::null_mut(),
+                        );
+                        if e.is_ok() {
+                            assert_eq!(out, arg + 1);
+                            answers.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            assert_eq!(e.code, AbiErrorCode::StaleHandle as u32);
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(30));
+            rt.unload_bundle(polyplug_utils::BundleId::new("busy_unload"))
+                .unwrap();
+        });
+        assert_eq!(answers.into_inner() + stale.into_inner(), 800);
+        // The other bundles never noticed.
+        let calc = resolve(&rt, "calculator", 1);
+        let (args, mut out) = ([20i64, 22], 0i64);
+        let e = vm_call(
+            calc,
+            null_instance(calc),
+            0,
+            args.as_ptr().cast(),
+            (&mut out as *mut i64).cast(),
+            std::ptr::null_mut(),
+        );
+        assert!(e.is_ok() && out == 42);
+    });
+}
+
+#[test]
+fn malformed_bundles_are_typed_errors_and_leave_others_working() {
+    let (rt, loader, _) = empty_runtime();
+    let good = plugin_source(
+        "hgood@1",
+        "def f(impl, args, out, arena, alloc):\n    put_i64(out, 5)\n",
+        "f",
+    );
+    load_dir(&loader, &rt, &write_bundle("hgood", &good, &[]).1).unwrap();
+    let huge_fns = format!(
+        "{}\n",
+        plugin_source(
+            "huge@1",
+            "def f(impl, args, out, arena, alloc):\n    put_i64(out, 9)\n",
+            &vec!["f"; 10_000].join(", ")
+        )
+    );
+    let cases: Vec<(&str, String)> = vec![
+        ("h_sysexit_import", "import sys\nsys.exit(3)\n".into()),
+        ("h_kbint_init", "def polyplug_init(h, c):\n    raise KeyboardInterrupt\n".into()),
+        ("h_recursion", "def r(n):\n    return r(n + 1)\ndef polyplug_init(h, c):\n    return r(0)\n".into()),
+        ("h_factory_raises", "class Ok:\n    code = 0\ndef bad(h):\n    raise RuntimeError('no')\ndef polyplug_init(h, c):\n    return ([{'contract': 'fr@1', 'factory': bad, 'functions': []}], Ok())\n".into()),
+        ("h_none_functions", "class Ok:\n    code = 0\ndef polyplug_init(h, c):\n    return ([{'contract': 'nf@1', 'factory': lambda h: None, 'functions': [None]}], Ok())\n".into()),
+        ("h_generator", "def polyplug_init(h, c):\n    yield 1\n".into()),
+    ];
+    for (name, src) in &cases {
+        match load_dir(&loader, &rt, &write_bundle(name, src, &[]).1) {
+            Err(polyplug::error::LoaderError::InitFailed { error, .. }) => {
+                assert!(!error.is_empty(), "{name}");
+            }
+            other => panic!("{name}: expected InitFailed, got {other:?}"),
+        }
+    }
+    // A huge function list loads and dispatches the last one.
+    load_dir(&loader, &rt, &write_bundle("h_huge", &huge_fns, &[]).1).unwrap();
+    assert_eq!(call(&rt, "huge", 9_999, 0).ok(), Some(9));
+    assert_eq!(
+        call(&rt, "huge", 10_000, 0).unwrap_err().code,
+        AbiErrorCode::FunctionNotAvailable as u32
+    );
+    assert_eq!(
+        call(&rt, "hgood", 0, 0).ok(),
+        Some(5),
+        "the good bundle kept working"
+    );
+}
