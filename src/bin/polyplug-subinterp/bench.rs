@@ -50,8 +50,9 @@ fn one_call(
 }
 
 pub fn run(dir: &Path, threads: usize, seconds: u64) -> Result<bool, String> {
+    let loader = PythonLoader::default();
     let rt = RuntimeBuilder::new()
-        .loader(PythonLoader::default())
+        .loader(loader.clone())
         .plugin_dir(dir.to_path_buf())
         .build()
         .map_err(|e| format!("cannot load {}: {e}", dir.display()))?;
@@ -73,7 +74,40 @@ pub fn run(dir: &Path, threads: usize, seconds: u64) -> Result<bool, String> {
             contract, call, r.rate, r.p50_us, r.p99_us, r.errors
         );
     }
+    print_metrics(dir, &loader);
     Ok(all_ok)
+}
+
+/// The loader's own per-bundle metrics after the run (`PythonLoader::metrics`).
+fn print_metrics(dir: &Path, loader: &PythonLoader) {
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!();
+    println!(
+        "{:<14} {:>10} {:>7} {:>12} {:>10} {:>10} {:>9}",
+        "bundle", "calls", "errors", "queue p99us", "run p50us", "run p99us", "max depth"
+    );
+    let mut dirs: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    for d in dirs {
+        let Ok(manifest) = polyplug::loader::manifest::parse_manifest(&d) else {
+            continue;
+        };
+        let Some(m) = loader.metrics(manifest.id) else {
+            continue;
+        };
+        println!(
+            "{:<14} {:>10} {:>7} {:>12.1} {:>10.1} {:>10.1} {:>9}",
+            manifest.name,
+            m.calls,
+            m.errors,
+            us(m.queue_wait_p99),
+            us(m.run_p50),
+            us(m.run_p99),
+            m.max_depth
+        );
+    }
 }
 
 struct Figures {
