@@ -7,11 +7,12 @@ use std::time::Duration;
 use interp_pool::{GilMode, WaitPolicy, WhenFull};
 
 /// How a bundle's interpreter relates to the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+///
+/// `InterpreterMode::default()` is [`InterpreterMode::default_for_this_python`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InterpreterMode {
     /// Its own subinterpreter and its own GIL: runs in parallel with every other bundle.
     /// Extension modules must declare per-interpreter-GIL support.
-    #[default]
     OwnGil,
     /// Its own subinterpreter sharing the main interpreter's GIL: isolated like `OwnGil`,
     /// but no parallelism; accepts extension modules that refuse a per-interpreter GIL
@@ -34,6 +35,18 @@ impl InterpreterMode {
         }
     }
 
+    /// The default mode for the CPython this process runs (read at run time from
+    /// `Py_Version`): `OwnGil` from 3.13, `SharedGil` on 3.12, because 3.12's `_ctypes` refuses own-GIL interpreters and every polyplugc
+    /// bundle imports it. An explicit `OwnGil` on 3.12 still works through
+    /// `auto_downgrade`.
+    pub fn default_for_this_python() -> Self {
+        if ctypes_loads_in_own_gil() {
+            InterpreterMode::OwnGil
+        } else {
+            InterpreterMode::SharedGil
+        }
+    }
+
     /// The next, more permissive mode to try when an extension refuses this one.
     ///
     /// A PyO3 module skips `SharedGil`: CPython would let it load in a shared-GIL
@@ -47,6 +60,18 @@ impl InterpreterMode {
             InterpreterMode::SharedGil => Some(InterpreterMode::Main),
             InterpreterMode::Main => None,
         }
+    }
+}
+
+/// Whether `_ctypes` (hence any polyplugc bundle) loads in an own-GIL interpreter on the
+/// running CPython: from 3.13 on.
+pub(crate) fn ctypes_loads_in_own_gil() -> bool {
+    interp_pool::python_version() >= (3, 13)
+}
+
+impl Default for InterpreterMode {
+    fn default() -> Self {
+        Self::default_for_this_python()
     }
 }
 
@@ -69,9 +94,9 @@ impl std::fmt::Display for InterpreterMode {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PythonConfig {
-    /// Oldest CPython accepted at load time, `(major, minor)`. Default `(3, 13)`: own-GIL
-    /// interpreters need 3.12, and `ctypes` (used by all polyplugc glue) loads in them
-    /// only from 3.13.
+    /// Oldest CPython accepted at load time, `(major, minor)`. Default `(3, 12)`, the
+    /// first with per-interpreter GILs (`ctypes`, used by all polyplugc glue, loads in
+    /// own-GIL interpreters only from 3.13; see `mode`).
     pub min_version: (u32, u32),
     /// Deepest plugin→plugin nesting (a chain A→B→A counts 3) before a call fails with
     /// `AbiError` 9 (ReentrantCall). Default 64, well under Python's recursion limit.
@@ -83,7 +108,9 @@ pub struct PythonConfig {
     pub allow_threads: bool,
     /// Spin-then-park policy of the calling and interpreter threads.
     pub wait: WaitPolicy,
-    /// Interpreter mode for bundles not named in `bundle_modes`. Default `OwnGil`.
+    /// Interpreter mode for bundles not named in `bundle_modes`. Default
+    /// [`InterpreterMode::default_for_this_python`]: `OwnGil` on CPython 3.13+,
+    /// `SharedGil` on 3.12.
     pub mode: InterpreterMode,
     /// Per-bundle mode, by bundle (manifest) name; wins over `mode`.
     pub bundle_modes: HashMap<String, InterpreterMode>,
@@ -112,13 +139,13 @@ pub struct PythonConfig {
 impl Default for PythonConfig {
     fn default() -> Self {
         Self {
-            min_version: (3, 13),
+            min_version: (3, 12),
             max_depth: 64,
             stack_size: 8 << 20,
             allow_threads: false,
             wait: WaitPolicy::default(),
             prewarm: true,
-            mode: InterpreterMode::OwnGil,
+            mode: InterpreterMode::default(),
             bundle_modes: HashMap::new(),
             auto_downgrade: true,
             call_timeout: None,

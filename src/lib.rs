@@ -178,7 +178,12 @@ impl PythonLoader {
         if mode == InterpreterMode::Main {
             return InterpreterHandle::main(config);
         }
-        if self.inner.config.prewarm && mode == InterpreterMode::OwnGil {
+        // On 3.12 the spare's prelude (`import ctypes`) fails in own-GIL interpreters and the
+        // bundle would too (then downgrade): no spare there.
+        if self.inner.config.prewarm
+            && mode == InterpreterMode::OwnGil
+            && config::ctypes_loads_in_own_gil()
+        {
             if let Some(h) = spare::take(&config) {
                 if h.rename(bundle).is_ok() {
                     return Ok(h);

@@ -10,12 +10,20 @@ use crate::config::{GilMode, InterpreterConfig};
 
 /// The thread state attached on this thread, or null.
 ///
-/// `PyThreadState_GetUnchecked` only reads CPython's thread-local current-tstate
-/// pointer, so it is safe on any thread, attached or not, before or after init.
+/// `PyThreadState_GetUnchecked` (3.13+; `_PyThreadState_UncheckedGet` on 3.12) only reads
+/// CPython's thread-local current-tstate pointer, so it is safe on any thread, attached or
+/// not, before or after init.
 pub(crate) fn current_tstate() -> *mut sys::PyThreadState {
+    #[cfg(Py_3_13)]
     // SAFETY: thread: any. interp: none needed. tstate: none needed; the function reads
     // a C thread-local and never fails or raises (CPython docs, "PyThreadState_GetUnchecked").
-    unsafe { sys::PyThreadState_GetUnchecked() }
+    let ts = unsafe { sys::PyThreadState_GetUnchecked() };
+    #[cfg(not(Py_3_13))]
+    // SAFETY: thread: any. interp: none needed. tstate: none needed; pyo3-ffi's compat
+    // shim calls 3.12's `_PyThreadState_UncheckedGet`, the same thread-local read under its
+    // pre-3.13 name (never fails or raises).
+    let ts = unsafe { sys::compat::PyThreadState_GetUnchecked() };
+    ts
 }
 
 extern "C" {

@@ -181,11 +181,24 @@ impl<'py> PyObj<'py> {
 
     /// `self[key]` for a dict and a str key; `None` if the key is absent.
     pub fn get_item(&self, att: &'py Attached<'_>, key: &str) -> Result<Option<PyObj<'py>>> {
-        let key = att.cstring(key)?;
         let mut out: *mut sys::PyObject = std::ptr::null_mut();
-        // SAFETY: tstate: attached. refs: self valid; on 1 `out` is a new reference, on 0
-        // it is null, on -1 an exception is set (e.g. self is not a dict).
-        match unsafe { sys::PyDict_GetItemStringRef(self.as_ptr(), key.as_ptr(), &mut out) } {
+        #[cfg(Py_3_13)]
+        let found = {
+            let key = att.cstring(key)?;
+            // SAFETY: tstate: attached. refs: self valid; on 1 `out` is a new reference, on 0
+            // it is null, on -1 an exception is set (e.g. self is not a dict).
+            unsafe { sys::PyDict_GetItemStringRef(self.as_ptr(), key.as_ptr(), &mut out) }
+        };
+        #[cfg(not(Py_3_13))]
+        let found = {
+            // 3.12 has no PyDict_GetItemStringRef; pyo3-ffi's PyDict_GetItemRef shim wraps
+            // PyDict_GetItemWithError + Py_NewRef with the same 1 / 0 / -1 contract.
+            let key = att.str(key)?;
+            // SAFETY: tstate: attached. refs: self and key valid; on 1 `out` is a new
+            // reference, on 0 it is null, on -1 an exception is set (e.g. self is not a dict).
+            unsafe { sys::compat::PyDict_GetItemRef(self.as_ptr(), key.as_ptr(), &mut out) }
+        };
+        match found {
             // SAFETY: `out` is a new reference (see above).
             1 => Ok(unsafe { PyObj::from_owned_ptr(att, out) }),
             0 => Ok(None),

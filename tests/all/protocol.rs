@@ -6,7 +6,7 @@
 use polyplug::error::LoaderError;
 use polyplug::loader::{BundleLoader, BundleSource, ManifestData};
 use polyplug_abi::{AbiErrorCode, CallArena, DispatchType};
-use polyplug_subinterp::{PythonConfig, PythonLoader};
+use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader};
 
 use crate::support::*;
 
@@ -64,7 +64,14 @@ fn default_config_accepts_this_python_and_loader_is_named_python() {
         polyplug_abi::SupportedLanguage::Python
     );
     assert!(!loader.supports_hot_reload());
-    assert_eq!(loader.config().min_version, (3, 13));
+    assert_eq!(loader.config().min_version, (3, 12));
+    let expected_mode = if own_gil_runs_ctypes() {
+        InterpreterMode::OwnGil
+    } else {
+        InterpreterMode::SharedGil
+    };
+    assert_eq!(loader.config().mode, expected_mode);
+    assert_eq!(InterpreterMode::default(), expected_mode);
     fn send_sync<T: Send + Sync>() {}
     send_sync::<PythonLoader>();
 }
@@ -581,12 +588,12 @@ fn c_exports_create_a_loader_a_c_host_can_register() {
         assert!(polyplug_python_loader_create(std::ptr::null()).is_null());
         assert!(polyplug_python_loader_create(&cfg("three")).is_null());
         polyplug_python_loader_free(std::ptr::null_mut());
-        let doomed = polyplug_python_loader_create(&cfg("3.13"));
+        let doomed = polyplug_python_loader_create(&cfg("3.12"));
         assert!(!doomed.is_null());
         polyplug_python_loader_free(doomed);
     }
     // SAFETY: a valid config; the returned pointer is the double-boxed loader.
-    let raw = unsafe { polyplug_python_loader_create(&cfg("3.13")) };
+    let raw = unsafe { polyplug_python_loader_create(&cfg("3.12")) };
     // SAFETY: `raw` came from polyplug_python_loader_create and is consumed once here,
     // as HostApi.register_loader would.
     let loader: Box<dyn BundleLoader> =

@@ -265,3 +265,20 @@ pub fn load_dir(
         rt,
     )
 }
+
+/// Whether `ctypes` (so any polyplugc bundle, and `plugin_source`) loads in an own-GIL
+/// interpreter on the CPython under test: 3.13+. On 3.12 the loader defaults to shared_gil.
+pub fn own_gil_runs_ctypes() -> bool {
+    interp_pool::python_version() >= (3, 13)
+}
+
+/// Tells the person running the tests (past libtest's output capture, which only catches
+/// `print!`/`eprint!`) that `test` skipped or changed part of what it checks, and why.
+pub fn note(test: &str, why: &str) {
+    use std::io::Write;
+    let (major, minor) = interp_pool::python_version();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "note: {test} on CPython {major}.{minor}: {why}"
+    );
+}

@@ -34,11 +34,26 @@ fn runs_on_its_own_named_thread_with_stdlib() {
         .call(|_| Ok(std::thread::current().name().map(str::to_owned)))
         .unwrap();
     assert_eq!(name.as_deref(), Some("py-named"));
-    run(
-        &h,
-        "import ctypes, json, decimal, sys\nv = sys.version_info[:2]",
+    if own_gil_runs_ctypes() {
+        run(
+            &h,
+            "import ctypes, json, decimal, sys\nv = sys.version_info[:2]",
+        );
+    } else {
+        // 3.12: `_ctypes` refuses own-GIL interpreters, and `import decimal` crashes
+        // CPython 3.12.1 once a second own-GIL interpreter imports it (a CPython bug).
+        note(
+            "basics::runs_on_its_own_named_thread_with_stdlib",
+            "imports json only (no ctypes/decimal in own-GIL interpreters on 3.12)",
+        );
+        run(&h, "import json, sys\nv = sys.version_info[:2]");
+    }
+    let (major, minor) = interp_pool::python_version();
+    assert_eq!(
+        (eval_i64(&h, "v[0]"), eval_i64(&h, "v[1]")),
+        (i64::from(major), i64::from(minor))
     );
-    assert!(eval_i64(&h, "v[1]") >= 13);
+    assert!(minor >= 12);
     // The stdlib came from the build-time installation without PYTHONHOME.
     assert!(eval_str(&h, "json.__file__").contains("python3."));
     h.end();

@@ -1,6 +1,7 @@
 //! The three re-entry shapes, A→B→A chains, and the depth cap; both through plain Rust
 //! closures and through a real `ctypes.CFUNCTYPE` callback (which detaches the calling
-//! thread state before entering Rust).
+//! thread state before entering Rust). The ctypes ones run in shared-GIL interpreters on
+//! 3.12, whose `_ctypes` refuses own-GIL ones (`util::ctypes_config`).
 
 use std::sync::{Barrier, Mutex};
 
@@ -9,6 +10,10 @@ use interp_pool::{
 };
 
 use crate::util::*;
+
+const SHAPE2: &str = "reentry::shape2_ctypes_callback_into_own_interpreter_runs_inline";
+const SHAPE3: &str = "reentry::shape3_and_a_b_a_through_ctypes";
+const CHAINS: &str = "reentry::chains_from_many_threads_never_deadlock";
 
 /// Handles reachable from the C callback, by index.
 static PEERS: Mutex<Vec<InterpreterHandle>> = Mutex::new(Vec::new());
@@ -91,7 +96,7 @@ fn shape1_inline_while_attached() {
 #[test]
 fn shape2_ctypes_callback_into_own_interpreter_runs_inline() {
     within(LIMIT, "shape2", || {
-        let a = spawn("shape2");
+        let a = spawn_with(ctypes_config(SHAPE2, "shape2"));
         let ia = register(&a);
         install_ping(&a, ia, ia);
         // ping(5) in A calls hop(A, 4) from A's owner thread with A detached by ctypes.
@@ -111,8 +116,8 @@ fn shape2_ctypes_callback_into_own_interpreter_runs_inline() {
 #[test]
 fn shape3_and_a_b_a_through_ctypes() {
     within(LIMIT, "a-b-a ctypes", || {
-        let a = spawn("aba-a");
-        let b = spawn("aba-b");
+        let a = spawn_with(ctypes_config(SHAPE3, "aba-a"));
+        let b = spawn_with(ctypes_config(SHAPE3, "aba-b"));
         let (ia, ib) = (register(&a), register(&b));
         install_ping(&a, ia, ib);
         install_ping(&b, ib, ia);
@@ -166,7 +171,10 @@ fn depth_cap_through_ctypes_is_an_error_not_a_crash() {
     within(LIMIT, "depth cap ctypes", || {
         let config = |name: &str| InterpreterConfig {
             max_depth: 8,
-            ..InterpreterConfig::named(name)
+            ..ctypes_config(
+                "reentry::depth_cap_through_ctypes_is_an_error_not_a_crash",
+                name,
+            )
         };
         let a = spawn_with(config("cap-a"));
         let b = spawn_with(config("cap-b"));
@@ -195,8 +203,8 @@ fn depth_cap_through_ctypes_is_an_error_not_a_crash() {
 #[test]
 fn chains_from_many_threads_never_deadlock() {
     within(LIMIT, "chain stress", || {
-        let a = spawn("chain-a");
-        let b = spawn("chain-b");
+        let a = spawn_with(ctypes_config(CHAINS, "chain-a"));
+        let b = spawn_with(ctypes_config(CHAINS, "chain-b"));
         let (ia, ib) = (register(&a), register(&b));
         install_ping(&a, ia, ib);
         install_ping(&b, ib, ia);

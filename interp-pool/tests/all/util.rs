@@ -61,3 +61,46 @@ pub fn run(h: &InterpreterHandle, code: &str) {
     let code = code.to_owned();
     h.call(move |py| py.run(&code)).expect("run")
 }
+
+/// Whether `ctypes` loads in an own-GIL interpreter on the CPython under test: 3.13+
+/// (3.12's `_ctypes` refuses them with "does not support loading in subinterpreters").
+pub fn own_gil_runs_ctypes() -> bool {
+    interp_pool::python_version() >= (3, 13)
+}
+
+/// Settings for a test that needs `ctypes`: its own GIL where `_ctypes` accepts one (3.13+),
+/// else the main GIL (the test then checks the same call paths without parallelism; `test`
+/// names the test in the note printed about it).
+pub fn ctypes_config(test: &str, name: &str) -> InterpreterConfig {
+    if own_gil_runs_ctypes() {
+        return InterpreterConfig::named(name);
+    }
+    note(
+        test,
+        "runs in shared-GIL interpreters: 3.12's _ctypes refuses own-GIL ones",
+    );
+    InterpreterConfig {
+        gil: interp_pool::GilMode::Shared,
+        check_multi_interp_extensions: false,
+        ..InterpreterConfig::named(name)
+    }
+}
+
+/// Tells the person running the tests (past libtest's output capture, which only catches
+/// `print!`/`eprint!`) that `test` skipped or changed part of what it checks, and why.
+/// Printed once per test and reason.
+pub fn note(test: &str, why: &str) {
+    use std::io::Write;
+    static SEEN: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    let key = (test.to_owned(), why.to_owned());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(&key) {
+        return;
+    }
+    seen.push(key);
+    let (major, minor) = interp_pool::python_version();
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "note: {test} on CPython {major}.{minor}: {why}"
+    );
+}
