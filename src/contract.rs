@@ -84,6 +84,10 @@ impl ContractData {
         &self,
         job: impl FnOnce(&Attached<'_>) -> interp_pool::Result<R> + Send,
     ) -> interp_pool::Result<R> {
+        // Off unless TRACE is enabled for this target: then one span per call.
+        let _span =
+            tracing::trace_span!("python_call", bundle = %self.bundle, contract = %self.contract)
+                .entered();
         let m = &*self.meter;
         m.start();
         let t0 = Instant::now();
