@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use interp_pool::{sys, Attached, InterpreterHandle, NativeFunction, Persistent, PyObj};
 use polyplug::logger::LoggerHandle;
@@ -48,6 +48,10 @@ pub(crate) struct ContractData {
     pub(crate) fn_count: usize,
     pub(crate) logger: LoggerHandle,
     pub(crate) objects: Mutex<Option<Objects>>,
+    /// The same contract in the version that replaced this one by a hot reload. Set
+    /// before this version's objects are released, so a host still holding this
+    /// interface gets the new code for the default instance instead of `StaleHandle`.
+    pub(crate) successor: OnceLock<&'static ContractData>,
 }
 
 /// Outcome of a call that found no Python error.
@@ -133,6 +137,16 @@ impl ContractData {
                 AbiErrorCode::FunctionNotAvailable,
                 b"python: unknown instance",
             ),
+            // Retired by a hot reload while the host still held this interface: the
+            // default instance answers with the new code (other instances died with it).
+            Ok(Found::Unloaded) | Err(interp_pool::Error::InterpreterGone { .. })
+                if instance == 0 =>
+            {
+                match self.successor.get() {
+                    Some(next) => next.dispatch(instance, fn_id as u32, args, out, arena),
+                    None => error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded"),
+                }
+            }
             Ok(Found::Unloaded) => {
                 error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
             }

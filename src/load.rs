@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use interp_pool::{Attached, InterpreterHandle, Persistent, PyObj};
 use polyplug::error::LoaderError;
@@ -423,6 +423,7 @@ pub(crate) fn register_all(
             fn_count: d.objects.functions.len(),
             logger: runtime.logger(),
             objects: Mutex::new(Some(d.objects)),
+            successor: OnceLock::new(),
             contract,
         }));
         datas.push(data);

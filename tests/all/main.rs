@@ -31,4 +31,5 @@ mod modes;
 mod protocol;
 mod real_bundles;
 mod reentry;
+mod reload;
 mod support;
