@@ -27,6 +27,7 @@ mod error;
 pub mod ffi;
 mod isolation;
 mod load;
+mod output;
 mod spare;
 
 use std::collections::HashMap;
@@ -46,6 +47,7 @@ pub use config::{InterpreterMode, PythonConfig};
 use crate::contract::ContractData;
 use crate::isolation::BundleKey;
 use crate::load::{Entry, Plan};
+use crate::output::OutputSink;
 
 /// The `python` bundle loader. `Send + Sync`; one per runtime.
 ///
@@ -74,6 +76,9 @@ struct LoadedBundle {
     key: Option<BundleKey>,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
+    /// Where its `sys.stdout` / `sys.stderr` lines go; unregistered when dropped, after
+    /// `release`.
+    _output: OutputSink,
 }
 
 impl std::fmt::Debug for LoadedBundle {
@@ -244,8 +249,9 @@ impl PythonLoader {
         let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
+        let sink = OutputSink::register(runtime.logger(), &manifest.name, key);
         let declared = interp
-            .call(|py| Ok(load::run_init(py, plan, runtime, host, key)))
+            .call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
             .unwrap_or_else(|e| Err(error::init_failed(&bundle, "bundle init", &e)));
         let declared = match declared {
             Ok(d) => d,
@@ -283,6 +289,7 @@ impl PythonLoader {
                 mode,
                 key,
                 _ctx_path: plan.ctx_path.into(),
+                _output: sink,
             });
         Ok(serial)
     }
@@ -356,15 +363,19 @@ impl PythonLoader {
     }
 }
 
-/// Drops the contracts' Python objects inside their interpreter, then ends it (waiting
-/// for calls already running in it). In the main interpreter, which never ends, it drops
-/// the bundle's modules from `sys.modules` instead.
+/// Emits a last unterminated output line, drops the contracts' Python objects inside
+/// their interpreter, then ends it (waiting for calls already running in it). In the main
+/// interpreter, which never ends, it drops the bundle's modules from `sys.modules`
+/// instead.
 fn release(
     interp: &InterpreterHandle,
     contracts: &[&'static ContractData],
     key: Option<BundleKey>,
 ) {
     let _ = interp.call(|py| {
+        if let Err(e) = output::drain(py, key) {
+            tracing::debug!(interp = %interp.id(), error = %e, "could not flush guest output");
+        }
         for c in contracts {
             c.release_objects(py);
         }

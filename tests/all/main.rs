@@ -25,6 +25,7 @@ mod core_api;
 mod ext_api;
 
 mod ext_modules;
+mod guest_output;
 mod isolation;
 mod lifecycle;
 mod modes;
