@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use interp_pool::{
@@ -57,6 +57,10 @@ pub(crate) struct ContractData {
     pub(crate) meter: Arc<Meter>,
     /// The bundle's configured deadline (`with_call_options` overrides it).
     pub(crate) timeout: Option<Duration>,
+    /// The same contract in the version that replaced this one by a hot reload. Set
+    /// before this version's objects are released, so a host still holding this
+    /// interface gets the new code for the default instance instead of `StaleHandle`.
+    pub(crate) successor: OnceLock<&'static ContractData>,
 }
 
 /// Outcome of a call that found no Python error.
@@ -180,6 +184,16 @@ impl ContractData {
                 AbiErrorCode::FunctionNotAvailable,
                 b"python: unknown instance",
             ),
+            // Retired by a hot reload while the host still held this interface: the
+            // default instance answers with the new code (other instances died with it).
+            Ok(Found::Unloaded) | Err(interp_pool::Error::InterpreterGone { .. })
+                if instance == 0 =>
+            {
+                match self.successor.get() {
+                    Some(next) => next.dispatch(instance, fn_id as u32, args, out, arena),
+                    None => error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded"),
+                }
+            }
             Ok(Found::Unloaded) => {
                 error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
             }

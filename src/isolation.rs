@@ -121,9 +121,19 @@ impl BundleKey {
         Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The raw key (what [`current_key`] returns while this bundle runs).
+    pub(crate) fn get(self) -> u64 {
+        self.0
+    }
+
     fn prefix(self, bundle_id: u64) -> String {
         format!("__polyplug_bundle_{bundle_id:016X}_{:016X}__", self.0)
     }
+}
+
+/// The `main`-mode bundle whose code runs on this thread (0: none).
+pub(crate) fn current_key() -> u64 {
+    CURRENT.with(Cell::get)
 }
 
 /// Marks `key`'s code as running on this thread until dropped (nests).

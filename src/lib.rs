@@ -28,11 +28,13 @@ pub mod ffi;
 mod isolation;
 mod load;
 mod metrics;
+mod output;
 mod scope;
 mod spare;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use interp_pool::InterpreterHandle;
@@ -52,6 +54,7 @@ use crate::contract::ContractData;
 use crate::isolation::BundleKey;
 use crate::load::{Entry, Plan};
 use crate::metrics::Meter;
+use crate::output::OutputSink;
 
 /// The `python` bundle loader. `Send + Sync`; one per runtime.
 ///
@@ -71,6 +74,8 @@ struct Inner {
 
 /// What one successful load owns.
 struct LoadedBundle {
+    /// Unique per load in the process: tells a reload's new load from the ones it retires.
+    serial: u64,
     interp: InterpreterHandle,
     contracts: Vec<&'static ContractData>,
     mode: InterpreterMode,
@@ -79,6 +84,9 @@ struct LoadedBundle {
     meter: Arc<Meter>,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
+    /// Where its `sys.stdout` / `sys.stderr` lines go; unregistered when dropped, after
+    /// `release`.
+    _output: OutputSink,
 }
 
 impl std::fmt::Debug for LoadedBundle {
@@ -202,13 +210,13 @@ impl PythonLoader {
         manifest: &ManifestData,
         plan: Plan<'_>,
         runtime: &Runtime,
-    ) -> Result<(), LoaderError> {
+    ) -> Result<u64, LoaderError> {
         self.check_version()?;
         let config = &self.inner.config;
         let mut mode = config.mode_for(&manifest.name);
         loop {
             let err = match self.load_in(manifest, &plan, runtime, mode) {
-                Ok(()) => return Ok(()),
+                Ok(serial) => return Ok(serial),
                 Err(e) => e,
             };
             let refused = plan
@@ -245,13 +253,14 @@ impl PythonLoader {
 
     /// One load attempt in `mode`: create the interpreter, run the bundle's init there,
     /// register its contracts. Any failure ends the interpreter and leaves nothing behind.
+    /// Returns the new load's serial.
     fn load_in(
         &self,
         manifest: &ManifestData,
         plan: &Plan<'_>,
         runtime: &Runtime,
         mode: InterpreterMode,
-    ) -> Result<(), LoaderError> {
+    ) -> Result<u64, LoaderError> {
         let bundle = plan.module.clone();
         let rss0 = metrics::rss_bytes();
         let t0 = std::time::Instant::now();
@@ -261,8 +270,9 @@ impl PythonLoader {
         let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
+        let sink = OutputSink::register(runtime.logger(), &manifest.name, key);
         let declared = interp
-            .call(|py| Ok(load::run_init(py, plan, runtime, host, key)))
+            .call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
             .unwrap_or_else(|e| Err(error::init_failed(&bundle, "bundle init", &e)));
         let declared = match declared {
             Ok(d) => d,
@@ -301,21 +311,25 @@ impl PythonLoader {
             total_ms = t0.elapsed().as_secs_f64() * 1e3,
             "bundle loaded"
         );
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .entry(plan.bundle_id)
             .or_default()
             .push(LoadedBundle {
+                serial,
                 interp,
                 contracts,
                 mode,
                 key,
                 meter,
                 _ctx_path: plan.ctx_path.into(),
+                _output: sink,
             });
-        Ok(())
+        Ok(serial)
     }
 
-    fn load_path(&self, manifest: &ManifestData, runtime: &Runtime) -> Result<(), LoaderError> {
+    fn load_path(&self, manifest: &ManifestData, runtime: &Runtime) -> Result<u64, LoaderError> {
         if manifest.file.is_empty() {
             return Err(LoaderError::ManifestMissingFile {
                 bundle: manifest.name.clone(),
@@ -372,7 +386,7 @@ impl PythonLoader {
         manifest: &ManifestData,
         src: &str,
         runtime: &Runtime,
-    ) -> Result<(), LoaderError> {
+    ) -> Result<u64, LoaderError> {
         let plan = Plan {
             module: synthetic_module_name(&manifest.name),
             bundle_id: manifest.id,
@@ -384,15 +398,19 @@ impl PythonLoader {
     }
 }
 
-/// Drops the contracts' Python objects inside their interpreter, then ends it (waiting
-/// for calls already running in it). In the main interpreter, which never ends, it drops
-/// the bundle's modules from `sys.modules` instead.
+/// Emits a last unterminated output line, drops the contracts' Python objects inside
+/// their interpreter, then ends it (waiting for calls already running in it). In the main
+/// interpreter, which never ends, it drops the bundle's modules from `sys.modules`
+/// instead.
 fn release(
     interp: &InterpreterHandle,
     contracts: &[&'static ContractData],
     key: Option<BundleKey>,
 ) {
     let _ = interp.call(|py| {
+        if let Err(e) = output::drain(py, key) {
+            tracing::debug!(interp = %interp.id(), error = %e, "could not flush guest output");
+        }
         for c in contracts {
             c.release_objects(py);
         }
@@ -434,7 +452,7 @@ impl BundleLoader for PythonLoader {
     }
 
     fn supports_hot_reload(&self) -> bool {
-        false
+        true
     }
 
     fn load(
@@ -443,7 +461,7 @@ impl BundleLoader for PythonLoader {
         source: &BundleSource,
         runtime: &Runtime,
     ) -> Result<(), LoaderError> {
-        match source {
+        let loaded = match source {
             BundleSource::Path(_) => self.load_path(manifest, runtime),
             BundleSource::Code(code) => self.load_code(manifest, code, runtime),
             BundleSource::Bytes(bytes) => {
@@ -455,13 +473,42 @@ impl BundleLoader for PythonLoader {
                     })?;
                 self.load_code(manifest, code, runtime)
             }
-        }
+        };
+        loaded.map(drop)
     }
 
-    fn reload(&self, _manifest: &ManifestData, _runtime: &Runtime) -> Result<(), LoaderError> {
-        Err(LoaderError::HotReloadUnsupported {
-            loader_name: "python".into(),
-        })
+    /// Loads the bundle's current code from its directory into a fresh interpreter (the
+    /// normal load path: mode, downgrade, init, registration, which the runtime keeps
+    /// pending during the reload), then retires the previous version: each old contract
+    /// forwards default-instance calls to its new counterpart, its objects are released
+    /// and its interpreter ends once the calls running in it return. On failure the old
+    /// version is untouched and the new interpreter is already gone. Instances are not
+    /// carried over (polyplug's `Preparing` phase has the host destroy them).
+    fn reload(&self, manifest: &ManifestData, runtime: &Runtime) -> Result<(), LoaderError> {
+        let serial = self.load_path(manifest, runtime)?;
+        let (old, new): (Vec<LoadedBundle>, Vec<&'static ContractData>) = {
+            let mut bundles = self.lock();
+            let list = bundles.entry(manifest.id).or_default();
+            let (new, old): (Vec<_>, Vec<_>) = list.drain(..).partition(|b| b.serial == serial);
+            *list = new;
+            let contracts = list.iter().flat_map(|b| b.contracts.clone()).collect();
+            (old, contracts)
+        };
+        for b in old {
+            for c in &b.contracts {
+                if let Some(n) = new.iter().find(|n| n.contract_id == c.contract_id) {
+                    let _ = c.successor.set(n);
+                }
+            }
+            release(&b.interp, &b.contracts, b.key);
+            tracing::info!(
+                bundle = %manifest.name,
+                interp = %b.interp.id(),
+                mode = %b.mode,
+                "bundle version retired after reload"
+            );
+        }
+        Ok(())
     }
 
     fn unload(&self, bundle_id: BundleId, _runtime: &Runtime) -> Result<(), LoaderError> {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use interp_pool::{Attached, InterpreterHandle, Persistent, PyObj};
 use polyplug::error::LoaderError;
@@ -21,10 +21,66 @@ use crate::contract::{self, ContractData, Objects};
 use crate::error::{init_failed, init_failed_msg};
 use crate::isolation::{self, BundleKey};
 use crate::metrics::Meter;
+use crate::output::{self, OutputSink};
 
 /// Runs once per interpreter before the bundle: the import machinery both source kinds use.
 const BOOTSTRAP: &str = r#"
-import sys, types, importlib.util
+import sys, types, importlib.util, io, _thread
+
+class GuestOutput(io.TextIOBase):
+    """A bundle's sys.stdout / sys.stderr (output.rs): complete lines go to
+    emit(stream, line), which sends them to the runtime's logger. `key` (main
+    interpreter only) names the bundle running on this thread, 0 for none: then the
+    text goes to the stream this writer replaced, as does anything emit refuses."""
+    _polyplug_guest_output = True
+    encoding = "utf-8"
+    errors = "backslashreplace"
+
+    def __init__(self, emit, stream, fallback, key):
+        self._emit, self._stream, self._fallback, self._key = emit, stream, fallback, key
+        self._bufs = {}
+        self._lock = _thread.allocate_lock()
+
+    def writable(self):
+        return True
+
+    def _passthrough(self, s):
+        if self._fallback is not None:
+            self._fallback.write(s)
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        k = 0 if self._key is None else self._key()
+        if self._key is not None and k == 0:
+            self._passthrough(s)
+            return len(s)
+        with self._lock:
+            *lines, rest = (self._bufs.pop(k, "") + s).split("\n")
+            if rest:
+                self._bufs[k] = rest
+            for line in lines:
+                if not self._emit(self._stream, line):
+                    self._passthrough(line + "\n")
+        return len(s)
+
+    def flush(self):
+        if self._key is not None and self._fallback is not None:
+            self._fallback.flush()
+
+    def _polyplug_drain(self):
+        """Emits a last line that has no newline (the bundle is being unloaded)."""
+        k = 0 if self._key is None else self._key()
+        with self._lock:
+            rest = self._bufs.pop(k, "")
+            if rest and not self._emit(self._stream, rest):
+                self._passthrough(rest)
+
+def install_output(emit, key):
+    if key is not None and getattr(sys.stdout, "_polyplug_guest_output", False):
+        return   # main interpreter: the router is in place already
+    sys.stdout = GuestOutput(emit, 0, sys.stdout, key)
+    sys.stderr = GuestOutput(emit, 1, sys.stderr, key)
 
 def load_path(stem, path, dirs):
     for d in dirs:
@@ -175,10 +231,11 @@ pub(crate) fn run_init(
     runtime: &Runtime,
     host: usize,
     main: Option<BundleKey>,
+    output: &OutputSink,
 ) -> Result<Vec<Declared>, LoaderError> {
     let _window = InitWindow::enter(runtime, plan.bundle_id);
     let Some(key) = main else {
-        return init_bundle(py, plan, host, false);
+        return init_bundle(py, plan, host, false, output);
     };
     let _scope = isolation::Scope::enter(key);
     let dirs = match &plan.entry {
@@ -188,7 +245,7 @@ pub(crate) fn run_init(
     };
     isolation::register(py, key, plan.bundle_id, &dirs)
         .map_err(|e| plan.failed("isolating the bundle in the main interpreter", &e))?;
-    let out = init_bundle(py, plan, host, true);
+    let out = init_bundle(py, plan, host, true, output);
     let settled = isolation::settle(py)
         .map_err(|e| plan.failed("re-keying the bundle's modules in the main interpreter", &e));
     let declared = out?;
@@ -201,11 +258,13 @@ fn init_bundle(
     plan: &Plan<'_>,
     host: usize,
     in_main: bool,
+    output: &OutputSink,
 ) -> Result<Vec<Declared>, LoaderError> {
     let bundle = plan.module.as_str();
     let boot = (|| {
         let ns = py.eval("{'__builtins__': __builtins__}")?;
         py.run_in(BOOTSTRAP, &ns)?;
+        output::install(py, &ns, output)?;
         Ok(ns)
     })()
     .map_err(|e| plan.failed("interpreter bootstrap failed", &e))?;
@@ -433,6 +492,7 @@ pub(crate) fn register_all(
             fn_count: d.objects.functions.len(),
             logger: runtime.logger(),
             objects: Mutex::new(Some(d.objects)),
+            successor: OnceLock::new(),
             contract,
         }));
         datas.push(data);

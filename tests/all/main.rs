@@ -25,6 +25,7 @@ mod core_api;
 mod ext_api;
 
 mod ext_modules;
+mod guest_output;
 mod hardening;
 mod isolation;
 mod lifecycle;
@@ -32,4 +33,5 @@ mod modes;
 mod protocol;
 mod real_bundles;
 mod reentry;
+mod reload;
 mod support;

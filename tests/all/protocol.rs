@@ -63,7 +63,7 @@ fn default_config_accepts_this_python_and_loader_is_named_python() {
         loader.loader_language(),
         polyplug_abi::SupportedLanguage::Python
     );
-    assert!(!loader.supports_hot_reload());
+    assert!(loader.supports_hot_reload());
     assert_eq!(loader.config().min_version, (3, 12));
     let expected_mode = if own_gil_runs_ctypes() {
         InterpreterMode::OwnGil

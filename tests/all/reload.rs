@@ -1,0 +1,258 @@
+//! Hot reload (`Runtime::reload_bundle`): new code in a fresh interpreter, the old version
+//! retired once its calls drain, failures leave the old version answering.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use polyplug::runtime::Runtime;
+use polyplug::runtime_builder::RuntimeBuilder;
+use polyplug_abi::{GuestContractInterface, RuntimeConfig};
+use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader};
+use polyplug_utils::BundleId;
+
+use crate::support::*;
+
+/// A runtime with hot reload enabled and no plugin dirs.
+fn reload_runtime(loader: PythonLoader) -> (Arc<Runtime>, Logs) {
+    let logs: Logs = Arc::default();
+    let sink = Arc::clone(&logs);
+    let rt = RuntimeBuilder::new()
+        .config(RuntimeConfig {
+            hot_reload_enabled: true,
+            ..RuntimeConfig::default()
+        })
+        .loader(loader)
+        .logger(move |level, scope, msg| {
+            sink.lock()
+                .unwrap()
+                .push((level, scope.to_owned(), msg.to_owned()))
+        })
+        .build()
+        .expect("runtime builds");
+    (rt, logs)
+}
+
+/// fn 0 answers `answer`; fn 1 takes a CPython interpreter id and answers 1 if that
+/// interpreter still exists. `pad` changes the file size (a stale `.pyc` is keyed on
+/// mtime + size).
+fn versioned(contract: &str, answer: i64) -> String {
+    let defs = format!(
+        "import _interpreters\n\
+         def answer(impl, args, out, arena, alloc):\n    put_i64(out, {answer})\n\
+         def alive(impl, args, out, arena, alloc):\n    \
+             ids = [t[0] if isinstance(t, tuple) else int(t) for t in _interpreters.list_all()]\n    \
+             put_i64(out, int(i64_at(args) in ids))\n\
+         # version {answer}{pad}\n",
+        pad = " ".repeat(answer as usize)
+    );
+    plugin_source(contract, &defs, "answer, alive")
+}
+
+fn rewrite(dir: &Path, name: &str, source: &str) {
+    std::fs::write(dir.join(format!("{name}.py")), source).unwrap();
+}
+
+/// One call through an interface the host copied out of the registry earlier.
+fn call_cached(iface: &GuestContractInterface, fn_id: u32, arg: i64) -> Result<i64, u32> {
+    let mut out = 0i64;
+    let err = vm_call(
+        iface,
+        null_instance(iface),
+        fn_id,
+        (&arg as *const i64).cast(),
+        (&mut out as *mut i64).cast(),
+        std::ptr::null_mut(),
+    );
+    if err.code == 0 {
+        Ok(out)
+    } else {
+        Err(err.code)
+    }
+}
+
+fn interp_id(loader: &PythonLoader, name: &str) -> i64 {
+    loader
+        .bundle_info(BundleId::new(name).id())
+        .expect("bundle loaded")
+        .python_interp_id
+}
+
+#[test]
+fn reload_runs_new_code_and_ends_the_old_interpreter() {
+    let loader = PythonLoader::default();
+    let (rt, _) = reload_runtime(loader.clone());
+    let (_, dir) = write_bundle("hot", &versioned("hot@1", 1), &[]);
+    rt.load_bundle(&dir).unwrap();
+    // SAFETY: a registry interface of a loaded bundle; copied by value, and its loader
+    // data (ours) is never freed.
+    let cached: GuestContractInterface = unsafe { *resolve(&rt, "hot", 1) };
+    assert_eq!(call_cached(&cached, 0, 0), Ok(1));
+    let old = interp_id(&loader, "hot");
+
+    rewrite(&dir, "hot", &versioned("hot@1", 2));
+    rt.reload_bundle(&dir).expect("reload succeeds");
+
+    assert_eq!(call_i64(&rt, "hot", 0, 0), Ok(2), "a fresh resolve");
+    assert_eq!(
+        call_cached(&cached, 0, 0),
+        Ok(2),
+        "the interface cached before"
+    );
+    let new = interp_id(&loader, "hot");
+    assert_ne!(new, old, "a fresh interpreter runs the new code");
+    assert_eq!(call_i64(&rt, "hot", 1, new), Ok(1), "probe sees its own");
+    assert_eq!(call_i64(&rt, "hot", 1, old), Ok(0), "old interpreter ended");
+    assert_eq!(
+        loader
+            .bundle_info(BundleId::new("hot").id())
+            .unwrap()
+            .contracts,
+        vec![("hot@1".to_owned(), 2)]
+    );
+    // And once more: the retired chain still forwards to the newest version.
+    rewrite(&dir, "hot", &versioned("hot@1", 3));
+    rt.reload_bundle(&dir).expect("second reload succeeds");
+    assert_eq!(call_cached(&cached, 0, 0), Ok(3));
+    assert_eq!(call_i64(&rt, "hot", 0, 0), Ok(3));
+}
+
+#[test]
+fn calls_from_four_threads_during_reloads_see_old_or_new_code_only() {
+    let loader = PythonLoader::default();
+    let (rt, _) = reload_runtime(loader.clone());
+    let (_, dir) = write_bundle("busy", &versioned("busy@1", 1), &[]);
+    rt.load_bundle(&dir).unwrap();
+    // SAFETY: as in the test above.
+    let cached: GuestContractInterface = unsafe { *resolve(&rt, "busy", 1) };
+    let stop = AtomicBool::new(false);
+    let calls = AtomicU64::new(0);
+    let failure = std::sync::Mutex::new(None::<String>);
+    within("calls during reloads", || {
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (rt, stop, calls, failure) = (&rt, &stop, &calls, &failure);
+                s.spawn(move || {
+                    let mut last = 0;
+                    // Half the threads keep the interface they resolved before the
+                    // reloads, half resolve before every call.
+                    while !(stop.load(Ordering::Acquire)
+                        && (last == 2 || failure.lock().unwrap().is_some()))
+                    {
+                        let r = if t % 2 == 0 {
+                            call_cached(&cached, 0, 0)
+                        } else {
+                            call_i64(rt, "busy", 0, 0)
+                        };
+                        match r {
+                            Ok(v @ (1 | 2)) => last = v,
+                            other => {
+                                *failure.lock().unwrap() = Some(format!(
+                                    "thread {t}: a call during reload gave {other:?}"
+                                ));
+                                stop.store(true, Ordering::Release);
+                                return;
+                            }
+                        }
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            let wait_calls = |n| {
+                while calls.load(Ordering::Relaxed) < n && failure.lock().unwrap().is_none() {
+                    std::thread::yield_now();
+                }
+            };
+            wait_calls(200);
+            for v in [2, 1, 2] {
+                rewrite(&dir, "busy", &versioned("busy@1", v));
+                if let Err(e) = rt.reload_bundle(&dir) {
+                    *failure.lock().unwrap() = Some(format!("reload to {v} failed: {e}"));
+                    break;
+                }
+                let now = calls.load(Ordering::Relaxed);
+                wait_calls(now + 200);
+            }
+            stop.store(true, Ordering::Release);
+        });
+    });
+    if let Some(f) = failure.into_inner().unwrap() {
+        panic!("{f}");
+    }
+    assert_eq!(call_i64(&rt, "busy", 0, 0), Ok(2));
+}
+
+#[test]
+fn a_reload_that_fails_at_import_keeps_the_old_version() {
+    let loader = PythonLoader::default();
+    let (rt, logs) = reload_runtime(loader.clone());
+    let (_, dir) = write_bundle("shaky", &versioned("shaky@1", 1), &[]);
+    rt.load_bundle(&dir).unwrap();
+    let old = interp_id(&loader, "shaky");
+
+    let broken = format!(
+        "raise RuntimeError('v2 is broken')\n{}",
+        versioned("shaky@1", 2)
+    );
+    rewrite(&dir, "shaky", &broken);
+    let err = rt
+        .reload_bundle(&dir)
+        .expect_err("reload must fail")
+        .to_string();
+    assert!(
+        err.contains("RuntimeError") && err.contains("v2 is broken"),
+        "clear error: {err}"
+    );
+    assert_eq!(
+        call_i64(&rt, "shaky", 0, 0),
+        Ok(1),
+        "old code still answers"
+    );
+    assert_eq!(interp_id(&loader, "shaky"), old, "old version still active");
+    let _ = logs;
+
+    // The failed attempt left nothing in the way of the next one.
+    rewrite(&dir, "shaky", &versioned("shaky@1", 2));
+    rt.reload_bundle(&dir).expect("reload succeeds after a fix");
+    assert_eq!(call_i64(&rt, "shaky", 0, 0), Ok(2));
+}
+
+#[test]
+fn a_main_mode_bundle_reloads_and_its_old_modules_are_forgotten() {
+    let name = "hotmain";
+    let loader = PythonLoader::new(PythonConfig {
+        bundle_modes: [(name.to_owned(), InterpreterMode::Main)].into(),
+        ..PythonConfig::default()
+    });
+    let (rt, _) = reload_runtime(loader.clone());
+    let prefix = format!("__polyplug_bundle_{:016X}_", BundleId::new(name).id());
+    let defs = format!(
+        "import sys, hm_helper\n\
+         def value(impl, args, out, arena, alloc):\n    put_i64(out, hm_helper.VALUE)\n\
+         def versions(impl, args, out, arena, alloc):\n    \
+             keys = {{n.split('.')[0] for n in sys.modules if n.startswith('{prefix}')}}\n    \
+             put_i64(out, len(keys))\n"
+    );
+    let src = plugin_source("hotmain@1", &defs, "value, versions");
+    let (_, dir) = write_bundle(name, &src, &[("hm_helper.py", "VALUE = 1\n")]);
+    rt.load_bundle(&dir).unwrap();
+    assert_eq!(
+        loader.bundle_info(BundleId::new(name).id()).unwrap().mode,
+        "main"
+    );
+    assert_eq!(call_i64(&rt, name, 0, 0), Ok(1));
+    assert_eq!(call_i64(&rt, name, 1, 0), Ok(1));
+
+    std::fs::write(dir.join("hm_helper.py"), "VALUE = 2  # new\n").unwrap();
+    rt.reload_bundle(&dir).expect("reload succeeds");
+    assert_eq!(
+        call_i64(&rt, name, 0, 0),
+        Ok(2),
+        "the new load imported its own helper"
+    );
+    assert_eq!(
+        call_i64(&rt, name, 1, 0),
+        Ok(1),
+        "only the new load's modules remain"
+    );
+}
