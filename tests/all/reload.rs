@@ -38,7 +38,7 @@ fn reload_runtime(loader: PythonLoader) -> (Arc<Runtime>, Logs) {
 /// mtime + size).
 fn versioned(contract: &str, answer: i64) -> String {
     let defs = format!(
-        "import _interpreters\n\
+        "try:\n    import _interpreters\nexcept ImportError:  # 3.12\n    import _xxsubinterpreters as _interpreters\n\
          def answer(impl, args, out, arena, alloc):\n    put_i64(out, {answer})\n\
          def alive(impl, args, out, arena, alloc):\n    \
              ids = [t[0] if isinstance(t, tuple) else int(t) for t in _interpreters.list_all()]\n    \
