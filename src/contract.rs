@@ -94,13 +94,19 @@ impl ContractData {
                 .entered();
         let m = &*self.meter;
         m.start();
-        let t0 = Instant::now();
+        // Latencies of a sample of calls (see `metrics::sampled`); counters see every call.
+        let t0 = crate::metrics::sampled().then(Instant::now);
         let r = self.interp.call_with(&self.options(), |py| {
-            let t1 = Instant::now();
-            m.queue_wait.record(t1 - t0);
+            let t1 = t0.map(|t0| {
+                let t1 = Instant::now();
+                m.queue_wait.record(t1 - t0);
+                t1
+            });
             m.depth(interp_pool::current_depth());
             let r = job(py);
-            m.run.record(t1.elapsed());
+            if let Some(t1) = t1 {
+                m.run.record(t1.elapsed());
+            }
             r
         });
         m.finish(match &r {
