@@ -16,13 +16,6 @@ fn find(rt: &polyplug::runtime::Runtime, name: &str) -> polyplug_abi::GuestContr
         .unwrap()
 }
 
-fn mode_of(loader: &PythonLoader, bundle: &str) -> &'static str {
-    loader
-        .bundle_info(polyplug_utils::BundleId::new(bundle).id())
-        .expect("loaded")
-        .mode
-}
-
 fn text(v: StringView) -> String {
     // SAFETY: a view returned by a caller's arena, valid until its next call.
     String::from_utf8(unsafe { std::slice::from_raw_parts(v.ptr, v.len) }.to_vec()).unwrap()
@@ -78,8 +71,14 @@ fn numpy_and_orjson_bundles_run_in_main_and_answer_from_8_threads() {
                     let mut json = JsonifyContract::new(find(rt, "jsonify"), host).unwrap();
                     for i in 0..25 {
                         let n = 10 + t * 7 + i;
-                        assert_eq!(stats.sum_squares(n).unwrap(), (0..n).map(|k| k * k).sum());
-                        assert_eq!(stats.dot(n).unwrap(), (0..n).map(|k| k * (n - k)).sum());
+                        assert_eq!(
+                            stats.sum_squares(n).unwrap(),
+                            (0..n).map(|k| k * k).sum::<i64>()
+                        );
+                        assert_eq!(
+                            stats.dot(n).unwrap(),
+                            (0..n).map(|k| k * (n - k)).sum::<i64>()
+                        );
                         // orjson is imported at call time, through the isolation finder.
                         assert_eq!(text(json.encode(n % 6).unwrap()), expected_json(n % 6));
                     }

@@ -13,30 +13,6 @@ use polyplug_subinterp::{
 use crate::core_api::host::host_callers::{CalculatorContract, CounterContract, PipelineContract};
 use crate::support::*;
 
-/// `fn_id` of `contract@1` with one i64 in and out; the whole AbiError on failure.
-fn call(
-    rt: &polyplug::runtime::Runtime,
-    contract: &str,
-    fn_id: u32,
-    arg: i64,
-) -> Result<i64, AbiError> {
-    let iface = resolve(rt, contract, 1);
-    let mut out = 0i64;
-    let err = vm_call(
-        iface,
-        null_instance(iface),
-        fn_id,
-        (&arg as *const i64).cast(),
-        (&mut out as *mut i64).cast(),
-        std::ptr::null_mut(),
-    );
-    if err.is_ok() {
-        Ok(out)
-    } else {
-        Err(err)
-    }
-}
-
 fn message(e: &AbiError) -> &[u8] {
     // SAFETY: loader messages are static byte strings.
     unsafe { std::slice::from_raw_parts(e.message.ptr, e.message.len) }
@@ -77,16 +53,16 @@ fn an_endless_loop_with_a_deadline_times_out_and_the_bundle_answers_next() {
             },
             "spinner",
         );
-        let e = call(&rt, "spinner", 0, 0).unwrap_err();
+        let e = call_abi(&rt, "spinner", 0, 0).unwrap_err();
         assert_eq!(e.code, AbiErrorCode::Generic as u32);
         assert_eq!(message(&e), TIMEOUT_MESSAGE);
         assert_eq!(
-            call(&rt, "spinner", 1, 41).ok(),
+            call_abi(&rt, "spinner", 1, 41).ok(),
             Some(41),
             "the next call is served"
         );
         assert_eq!(
-            call(&rt, "spinner", 2, 0).ok(),
+            call_abi(&rt, "spinner", 2, 0).ok(),
             Some(1),
             "the finally block ran"
         );
@@ -115,12 +91,12 @@ fn a_host_cancels_a_call_from_another_thread() {
             timeout: None,
             cancel: Some(token),
         };
-        let r = with_call_options(opts, || call(&rt, "spinner_c", 0, 0));
+        let r = with_call_options(opts, || call_abi(&rt, "spinner_c", 0, 0));
         canceller.join().unwrap();
         let e = r.unwrap_err();
         assert_eq!(message(&e), CANCELLED_MESSAGE);
         // Outside the scope: no options, a plain call.
-        assert_eq!(call(&rt, "spinner_c", 1, 7).ok(), Some(7));
+        assert_eq!(call_abi(&rt, "spinner_c", 1, 7).ok(), Some(7));
     });
 }
 
@@ -147,7 +123,7 @@ fn a_flood_against_a_small_queue_is_refused_or_waits_as_configured() {
                     let (rt, ok, busy) = (&rt, &ok, &busy);
                     s.spawn(move || {
                         for i in 0..25 {
-                            match call(rt, "slow", 0, t * 100 + i) {
+                            match call_abi(rt, "slow", 0, t * 100 + i) {
                                 Ok(v) => {
                                     assert_eq!(v, t * 100 + i);
                                     ok.fetch_add(1, Ordering::Relaxed);
@@ -174,16 +150,6 @@ fn a_flood_against_a_small_queue_is_refused_or_waits_as_configured() {
             assert!(rss_mib() < rss0 + 64.0, "memory stays flat under the flood");
         }
     });
-}
-
-fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / (1 << 20) as f64
 }
 
 #[test]
@@ -329,13 +295,13 @@ fn malformed_bundles_are_typed_errors_and_leave_others_working() {
     }
     // A huge function list loads and dispatches the last one.
     load_dir(&loader, &rt, &write_bundle("h_huge", &huge_fns, &[]).1).unwrap();
-    assert_eq!(call(&rt, "huge", 9_999, 0).ok(), Some(9));
+    assert_eq!(call_abi(&rt, "huge", 9_999, 0).ok(), Some(9));
     assert_eq!(
-        call(&rt, "huge", 10_000, 0).unwrap_err().code,
+        call_abi(&rt, "huge", 10_000, 0).unwrap_err().code,
         AbiErrorCode::FunctionNotAvailable as u32
     );
     assert_eq!(
-        call(&rt, "hgood", 0, 0).ok(),
+        call_abi(&rt, "hgood", 0, 0).ok(),
         Some(5),
         "the good bundle kept working"
     );

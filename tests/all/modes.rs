@@ -49,13 +49,6 @@ fn own_gil_config() -> PythonConfig {
     }
 }
 
-fn mode_of(loader: &PythonLoader, bundle: &str) -> &'static str {
-    loader
-        .bundle_info(polyplug_utils::BundleId::new(bundle).id())
-        .expect("loaded")
-        .mode
-}
-
 #[test]
 fn a_refusing_extension_downgrades_the_bundle_to_shared_gil() {
     let (rt, loader) = loader_with(own_gil_config());

@@ -226,6 +226,11 @@ pub fn contract_id(name: &str, major: u32) -> u64 {
 
 /// Calls fn `fn_id` of `contract@1` with one i64 argument and an i64 result.
 pub fn call_i64(rt: &Runtime, contract: &str, fn_id: u32, arg: i64) -> Result<i64, u32> {
+    call_abi(rt, contract, fn_id, arg).map_err(|e| e.code)
+}
+
+/// `call_i64`, keeping the whole `AbiError` (code and message) on failure.
+pub fn call_abi(rt: &Runtime, contract: &str, fn_id: u32, arg: i64) -> Result<i64, AbiError> {
     let iface = resolve(rt, contract, 1);
     let mut out: i64 = 0;
     let err = vm_call(
@@ -239,8 +244,27 @@ pub fn call_i64(rt: &Runtime, contract: &str, fn_id: u32, arg: i64) -> Result<i6
     if err.code == 0 {
         Ok(out)
     } else {
-        Err(err.code)
+        Err(err)
     }
+}
+
+/// The mode `bundle` (by manifest name) runs in, as `BundleInfo::mode` reports it.
+pub fn mode_of(loader: &PythonLoader, bundle: &str) -> &'static str {
+    loader
+        .bundle_info(polyplug_utils::BundleId::new(bundle).id())
+        .expect("loaded")
+        .mode
+}
+
+/// Resident set size of this process, MiB.
+pub fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / f64::from(1 << 20)
 }
 
 /// A runtime with no plugin dirs and a handle to its loader.
