@@ -151,7 +151,9 @@ impl Drop for Scope {
     }
 }
 
-static CURRENT_FN: NativeFunction = NativeFunction::fastcall(
+/// `current() -> int`: the `main` bundle running on this thread (0: none). Used by the
+/// finder here and by the output router (`output.rs`) to keep bundles' lines apart.
+pub(crate) static CURRENT_FN: NativeFunction = NativeFunction::fastcall(
     c"current",
     current,
     c"current() -> int: the main-mode bundle running on this thread (0: none)",
@@ -168,7 +170,7 @@ unsafe extern "C" fn current(
     nargs: sys::Py_ssize_t,
 ) -> *mut sys::PyObject {
     // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
-    unsafe { interp_pool::u64_trampoline(slf, args, nargs, |_, _| Ok(CURRENT.with(Cell::get))) }
+    unsafe { interp_pool::u64_trampoline(slf, args, nargs, |_, _| Ok(current_key())) }
 }
 
 unsafe extern "C" fn mark_dirty(

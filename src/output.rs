@@ -130,24 +130,6 @@ pub(crate) static EMIT: NativeFunction = NativeFunction::fastcall(
     c"emit(stream, line) -> bool: send one line of guest output to the runtime's logger",
 );
 
-/// `key() -> int`: the `main` bundle running on this thread (0: none), so the router can
-/// keep partial lines of different bundles apart.
-pub(crate) static KEY: NativeFunction = NativeFunction::fastcall(
-    c"key",
-    key,
-    c"key() -> int: the main-mode bundle running on this thread (0: none)",
-);
-
-unsafe extern "C" fn key(
-    slf: *mut sys::PyObject,
-    args: *mut *mut sys::PyObject,
-    nargs: sys::Py_ssize_t,
-) -> *mut sys::PyObject {
-    let body = |_, _: &[u64]| Ok(isolation::current_key());
-    // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
-    unsafe { interp_pool::u64_trampoline(slf, args, nargs, body) }
-}
-
 unsafe extern "C" fn emit(
     slf: *mut sys::PyObject,
     args: *mut *mut sys::PyObject,
@@ -231,7 +213,7 @@ pub(crate) fn install(
         .expect("bootstrap defines install_output");
     let emit = py.native_function(&EMIT, &py.uint(sink.bound_id())?)?;
     let key = if sink.key.is_some() {
-        py.native_function(&KEY, &py.uint(0)?)?
+        py.native_function(&isolation::CURRENT_FN, &py.uint(0)?)?
     } else {
         py.none()
     };
