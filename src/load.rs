@@ -154,13 +154,7 @@ pub(crate) struct Refusal {
 impl Plan<'_> {
     /// `InitFailed` for this bundle; remembers a refusing extension module.
     fn failed(&self, doing: &str, err: &interp_pool::Error) -> LoaderError {
-        if let interp_pool::Error::Unsupported { module, .. } = err {
-            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(Refusal {
-                module: module.clone(),
-                pyo3: false,
-            });
-        }
-        init_failed(&self.module, doing, err)
+        self.failed_as(doing, err, |_| false)
     }
 
     /// Like `failed`, and finds out whether a refusing module is a PyO3 build, with the
@@ -172,25 +166,31 @@ impl Plan<'_> {
         doing: &str,
         err: &interp_pool::Error,
     ) -> LoaderError {
-        let out = self.failed(doing, err);
-        if let interp_pool::Error::Unsupported { module, .. } = err {
-            let pyo3 = (|| {
-                let probe = boot.get(py, "refused_by_pyo3")?;
-                let Some(probe) = probe else { return Ok(0) };
+        self.failed_as(doing, err, |module| {
+            let probe = || {
+                let Some(probe) = boot.get(py, "refused_by_pyo3")? else {
+                    return Ok(0);
+                };
                 probe.call(py, &[&py.str(module)?])?.extract_i64(py)
-            })()
-            .unwrap_or(0)
-                == 1;
-            if let Some(r) = self
-                .refused
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_mut()
-            {
-                r.pyo3 = pyo3;
-            }
+            };
+            probe().unwrap_or(0) == 1
+        })
+    }
+
+    fn failed_as(
+        &self,
+        doing: &str,
+        err: &interp_pool::Error,
+        is_pyo3: impl FnOnce(&str) -> bool,
+    ) -> LoaderError {
+        if let interp_pool::Error::Unsupported { module, .. } = err {
+            let refusal = Refusal {
+                module: module.clone(),
+                pyo3: is_pyo3(module),
+            };
+            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
         }
-        out
+        init_failed(&self.module, doing, err)
     }
 }
 
