@@ -4,22 +4,11 @@
 
 use interp_pool::{InterpreterConfig, InterpreterHandle};
 use polyplug::error::LoaderError;
-use polyplug_abi::StringView;
 use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader};
 
 use crate::core_api::host::host_callers::{CalculatorContract, PipelineContract};
 use crate::ext_api::host::host_callers::{JsonifyContract, StatsContract};
 use crate::support::*;
-
-fn find(rt: &polyplug::runtime::Runtime, name: &str) -> polyplug_abi::GuestContractHandle {
-    rt.find_guest_contract(polyplug_utils::GuestContractId::new(name, 1).id(), 1)
-        .unwrap()
-}
-
-fn text(v: StringView) -> String {
-    // SAFETY: a view returned by a caller's arena, valid until its next call.
-    String::from_utf8(unsafe { std::slice::from_raw_parts(v.ptr, v.len) }.to_vec()).unwrap()
-}
 
 fn main_eval(expr: &str) -> String {
     let expr = expr.to_owned();

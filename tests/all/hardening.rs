@@ -163,13 +163,9 @@ fn eight_threads_three_bundles_nested_calls_nothing_lost() {
                 let (rt, done) = (&rt, &done);
                 s.spawn(move || {
                     let host = host(rt);
-                    let find = |n: &str| {
-                        rt.find_guest_contract(polyplug_utils::GuestContractId::new(n, 1).id(), 1)
-                            .unwrap()
-                    };
-                    let mut p = PipelineContract::new(find("pipeline"), host).unwrap();
-                    let mut c = CalculatorContract::new(find("calculator"), host).unwrap();
-                    let mut k = CounterContract::new(find("counter"), host).unwrap();
+                    let mut p = PipelineContract::new(find(rt, "pipeline"), host).unwrap();
+                    let mut c = CalculatorContract::new(find(rt, "calculator"), host).unwrap();
+                    let mut k = CounterContract::new(find(rt, "counter"), host).unwrap();
                     let mut expected = 0;
                     for i in 0..stress_n(100) {
                         assert_eq!(p.run(t, i).unwrap(), (t + i) * 2, "nested py->py");
@@ -221,21 +217,15 @@ fn unload_while_calls_are_in_flight_gives_answers_or_stale_never_a_hang() {
                     let iface = iface as *const polyplug_abi::GuestContractInterface;
                     for i in 0..200 {
                         let arg = t * 1000 + i;
-                        let mut out = 0i64;
-                        let e = vm_call(
-                            iface,
-                            null_instance(iface),
-                            0,
-                            (&arg as *const i64).cast(),
-                            (&mut out as *mut i64).cast(),
-                            std::ptr::null_mut(),
-                        );
-                        if e.is_ok() {
-                            assert_eq!(out, arg + 1);
-                            answers.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            assert_eq!(e.code, AbiErrorCode::StaleHandle as u32);
-                            stale.fetch_add(1, Ordering::Relaxed);
+                        match call_on(iface, null_instance(iface), 0, arg) {
+                            Ok(out) => {
+                                assert_eq!(out, arg + 1);
+                                answers.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                assert_eq!(e.code, AbiErrorCode::StaleHandle as u32);
+                                stale.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
                 });

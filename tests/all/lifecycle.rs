@@ -34,20 +34,7 @@ fn inc(
     inst: GuestContractInstance,
     by: i64,
 ) -> Result<i64, u32> {
-    let mut out = 0i64;
-    let e = vm_call(
-        iface,
-        inst,
-        0,
-        (&by as *const i64).cast(),
-        (&mut out as *mut i64).cast(),
-        std::ptr::null_mut(),
-    );
-    if e.code == 0 {
-        Ok(out)
-    } else {
-        Err(e.code)
-    }
+    call_on(iface, inst, 0, by).map_err(|e| e.code)
 }
 
 #[test]

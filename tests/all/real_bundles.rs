@@ -13,16 +13,6 @@ fn view(s: &str) -> StringView {
     }
 }
 
-fn text(v: StringView) -> String {
-    // SAFETY: a view returned by a caller's arena, valid until its next call.
-    String::from_utf8(unsafe { std::slice::from_raw_parts(v.ptr, v.len) }.to_vec()).unwrap()
-}
-
-fn find(rt: &polyplug::runtime::Runtime, name: &str) -> polyplug_abi::GuestContractHandle {
-    rt.find_guest_contract(polyplug_utils::GuestContractId::new(name, 1).id(), 1)
-        .unwrap()
-}
-
 #[test]
 fn calculator_counter_pipeline_from_the_main_thread() {
     within("fixtures main thread", || {

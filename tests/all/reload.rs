@@ -55,20 +55,7 @@ fn rewrite(dir: &Path, name: &str, source: &str) {
 
 /// One call through an interface the host copied out of the registry earlier.
 fn call_cached(iface: &GuestContractInterface, fn_id: u32, arg: i64) -> Result<i64, u32> {
-    let mut out = 0i64;
-    let err = vm_call(
-        iface,
-        null_instance(iface),
-        fn_id,
-        (&arg as *const i64).cast(),
-        (&mut out as *mut i64).cast(),
-        std::ptr::null_mut(),
-    );
-    if err.code == 0 {
-        Ok(out)
-    } else {
-        Err(err.code)
-    }
+    call_on(iface, null_instance(iface), fn_id, arg).map_err(|e| e.code)
 }
 
 fn interp_id(loader: &PythonLoader, name: &str) -> i64 {

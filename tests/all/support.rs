@@ -102,6 +102,18 @@ pub fn write_bundle(name: &str, source: &str, extra: &[(&str, &str)]) -> (PathBu
     (root, dir)
 }
 
+/// The handle of `contract@1`, as the generated host callers take it.
+pub fn find(rt: &Runtime, contract: &str) -> polyplug_abi::GuestContractHandle {
+    rt.find_guest_contract(GuestContractId::new(contract, 1).id(), 1)
+        .unwrap_or_else(|e| panic!("{contract}@1 not found: {e:?}"))
+}
+
+/// The text of a `StringView` returned by a call (valid until the caller's next call).
+pub fn text(v: polyplug_abi::StringView) -> String {
+    // SAFETY: a view returned by a caller's arena, valid until its next call.
+    String::from_utf8(unsafe { std::slice::from_raw_parts(v.ptr, v.len) }.to_vec()).unwrap()
+}
+
 /// Resolves `contract@major` to its interface.
 pub fn resolve(rt: &Runtime, contract: &str, major: u32) -> *const GuestContractInterface {
     let id = GuestContractId::new(contract, major).id();
@@ -232,10 +244,21 @@ pub fn call_i64(rt: &Runtime, contract: &str, fn_id: u32, arg: i64) -> Result<i6
 /// `call_i64`, keeping the whole `AbiError` (code and message) on failure.
 pub fn call_abi(rt: &Runtime, contract: &str, fn_id: u32, arg: i64) -> Result<i64, AbiError> {
     let iface = resolve(rt, contract, 1);
+    call_on(iface, null_instance(iface), fn_id, arg)
+}
+
+/// Fn `fn_id` (one i64 in, one out) of `instance` through `iface` as given: a cached
+/// interface, or a created instance.
+pub fn call_on(
+    iface: *const GuestContractInterface,
+    instance: GuestContractInstance,
+    fn_id: u32,
+    arg: i64,
+) -> Result<i64, AbiError> {
     let mut out: i64 = 0;
     let err = vm_call(
         iface,
-        null_instance(iface),
+        instance,
         fn_id,
         (&arg as *const i64).cast(),
         (&mut out as *mut i64).cast(),
