@@ -179,10 +179,9 @@ impl PythonConfig {
             InterpreterMode::OwnGil => (GilMode::Own, true),
             // Still refuse extensions without subinterpreter support (single-phase init,
             // numpy, orjson), so they move on to `Main` instead of loading where they may
-            // misbehave. Before 3.13 `_ctypes` itself is single-phase: no check there.
-            InterpreterMode::SharedGil => {
-                (GilMode::Shared, interp_pool::python_version() >= (3, 13))
-            }
+            // misbehave. Before 3.13 `_ctypes` itself lacks that support (the same fact
+            // that keeps it out of own-GIL interpreters): no check there.
+            InterpreterMode::SharedGil => (GilMode::Shared, ctypes_loads_in_own_gil()),
             // Only depth, stack and wait policy apply to the main interpreter.
             InterpreterMode::Main => (GilMode::Shared, false),
         };
