@@ -15,13 +15,10 @@ fn cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// The mode `check` runs bundles in by default on the CPython under test.
+/// The mode `check` runs bundles in by default on the CPython under test (the loader's
+/// default; `protocol::default_config_*` pins what that is per version).
 fn default_mode() -> &'static str {
-    if interp_pool::python_version() >= (3, 13) {
-        "own_gil"
-    } else {
-        "shared_gil"
-    }
+    polyplug_subinterp::InterpreterMode::default().as_str()
 }
 
 /// A note past libtest's output capture (see tests/all/support.rs `note`).
