@@ -64,7 +64,7 @@ pub(crate) struct ContractData {
 }
 
 /// Outcome of a call that found no Python error.
-enum Found {
+enum Dispatched {
     Done,
     NoInstance,
     Unloaded,
@@ -160,14 +160,14 @@ impl ContractData {
             let (f, imp, alloc) = {
                 let guard = self.objects();
                 let Some(o) = guard.as_ref() else {
-                    return Ok(Found::Unloaded);
+                    return Ok(Dispatched::Unloaded);
                 };
                 let imp = if instance == 0 {
                     &o.default_impl
                 } else {
                     match o.instances.get(&instance) {
                         Some(i) => i,
-                        None => return Ok(Found::NoInstance),
+                        None => return Ok(Dispatched::NoInstance),
                     }
                 };
                 (
@@ -182,17 +182,17 @@ impl ContractData {
                 py.uint(arena as u64)?,
             );
             self.guest(py, || f.call(py, &[&imp, &a, &o, &ar, &alloc]))?;
-            Ok(Found::Done)
+            Ok(Dispatched::Done)
         });
         match r {
-            Ok(Found::Done) => AbiError::ok(),
-            Ok(Found::NoInstance) => error::abi(
+            Ok(Dispatched::Done) => AbiError::ok(),
+            Ok(Dispatched::NoInstance) => error::abi(
                 AbiErrorCode::FunctionNotAvailable,
                 b"python: unknown instance",
             ),
             // Retired by a hot reload while the host still held this interface: the
             // default instance answers with the new code (other instances died with it).
-            Ok(Found::Unloaded) | Err(interp_pool::Error::InterpreterGone { .. })
+            Ok(Dispatched::Unloaded) | Err(interp_pool::Error::InterpreterGone { .. })
                 if instance == 0 =>
             {
                 match self.successor.get() {
@@ -200,7 +200,7 @@ impl ContractData {
                     None => error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded"),
                 }
             }
-            Ok(Found::Unloaded) => {
+            Ok(Dispatched::Unloaded) => {
                 error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
             }
             Err(e) => {

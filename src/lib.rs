@@ -283,7 +283,7 @@ impl PythonLoader {
         };
         let t_init = t0.elapsed() - t_spawn;
         let meter = Arc::new(Meter::new());
-        let per_bundle = load::PerBundle {
+        let settings = load::BundleCallSettings {
             key,
             meter: Arc::clone(&meter),
             timeout: self.inner.config.timeout_for(&manifest.name),
@@ -293,7 +293,7 @@ impl PythonLoader {
             &interp,
             &bundle,
             plan.bundle_id,
-            per_bundle,
+            settings,
             runtime,
         );
         if let Err(e) = registered {
@@ -408,7 +408,7 @@ fn release(
     key: Option<BundleKey>,
 ) {
     let _ = interp.call(|py| {
-        if let Err(e) = output::drain(py, key) {
+        if let Err(e) = output::flush_partial_lines(py, key) {
             tracing::debug!(interp = %interp.id(), error = %e, "could not flush guest output");
         }
         for c in contracts {

@@ -459,7 +459,7 @@ pub(crate) fn parse_contract_string(
 }
 
 /// What every contract of one load shares.
-pub(crate) struct PerBundle {
+pub(crate) struct BundleCallSettings {
     pub(crate) key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) timeout: Option<std::time::Duration>,
@@ -474,7 +474,7 @@ pub(crate) fn register_all(
     interp: &InterpreterHandle,
     bundle: &str,
     bundle_id: u64,
-    per_bundle: PerBundle,
+    settings: BundleCallSettings,
     runtime: &Runtime,
 ) -> (Vec<&'static ContractData>, Result<(), LoaderError>) {
     let host: *const HostApi = runtime.as_context_ptr();
@@ -484,9 +484,9 @@ pub(crate) fn register_all(
         let contract = format!("{}@{}", d.name, d.major);
         let data: &'static ContractData = Box::leak(Box::new(ContractData {
             interp: interp.clone(),
-            scope: per_bundle.key,
-            meter: Arc::clone(&per_bundle.meter),
-            timeout: per_bundle.timeout,
+            scope: settings.key,
+            meter: Arc::clone(&settings.meter),
+            timeout: settings.timeout,
             bundle: bundle.to_owned(),
             contract_id: GuestContractId::new(&d.name, d.major),
             fn_count: d.objects.functions.len(),

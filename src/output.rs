@@ -97,7 +97,7 @@ impl Drop for OutputSink {
 
 /// Sends one line of `sink_id`'s output (0: the running `main` bundle's) to its logger;
 /// `false` if there is no such sink (the writer then uses the stream it replaced).
-fn deliver(sink_id: u64, stream: u64, line: &str) -> bool {
+fn log_line(sink_id: u64, stream: u64, line: &str) -> bool {
     let sink = {
         let s = sinks();
         let id = match sink_id {
@@ -160,7 +160,7 @@ unsafe extern "C" fn emit(
             let p = sys::PyUnicode_AsUTF8AndSize(line, &mut len);
             if !p.is_null() {
                 let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
-                return Ok(deliver(sink_id, stream, &String::from_utf8_lossy(bytes)));
+                return Ok(log_line(sink_id, stream, &String::from_utf8_lossy(bytes)));
             }
             // Lone surrogates cannot be UTF-8: escape them rather than lose the line.
             sys::PyErr_Clear();
@@ -176,7 +176,7 @@ unsafe extern "C" fn emit(
             let (mut buf, mut n) = (std::ptr::null_mut(), 0);
             let out = if sys::PyBytes_AsStringAndSize(bytes, &mut buf, &mut n) == 0 {
                 let b = std::slice::from_raw_parts(buf.cast::<u8>(), n as usize);
-                Ok(deliver(sink_id, stream, &String::from_utf8_lossy(b)))
+                Ok(log_line(sink_id, stream, &String::from_utf8_lossy(b)))
             } else {
                 sys::PyErr_Clear();
                 Err(c"emit: line cannot be encoded")
@@ -223,7 +223,10 @@ pub(crate) fn install(
 
 /// Emits what the bundle wrote without a final newline (unload): inside its interpreter,
 /// and, for a `main` bundle, inside its isolation scope.
-pub(crate) fn drain(py: &Attached<'_>, key: Option<BundleKey>) -> interp_pool::Result<()> {
+pub(crate) fn flush_partial_lines(
+    py: &Attached<'_>,
+    key: Option<BundleKey>,
+) -> interp_pool::Result<()> {
     let _scope = key.map(isolation::Scope::enter);
     let sys_mod = py.import("sys")?;
     for name in ["stdout", "stderr"] {

@@ -7,7 +7,7 @@
 //! in the interpreter, attaches (CPython makes the owner drop the GIL within its switch
 //! interval, 5 ms), checks under the GIL that the same call is still running, sets the
 //! exception and deletes its thread state. That is the one exception to R3, guarded by
-//! `Shared::interrupt_lock`, which the owner also takes before ending the interpreter.
+//! `OwnerLink::interrupt_lock`, which the owner also takes before ending the interpreter.
 //!
 //! Code that never returns to the bytecode loop while holding the GIL (a C extension's
 //! own loop) cannot be interrupted; the caller keeps waiting until it returns, and the
@@ -26,7 +26,7 @@ use once_cell::sync::Lazy;
 use crate::attach::Attached;
 use crate::error::{Error, Result};
 use crate::ffi::sys;
-use crate::worker::Shared;
+use crate::worker::OwnerLink;
 
 /// How a call may be cut short. `CallOptions::default()` is a plain call.
 #[derive(Debug, Clone, Default)]
@@ -53,7 +53,7 @@ pub struct CancelToken(Arc<TokenInner>);
 #[derive(Debug, Default)]
 struct TokenInner {
     cancelled: AtomicBool,
-    calls: Mutex<Vec<Weak<CallCtl>>>,
+    calls: Mutex<Vec<Weak<Interruptible>>>,
 }
 
 impl CancelToken {
@@ -77,11 +77,11 @@ impl CancelToken {
         self.0.cancelled.load(Ordering::SeqCst)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<CallCtl>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Weak<Interruptible>>> {
         self.0.calls.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn watch(&self, ctl: &Arc<CallCtl>) {
+    fn track(&self, ctl: &Arc<Interruptible>) {
         let mut calls = self.lock();
         calls.retain(|w| w.strong_count() > 0);
         calls.push(Arc::downgrade(ctl));
@@ -98,24 +98,24 @@ const TIMED_OUT: u8 = 2;
 
 /// One interruptible call.
 #[derive(Debug)]
-pub(crate) struct CallCtl {
+pub(crate) struct Interruptible {
     id: u64,
     reason: AtomicU8,
     timeout: Duration,
-    shared: Arc<Shared>,
+    link: Arc<OwnerLink>,
 }
 
-impl CallCtl {
-    pub(crate) fn new(shared: Arc<Shared>, opts: &CallOptions) -> Arc<Self> {
+impl Interruptible {
+    pub(crate) fn new(link: Arc<OwnerLink>, opts: &CallOptions) -> Arc<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let ctl = Arc::new(Self {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             reason: AtomicU8::new(NONE),
             timeout: opts.timeout.unwrap_or_default(),
-            shared,
+            link,
         });
         if let Some(token) = &opts.cancel {
-            token.watch(&ctl);
+            token.track(&ctl);
         }
         ctl
     }
@@ -141,15 +141,15 @@ impl CallCtl {
             return;
         }
         // Pairs with `run`: either it sees our reason before starting, or we see it running.
-        if self.shared.running.load(Ordering::SeqCst) != self.id {
+        if self.link.running.load(Ordering::SeqCst) != self.id {
             return;
         }
         let ctl = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name("py-interrupt".into())
-            .spawn(move || ctl.deliver());
+            .spawn(move || ctl.raise_in_owner());
         if let Err(e) = spawned {
-            tracing::error!(interp = %self.shared.id, "cannot start an interrupt thread: {e}");
+            tracing::error!(interp = %self.link.id, "cannot start an interrupt thread: {e}");
         }
     }
 
@@ -159,7 +159,7 @@ impl CallCtl {
         att: &Attached<'_>,
         f: impl FnOnce(&Attached<'_>) -> Result<R>,
     ) -> Result<R> {
-        let sh = &*self.shared;
+        let sh = &*self.link;
         if let Some(e) = self.interrupted() {
             return Err(e); // cut short while queued: never started
         }
@@ -186,8 +186,8 @@ impl CallCtl {
 
     /// On a `py-interrupt` thread: raise the interrupt in the owner if this call is
     /// still the one running there.
-    fn deliver(&self) {
-        let sh = &*self.shared;
+    fn raise_in_owner(&self) {
+        let sh = &*self.link;
         let _no_end = sh.interrupt_lock.lock().unwrap_or_else(|e| e.into_inner());
         if sh.is_ended() || sh.running.load(Ordering::SeqCst) != self.id {
             return;
@@ -232,7 +232,7 @@ impl CallCtl {
 }
 
 /// Arms a deadline for `ctl`; the returned guard disarms it.
-pub(crate) fn arm(ctl: &Arc<CallCtl>, timeout: Duration) -> Armed {
+pub(crate) fn arm(ctl: &Arc<Interruptible>, timeout: Duration) -> Armed {
     let at = Instant::now() + timeout;
     let key = (at, ctl.id);
     let w = &*WATCHDOG;
@@ -261,14 +261,14 @@ impl Drop for Armed {
 
 /// One `py-deadlines` thread for the process: sleeps until the earliest deadline.
 struct Watchdog {
-    queue: Mutex<BTreeMap<(Instant, u64), Arc<CallCtl>>>,
+    queue: Mutex<BTreeMap<(Instant, u64), Arc<Interruptible>>>,
     wake: Condvar,
 }
 
 static WATCHDOG: Lazy<Watchdog> = Lazy::new(|| {
     let spawned = thread::Builder::new()
         .name("py-deadlines".into())
-        .spawn(|| watch(&WATCHDOG));
+        .spawn(|| watchdog_loop(&WATCHDOG));
     if let Err(e) = spawned {
         tracing::error!("cannot start the deadline thread: {e}; deadlines will not fire");
     }
@@ -278,7 +278,7 @@ static WATCHDOG: Lazy<Watchdog> = Lazy::new(|| {
     }
 });
 
-fn watch(w: &Watchdog) {
+fn watchdog_loop(w: &Watchdog) {
     let mut q = w.queue.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         let now = Instant::now();

@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 
 use crate::activation::{self, DepthGuard};
 use crate::attach::{AttachGuard, Attached, DetachGuard};
-use crate::cancel::{self, CallCtl, CallOptions};
+use crate::cancel::{self, CallOptions, Interruptible};
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::job::{Call, Job};
 use crate::runtime;
 use crate::wait;
-use crate::worker::{self, Origin, Owner, Shared};
+use crate::worker::{self, Origin, Owner, OwnerLink};
 use crate::InterpreterId;
 
 /// A handle to one interpreter and its owner thread. Cheap to clone; `Send + Sync`.
@@ -24,15 +24,15 @@ use crate::InterpreterId;
 /// dropping handles does not end it.
 #[derive(Clone)]
 pub struct InterpreterHandle {
-    shared: Arc<Shared>,
+    link: Arc<OwnerLink>,
 }
 
 impl fmt::Debug for InterpreterHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InterpreterHandle")
-            .field("id", &self.shared.id)
+            .field("id", &self.link.id)
             .field("name", &self.name())
-            .field("python_id", &self.shared.python_id)
+            .field("python_id", &self.link.python_id)
             .finish()
     }
 }
@@ -42,8 +42,8 @@ impl InterpreterHandle {
     /// is the first interpreter of the process.
     pub fn spawn(config: InterpreterConfig) -> Result<Self> {
         let rt = runtime::get()?;
-        let shared = worker::spawn(rt, config, Origin::New)?;
-        Ok(Self { shared })
+        let link = worker::spawn(rt, config, Origin::New)?;
+        Ok(Self { link })
     }
 
     /// The main interpreter, served by one process-wide owner thread (`py-__main__`) with
@@ -59,7 +59,7 @@ impl InterpreterHandle {
         let mut slot = MAIN.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(h) = slot
             .as_ref()
-            .filter(|h| !h.shared.closing.load(Ordering::Acquire))
+            .filter(|h| !h.link.closing.load(Ordering::Acquire))
         {
             return Ok(h.clone());
         }
@@ -68,25 +68,25 @@ impl InterpreterHandle {
             name: "__main__".into(),
             ..config
         };
-        let shared = worker::spawn(rt, config, Origin::Main)?;
-        let handle = Self { shared };
+        let link = worker::spawn(rt, config, Origin::Main)?;
+        let handle = Self { link };
         *slot = Some(handle.clone());
         Ok(handle)
     }
 
     /// Whether this is the [`main`](Self::main) interpreter's handle.
     pub fn is_main(&self) -> bool {
-        self.shared.origin == Origin::Main
+        self.link.origin == Origin::Main
     }
 
     /// This interpreter's pool-wide id.
     pub fn id(&self) -> InterpreterId {
-        self.shared.id
+        self.link.id
     }
 
     /// The name it was created with.
     pub fn name(&self) -> String {
-        self.shared
+        self.link
             .name
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -101,23 +101,23 @@ impl InterpreterHandle {
             set_current_thread_name(&thread_name);
             Ok(())
         })?;
-        *self.shared.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_owned();
+        *self.link.name.lock().unwrap_or_else(|e| e.into_inner()) = name.to_owned();
         Ok(())
     }
 
     /// CPython's id for it (`PyInterpreterState_GetID`), for correlating logs.
     pub fn python_id(&self) -> i64 {
-        self.shared.python_id
+        self.link.python_id
     }
 
     /// Calls waiting in the interpreter's queue now (not counting running ones).
     pub fn queue_len(&self) -> usize {
-        self.shared.tx.len()
+        self.link.tx.len()
     }
 
     /// Whether the interpreter has been ended.
     pub fn is_ended(&self) -> bool {
-        self.shared.is_ended()
+        self.link.is_ended()
     }
 
     /// Runs `f` in this interpreter, with its thread state attached, and returns the result.
@@ -138,7 +138,7 @@ impl InterpreterHandle {
         F: FnOnce(&Attached<'_>) -> Result<R> + Send,
         R: Send,
     {
-        let sh = &*self.shared;
+        let sh = &*self.link;
         if sh.closing.load(Ordering::Acquire) {
             return Err(Error::InterpreterGone { interp: sh.id });
         }
@@ -150,7 +150,7 @@ impl InterpreterHandle {
             });
         }
         match activation::owner() {
-            Some(owner) if owner.shared.id == sh.id => run_inline(owner, depth, f),
+            Some(owner) if owner.link.id == sh.id => run_inline(owner, depth, f),
             owner => self.post_and_wait(owner, depth, f),
         }
     }
@@ -173,7 +173,7 @@ impl InterpreterHandle {
         if opts.is_plain() {
             return self.call(f);
         }
-        let ctl = CallCtl::new(Arc::clone(&self.shared), opts);
+        let ctl = Interruptible::new(Arc::clone(&self.link), opts);
         let _armed = opts.timeout.map(|t| cancel::arm(&ctl, t));
         self.call(|att| ctl.run(att, f))
     }
@@ -202,8 +202,8 @@ impl InterpreterHandle {
             // Detached while blocked (also for room in a full queue), or the interpreter
             // we hold could never be served (R4).
             let _detached = DetachGuard::detach_current();
-            let spin = self.shared.post(job, owner)?;
-            let target = &*self.shared;
+            let spin = self.link.post(job, owner)?;
+            let target = &*self.link;
             match owner {
                 Some(owner) => owner.serve(Some((slot, target)), spin),
                 None => slot.wait(spin, || target.is_nested_waiting()),
@@ -215,7 +215,7 @@ impl InterpreterHandle {
             (Ok(()), Some(Ok(result))) => result,
             (Ok(()), Some(Err(payload))) => panic::resume_unwind(payload),
             (Ok(()), None) => Err(Error::InterpreterGone {
-                interp: self.shared.id,
+                interp: self.link.id,
             }),
         }
     }
@@ -229,9 +229,9 @@ impl InterpreterHandle {
         if self.is_main() {
             return;
         }
-        self.shared.request_end();
+        self.link.request_end();
         if activation::owner().is_none() {
-            self.shared.wait_ended();
+            self.link.wait_ended();
         }
     }
 }
@@ -257,7 +257,7 @@ where
     };
     // SAFETY: thread: owner; tstate: `owner.ts` is attached, either already (checked) or
     // by the guard above, which outlives the token.
-    let att = unsafe { Attached::assume(owner.shared.id) };
+    let att = unsafe { Attached::assume(owner.link.id) };
     f(&att)
 }
 
@@ -282,7 +282,7 @@ fn set_current_thread_name(name: &str) {
 
 /// The interpreter whose owner thread this is, if any.
 pub fn current_interpreter() -> Option<InterpreterId> {
-    activation::owner().map(|o| o.shared.id)
+    activation::owner().map(|o| o.link.id)
 }
 
 /// The nesting depth of the call running on this thread (0 outside any call).

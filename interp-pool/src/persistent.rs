@@ -67,7 +67,7 @@ impl Persistent {
 impl Drop for Persistent {
     fn drop(&mut self) {
         let on_owner = activation::owner()
-            .is_some_and(|o| o.shared.id == self.interp && ffi::current_tstate() == o.ts);
+            .is_some_and(|o| o.link.id == self.interp && ffi::current_tstate() == o.ts);
         if on_owner {
             // SAFETY: thread: owner of `self.interp`; tstate: its thread state is attached
             // (both just checked). refs: we own one strong reference.

@@ -12,7 +12,7 @@ use once_cell::sync::OnceCell;
 use crate::activation;
 use crate::error::{Error, Result};
 use crate::ffi::sys;
-use crate::worker::Shared;
+use crate::worker::OwnerLink;
 use crate::InterpreterId;
 
 static RUNTIME: OnceCell<Result<Runtime>> = OnceCell::new();
@@ -24,7 +24,7 @@ pub(crate) struct Runtime {
     /// `None` if the host initialised Python before us: then we never finalize it.
     main: Mutex<Option<MainThread>>,
     creation: Mutex<()>,
-    live: Mutex<HashMap<InterpreterId, Arc<Shared>>>,
+    live: Mutex<HashMap<InterpreterId, Arc<OwnerLink>>>,
 }
 
 /// The thread that ran `Py_InitializeEx` and holds main's detached thread state.
@@ -66,15 +66,15 @@ impl Runtime {
         self.creation.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn register(&self, shared: &Arc<Shared>) {
-        self.lock_live().insert(shared.id, Arc::clone(shared));
+    pub(crate) fn register(&self, link: &Arc<OwnerLink>) {
+        self.lock_live().insert(link.id, Arc::clone(link));
     }
 
     pub(crate) fn unregister(&self, id: InterpreterId) {
         self.lock_live().remove(&id);
     }
 
-    fn lock_live(&self) -> MutexGuard<'_, HashMap<InterpreterId, Arc<Shared>>> {
+    fn lock_live(&self) -> MutexGuard<'_, HashMap<InterpreterId, Arc<OwnerLink>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -215,7 +215,7 @@ pub fn shutdown() -> Result<()> {
     };
     // Wait out any creation in progress; later ones see SHUT_DOWN (see worker::owner_main).
     drop(rt.creation_lock());
-    let live: Vec<Arc<Shared>> = rt.lock_live().drain().map(|(_, s)| s).collect();
+    let live: Vec<Arc<OwnerLink>> = rt.lock_live().drain().map(|(_, s)| s).collect();
     for s in &live {
         s.request_end();
     }

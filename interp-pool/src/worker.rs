@@ -20,7 +20,7 @@ use crate::InterpreterId;
 
 /// What callers share with an owner thread.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct OwnerLink {
     pub(crate) id: InterpreterId,
     pub(crate) name: Mutex<String>,
     /// CPython's own id for the interpreter (for logs).
@@ -57,7 +57,7 @@ pub(crate) struct Shared {
     ended_cv: Condvar,
 }
 
-impl Shared {
+impl OwnerLink {
     /// Queues `job` and wakes the owner if it may be parked. Returns the caller's spin
     /// budget: non-zero only if the owner was not parked. The caller is detached. If the
     /// queue is full it fails (`WhenFull::Fail`) or waits for room; an owner thread
@@ -82,7 +82,7 @@ impl Shared {
                         break;
                     }
                     (WhenFull::Block, Some(owner)) => {
-                        owner.drain();
+                        owner.run_queued();
                         thread::yield_now();
                         job = j;
                     }
@@ -142,7 +142,7 @@ pub(crate) enum Origin {
 /// The owner thread's private state: registered in `activation` for the thread's life.
 #[derive(Debug)]
 pub(crate) struct Owner {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) link: Arc<OwnerLink>,
     /// The creation thread state: the interpreter's only one, for its whole life (R2).
     pub(crate) ts: *mut sys::PyThreadState,
     rx: Receiver<Job>,
@@ -154,11 +154,11 @@ pub(crate) fn spawn(
     rt: &'static Runtime,
     config: InterpreterConfig,
     origin: Origin,
-) -> Result<Arc<Shared>> {
+) -> Result<Arc<OwnerLink>> {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
     let id = InterpreterId::next();
     let thread_name = format!("py-{}", config.name);
-    // The thread is detached: `Shared::wait_ended` is how anyone waits for it.
+    // The thread is detached: `OwnerLink::wait_ended` is how anyone waits for it.
     thread::Builder::new()
         .name(thread_name)
         .stack_size(config.stack_size)
@@ -176,7 +176,7 @@ fn owner_main(
     id: InterpreterId,
     config: InterpreterConfig,
     origin: Origin,
-    ready: Sender<Result<Arc<Shared>>>,
+    ready: Sender<Result<Arc<OwnerLink>>>,
 ) {
     // Whatever happens below, waiters in `wait_ended` must not hang: a panic here is a bug,
     // but it must not turn into a stuck `end()` or `shutdown()`.
@@ -201,7 +201,7 @@ fn owner_main(
         }
     };
     let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
-    let shared = Arc::new(Shared {
+    let link = Arc::new(OwnerLink {
         id,
         name: Mutex::new(config.name.clone()),
         python_id,
@@ -222,11 +222,11 @@ fn owner_main(
         ended: Mutex::new(false),
         ended_cv: Condvar::new(),
     });
-    rt.register(&shared);
-    let _ = ended.0.set(Arc::clone(&shared));
+    rt.register(&link);
+    let _ = ended.0.set(Arc::clone(&link));
     drop(serial);
     let owner = Owner {
-        shared: Arc::clone(&shared),
+        link: Arc::clone(&link),
         ts,
         rx,
         server_spin: config.wait.server_spin,
@@ -234,16 +234,16 @@ fn owner_main(
     tracing::debug!(interp = %id, python_id, name = %config.name, "interpreter created");
     {
         let _registration = OwnerRegistration::new(&owner);
-        if ready.send(Ok(shared)).is_ok() {
+        if ready.send(Ok(link)).is_ok() {
             owner.serve(None, owner.server_spin);
         }
     }
-    let Owner { ts, rx, shared, .. } = owner;
+    let Owner { ts, rx, link, .. } = owner;
     // Jobs still queued are dropped unrun: each completes its caller with InterpreterGone.
     drop(rx);
     // No interrupter may hold a thread state in the interpreter from here on (`closing`
     // is set, so none starts after we release this at the end of the function).
-    let _no_interrupts = shared
+    let _no_interrupts = link
         .interrupt_lock
         .lock()
         .unwrap_or_else(|e| e.into_inner());
@@ -266,23 +266,23 @@ fn owner_main(
             sys::PyThreadState_DeleteCurrent();
         },
     }
-    rt.unregister(shared.id);
+    rt.unregister(link.id);
     // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
-    shared.mark_ended();
-    tracing::debug!(interp = %shared.id, "interpreter ended");
+    link.mark_ended();
+    tracing::debug!(interp = %link.id, "interpreter ended");
     drop(ended);
 }
 
 /// Marks the interpreter ended when the owner thread leaves `owner_main`, however it leaves.
-struct EndedOnExit(once_cell::sync::OnceCell<Arc<Shared>>);
+struct EndedOnExit(once_cell::sync::OnceCell<Arc<OwnerLink>>);
 
 impl Drop for EndedOnExit {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.get() {
+        if let Some(link) = self.0.get() {
             if thread::panicking() {
-                tracing::error!(interp = %shared.id, "interpreter owner thread panicked (bug)");
+                tracing::error!(interp = %link.id, "interpreter owner thread panicked (bug)");
             }
-            shared.mark_ended();
+            link.mark_ended();
         }
     }
 }
@@ -336,8 +336,8 @@ impl Owner {
     /// Serves this interpreter's queue until `slot` is done, or, for the top-level loop
     /// (`slot == None`), until the interpreter is asked to end. Never panics: a job's
     /// panic is caught inside the job.
-    pub(crate) fn serve(&self, wait_on: Option<(&ReplySlot, &Shared)>, spin: Duration) {
-        let sh = &*self.shared;
+    pub(crate) fn serve(&self, wait_on: Option<(&ReplySlot, &OwnerLink)>, spin: Duration) {
+        let sh = &*self.link;
         let finished = || match wait_on {
             Some((slot, _)) => slot.is_done(),
             None => sh.closing.load(Ordering::Acquire),
@@ -370,7 +370,7 @@ impl Owner {
                 }
             }
             sh.state.store(state::PARKED, Ordering::SeqCst);
-            // Pairs with the fence in `Shared::post` (see there).
+            // Pairs with the fence in `OwnerLink::post` (see there).
             fence(Ordering::SeqCst);
             if !finished() && self.rx.is_empty() {
                 thread::park();
@@ -382,11 +382,11 @@ impl Owner {
 
     /// Runs whatever is queued now, without waiting (a caller waiting for room in a full
     /// queue elsewhere). Detached, like every serving loop.
-    pub(crate) fn drain(&self) {
+    pub(crate) fn run_queued(&self) {
         while let Ok(job) = self.rx.try_recv() {
-            let before = self.shared.state.swap(state::RUNNING, Ordering::Relaxed);
+            let before = self.link.state.swap(state::RUNNING, Ordering::Relaxed);
             self.run_posted(job);
-            self.shared.state.store(before, Ordering::Relaxed);
+            self.link.state.store(before, Ordering::Relaxed);
         }
     }
 
@@ -399,7 +399,7 @@ impl Owner {
         let _attached = unsafe { AttachGuard::attach(self.ts) };
         // SAFETY: thread: owner; tstate: `self.ts` attached by the guard above, which
         // outlives the token.
-        let att = unsafe { Attached::assume(self.shared.id) };
+        let att = unsafe { Attached::assume(self.link.id) };
         job.execute(&att);
     }
 }
