@@ -11,9 +11,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use interp_pool::{
-    sys, Attached, CallOptions, InterpreterHandle, NativeFunction, Persistent, PyObj,
-};
+use interp_pool::{Attached, CallOptions, InterpreterHandle, NativeError, Persistent, PyObj};
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::{
     AbiError, AbiErrorCode, CallArena, GuestContractInstance, HostApi, VmLoaderData,
@@ -326,51 +324,53 @@ pub(crate) unsafe extern "C" fn destroy_instance(
     }));
 }
 
-/// `arena_alloc(size, arena) -> int` as seen by Python: `CallArena::alloc(size, 1)`, or
-/// `host->alloc(size, 1)` when `arena` is 0. Bound to the host pointer as `self`; 0 on
-/// failure, like polyplug_python.
-pub(crate) static ARENA_ALLOC: NativeFunction = NativeFunction::fastcall(
-    c"arena_alloc",
-    arena_alloc,
-    c"arena_alloc(size, arena) -> address: allocate from the call arena (or the host when arena is 0)",
-);
-
-unsafe extern "C" fn arena_alloc(
-    slf: *mut sys::PyObject,
-    args: *mut *mut sys::PyObject,
-    nargs: sys::Py_ssize_t,
-) -> *mut sys::PyObject {
-    let body = |host: u64, argv: &[u64]| {
-        let [size, arena] = argv else {
-            return Err(format!(
-                "arena_alloc takes (size, arena), got {} arguments",
-                argv.len()
-            ));
-        };
-        let size = usize::try_from(*size).map_err(|e| e.to_string())?;
-        let arena = *arena as usize as *mut CallArena;
-        let host = host as usize as *const HostApi;
-        let p = if !arena.is_null() {
-            // SAFETY: the guest passes back the arena pointer it was handed for this very
-            // call, which the caller keeps alive and unaliased for the call's duration.
-            unsafe { (*arena).alloc(size, 1) }
-        } else if !host.is_null() {
-            // SAFETY: `host` is the runtime's HostApi, alive while bundles are loaded.
-            unsafe { ((*host).alloc)(host, size, 1) }
-        } else {
-            std::ptr::null_mut()
-        };
-        Ok(p as usize as u64)
-    };
-    // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
-    unsafe { interp_pool::u64_trampoline(slf, args, nargs, body) }
-}
-
-/// Creates this interpreter's `arena_alloc` function bound to `host`.
+/// Creates this interpreter's `arena_alloc(size, arena) -> int`, bound to `host`:
+/// `CallArena::alloc(size, 1)`, or `host->alloc(size, 1)` when `arena` is 0; 0 on
+/// failure, like polyplug_python. Arguments that are not two non-negative ints raise
+/// `TypeError`.
 pub(crate) fn new_arena_alloc<'py>(
     py: &'py Attached<'_>,
     host: usize,
 ) -> interp_pool::Result<PyObj<'py>> {
-    let host = py.uint(host as u64)?;
-    py.native_function(&ARENA_ALLOC, &host)
+    py.native_function(
+        c"arena_alloc",
+        c"arena_alloc(size, arena) -> address: allocate from the call arena (or the host when arena is 0)",
+        move |py, args| {
+            let [size, arena] = args.positional() else {
+                return Err(NativeError::type_error(format!(
+                    "arena_alloc takes (size, arena), got {} arguments",
+                    args.positional().len()
+                )));
+            };
+            if args.has_keywords() {
+                return Err(NativeError::type_error(
+                    "arena_alloc takes no keyword arguments",
+                ));
+            }
+            let as_u64 = |o: &PyObj<'_>| {
+                o.extract_u64(py)
+                    .map_err(|_| NativeError::type_error("expected a non-negative int"))
+            };
+            let size = usize::try_from(as_u64(size)?)
+                .map_err(|e| NativeError::type_error(e.to_string()))?;
+            let p = alloc(host as *const HostApi, as_u64(arena)? as usize as *mut CallArena, size);
+            Ok(py.uint(p as usize as u64)?)
+        },
+    )
+}
+
+/// One `arena_alloc`: from `arena` if it is non-null, else from the host.
+fn alloc(host: *const HostApi, arena: *mut CallArena, size: usize) -> *mut u8 {
+    if !arena.is_null() {
+        // SAFETY: the guest passes back the arena pointer it was handed for this very
+        // call, which the caller keeps alive and unaliased for the call's duration.
+        unsafe { (*arena).alloc(size, 1) }
+    } else if !host.is_null() {
+        // SAFETY: `host` is the runtime's HostApi, alive while bundles are loaded.
+        let host_alloc = unsafe { (*host).alloc };
+        // SAFETY: polyplug's self-passing ABI: any size is accepted (null on failure).
+        unsafe { host_alloc(host, size, 1) }
+    } else {
+        std::ptr::null_mut()
+    }
 }

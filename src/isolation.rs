@@ -17,7 +17,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use interp_pool::{sys, Attached, NativeFunction, PyObj};
+use interp_pool::{Attached, PyObj};
 
 /// The finder, the alias loader and the bookkeeping, installed once in main.
 const ISOLATION: &str = r#"
@@ -153,37 +153,25 @@ impl Drop for Scope {
 
 /// `current() -> int`: the `main` bundle running on this thread (0: none). Used by the
 /// finder here and by the output router (`output.rs`) to keep bundles' lines apart.
-pub(crate) static CURRENT_FN: NativeFunction = NativeFunction::fastcall(
-    c"current",
-    current,
-    c"current() -> int: the main-mode bundle running on this thread (0: none)",
-);
-static MARK_DIRTY_FN: NativeFunction = NativeFunction::fastcall(
-    c"mark_dirty",
-    mark_dirty,
-    c"mark_dirty(): a bundle imported something; the loader settles it after the call",
-);
-
-unsafe extern "C" fn current(
-    slf: *mut sys::PyObject,
-    args: *mut *mut sys::PyObject,
-    nargs: sys::Py_ssize_t,
-) -> *mut sys::PyObject {
-    // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
-    unsafe { interp_pool::u64_trampoline(slf, args, nargs, |_, _| Ok(current_key())) }
+pub(crate) fn current_fn<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
+    py.native_function(
+        c"current",
+        c"current() -> int: the main-mode bundle running on this thread (0: none)",
+        |py, _args| Ok(py.uint(current_key())?),
+    )
 }
 
-unsafe extern "C" fn mark_dirty(
-    slf: *mut sys::PyObject,
-    args: *mut *mut sys::PyObject,
-    nargs: sys::Py_ssize_t,
-) -> *mut sys::PyObject {
-    let body = |_, _: &[u64]| {
-        DIRTY.with(|d| d.set(true));
-        Ok(0)
-    };
-    // SAFETY: CPython calls this registered FASTCALL function with its own arguments.
-    unsafe { interp_pool::u64_trampoline(slf, args, nargs, body) }
+/// `mark_dirty()`: the finder imported something for a bundle; the loader settles it
+/// after the call.
+fn mark_dirty_fn<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
+    py.native_function(
+        c"mark_dirty",
+        c"mark_dirty(): a bundle imported something; the loader settles it after the call",
+        |py, _args| {
+            DIRTY.with(|d| d.set(true));
+            Ok(py.uint(0)?)
+        },
+    )
 }
 
 /// The isolation module, installed on first use. `py` must be the main interpreter.
@@ -196,11 +184,7 @@ fn module<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
         .import("types")?
         .call_method(py, "ModuleType", &[&py.str(MODULE)?])?;
     py.run_in(ISOLATION, &m.getattr(py, "__dict__")?)?;
-    let zero = py.uint(0)?;
-    let (cur, dirty) = (
-        py.native_function(&CURRENT_FN, &zero)?,
-        py.native_function(&MARK_DIRTY_FN, &zero)?,
-    );
+    let (cur, dirty) = (current_fn(py)?, mark_dirty_fn(py)?);
     m.call_method(py, "install", &[&cur, &dirty])?;
     modules.call_method(py, "__setitem__", &[&py.str(MODULE)?, &m])?;
     Ok(m)

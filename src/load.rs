@@ -533,9 +533,11 @@ pub(crate) fn register_all(
             version,
         };
         let mut result = AbiError::ok();
-        // SAFETY: `host` is the runtime's live HostApi (self-passing); descriptor,
-        // interface and result are valid for the duration of the call, which copies them.
-        unsafe { ((*host).register_guest_contract)(host, &descriptor, &interface, &mut result) };
+        // SAFETY: `host` is the runtime's live HostApi, valid while the runtime loads us.
+        let register = unsafe { (*host).register_guest_contract };
+        // SAFETY: polyplug's self-passing ABI; descriptor, interface and result are valid
+        // for the duration of the call, which copies them.
+        unsafe { register(host, &descriptor, &interface, &mut result) };
         if !result.is_ok() {
             let err = init_failed_msg(
                 bundle,

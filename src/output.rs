@@ -3,7 +3,7 @@
 //! `tracing` (target `polyplug_subinterp::guest`), never to the host's streams.
 //!
 //! The writer is a Python class of the loader's bootstrap (`load.rs`, `GuestOutput`) that
-//! buffers until a newline and calls [`EMIT`], a native function bound to an integer
+//! buffers until a newline and calls `emit`, a native function bound to an integer
 //! *sink id*. Sink ids index a process-wide registry of (logger, bundle name); an
 //! [`OutputSink`] guard owned by the bundle's load removes its entry when dropped, so
 //! nothing the Python side holds can dangle: a write after unload finds no sink and goes
@@ -16,12 +16,10 @@
 //! the original stream.
 
 use std::collections::HashMap;
-use std::ffi::CStr;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
-use interp_pool::{sys, Attached, NativeFunction, PyObj};
+use interp_pool::{Attached, NativeError, PyObj};
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::types::LogLevel;
 
@@ -123,82 +121,28 @@ fn log_line(sink_id: u64, stream: u64, line: &str) -> bool {
     true
 }
 
-/// `emit(stream, line) -> bool`, bound to a sink id: stream 0 is stdout, 1 stderr.
-pub(crate) static EMIT: NativeFunction = NativeFunction::fastcall(
-    c"emit",
-    emit,
-    c"emit(stream, line) -> bool: send one line of guest output to the runtime's logger",
-);
-
-unsafe extern "C" fn emit(
-    slf: *mut sys::PyObject,
-    args: *mut *mut sys::PyObject,
-    nargs: sys::Py_ssize_t,
-) -> *mut sys::PyObject {
-    let run = || -> Result<bool, &'static CStr> {
-        if nargs != 2 {
-            return Err(c"emit takes (stream, line)");
-        }
-        // SAFETY: thread: the owner thread of the interpreter running the writer (or a
-        // plugin-started thread of it), which CPython calls us on; interp: that one;
-        // tstate: attached (CPython calls C functions attached). refs: `slf` and
-        // `args[..2]` are borrowed references valid for the call; `text` borrows
-        // `line`'s UTF-8 buffer (owned by `line`) or `bytes` (owned by us, released
-        // after use).
-        unsafe {
-            let sink_id = sys::PyLong_AsUnsignedLongLong(slf);
-            let stream = sys::PyLong_AsUnsignedLongLong(*args);
-            if !sys::PyErr_Occurred().is_null() {
-                sys::PyErr_Clear();
-                return Err(c"emit: bad sink id or stream");
-            }
-            let line = *args.add(1);
-            if sys::PyUnicode_Check(line) == 0 {
-                return Err(c"emit: line must be a str");
-            }
-            let mut len: sys::Py_ssize_t = 0;
-            let p = sys::PyUnicode_AsUTF8AndSize(line, &mut len);
-            if !p.is_null() {
-                let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
-                return Ok(log_line(sink_id, stream, &String::from_utf8_lossy(bytes)));
-            }
-            // Lone surrogates cannot be UTF-8: escape them rather than lose the line.
-            sys::PyErr_Clear();
-            let bytes = sys::PyUnicode_AsEncodedString(
-                line,
-                c"utf-8".as_ptr(),
-                c"backslashreplace".as_ptr(),
-            );
-            if bytes.is_null() {
-                sys::PyErr_Clear();
-                return Err(c"emit: line cannot be encoded");
-            }
-            let (mut buf, mut n) = (std::ptr::null_mut(), 0);
-            let out = if sys::PyBytes_AsStringAndSize(bytes, &mut buf, &mut n) == 0 {
-                let b = std::slice::from_raw_parts(buf.cast::<u8>(), n as usize);
-                Ok(log_line(sink_id, stream, &String::from_utf8_lossy(b)))
-            } else {
-                sys::PyErr_Clear();
-                Err(c"emit: line cannot be encoded")
+/// `emit(stream, line) -> bool` for sink `sink_id`: stream 0 is stdout, 1 stderr. Lone
+/// surrogates, which UTF-8 cannot carry, are backslash-escaped rather than losing the line.
+fn emit_fn<'py>(py: &'py Attached<'_>, sink_id: u64) -> interp_pool::Result<PyObj<'py>> {
+    py.native_function(
+        c"emit",
+        c"emit(stream, line) -> bool: send one line of guest output to the runtime's logger",
+        move |py, args| {
+            let [stream, line] = args.positional() else {
+                return Err(NativeError::type_error("emit takes (stream, line)"));
             };
-            sys::Py_DECREF(bytes);
-            out
-        }
-    };
-    match panic::catch_unwind(AssertUnwindSafe(run)) {
-        // SAFETY: tstate: attached; returns a new reference to an immortal bool.
-        Ok(Ok(done)) => unsafe { sys::PyBool_FromLong(done.into()) },
-        // SAFETY: tstate: attached. Sets the error indicator; null return signals it.
-        Ok(Err(msg)) => unsafe {
-            sys::PyErr_SetString(sys::PyExc_TypeError, msg.as_ptr());
-            std::ptr::null_mut()
+            let stream = stream
+                .extract_u64(py)
+                .map_err(|_| NativeError::type_error("emit: bad sink id or stream"))?;
+            if !line.is_str() {
+                return Err(NativeError::type_error("emit: line must be a str"));
+            }
+            let text = line
+                .extract_string_escaped(py)
+                .map_err(|_| NativeError::type_error("emit: line cannot be encoded"))?;
+            Ok(py.bool(log_line(sink_id, stream, &text)))
         },
-        // SAFETY: as above.
-        Err(_) => unsafe {
-            sys::PyErr_SetString(sys::PyExc_SystemError, c"Rust panic in emit".as_ptr());
-            std::ptr::null_mut()
-        },
-    }
+    )
 }
 
 /// Installs the bundle's writers through the bootstrap namespace `boot`: its own in a
@@ -211,9 +155,9 @@ pub(crate) fn install(
     let install = boot
         .get(py, "install_output")?
         .expect("bootstrap defines install_output");
-    let emit = py.native_function(&EMIT, &py.uint(sink.bound_id())?)?;
+    let emit = emit_fn(py, sink.bound_id())?;
     let key = if sink.key.is_some() {
-        py.native_function(&isolation::CURRENT_FN, &py.uint(0)?)?
+        isolation::current_fn(py)?
     } else {
         py.none()
     };

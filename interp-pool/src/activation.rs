@@ -19,9 +19,9 @@ thread_local! {
 /// for any code running on this thread it is effectively `'static`.
 pub(crate) fn owner() -> Option<&'static Owner> {
     let p = OWNER.try_with(Cell::get).unwrap_or(ptr::null());
-    // SAFETY: thread: this one. `p` is null or was set by `OwnerRegistration::new` on this
-    // thread and points to an Owner that stays alive until the registration is dropped,
-    // which happens only once no call is running on the thread (see above).
+    // SAFETY: R2: thread: this one. `p` is null or was set by `OwnerRegistration::new` on
+    // this thread and points to an Owner that stays alive until the registration is
+    // dropped, which happens only once no call is running on the thread (its contract).
     unsafe { p.as_ref() }
 }
 
@@ -29,7 +29,11 @@ pub(crate) fn owner() -> Option<&'static Owner> {
 pub(crate) struct OwnerRegistration(());
 
 impl OwnerRegistration {
-    pub(crate) fn new(owner: &Owner) -> Self {
+    /// # Safety
+    /// R2: `owner` is this thread's own, lives until after the registration is dropped,
+    /// and the registration is dropped on this thread once no call runs on it any more
+    /// (so the `&'static Owner` that [`owner`] hands out never dangles). Not `forget`.
+    pub(crate) unsafe fn new(owner: &Owner) -> Self {
         OWNER.with(|c| c.set(owner));
         Self(())
     }

@@ -15,7 +15,7 @@
 //! socket reads) are interrupted when they return.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
-use crate::attach::Attached;
+use crate::attach::{self, Attached};
 use crate::error::{Error, Result};
 use crate::ffi::sys;
+use crate::object::PyObj;
 use crate::worker::OwnerLink;
 
 /// How a call may be cut short. `CallOptions::default()` is a plain call.
@@ -68,7 +69,7 @@ impl CancelToken {
         self.0.cancelled.store(true, Ordering::SeqCst);
         let calls = std::mem::take(&mut *self.lock());
         for c in calls.iter().filter_map(Weak::upgrade) {
-            c.request(CANCELLED);
+            c.request(Reason::Cancelled);
         }
     }
 
@@ -87,14 +88,29 @@ impl CancelToken {
         calls.push(Arc::downgrade(ctl));
         drop(calls);
         if self.is_cancelled() {
-            ctl.request(CANCELLED);
+            ctl.request(Reason::Cancelled);
         }
     }
 }
 
-const NONE: u8 = 0;
-const CANCELLED: u8 = 1;
-const TIMED_OUT: u8 = 2;
+/// Why a call is being interrupted, stored in an `AtomicU8` (first reason wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Reason {
+    None = 0,
+    Cancelled = 1,
+    TimedOut = 2,
+}
+
+impl Reason {
+    fn load(cell: &AtomicU8) -> Self {
+        match cell.load(Ordering::SeqCst) {
+            1 => Reason::Cancelled,
+            2 => Reason::TimedOut,
+            _ => Reason::None,
+        }
+    }
+}
 
 /// One interruptible call.
 #[derive(Debug)]
@@ -110,7 +126,7 @@ impl Interruptible {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let ctl = Arc::new(Self {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
-            reason: AtomicU8::new(NONE),
+            reason: AtomicU8::new(Reason::None as u8),
             timeout: opts.timeout.unwrap_or_default(),
             link,
         });
@@ -122,20 +138,25 @@ impl Interruptible {
 
     /// The error the call ends with if it was interrupted.
     pub(crate) fn interrupted(&self) -> Option<Error> {
-        match self.reason.load(Ordering::SeqCst) {
-            CANCELLED => Some(Error::Cancelled),
-            TIMED_OUT => Some(Error::Timeout {
+        match Reason::load(&self.reason) {
+            Reason::Cancelled => Some(Error::Cancelled),
+            Reason::TimedOut => Some(Error::Timeout {
                 after: self.timeout,
             }),
-            _ => None,
+            Reason::None => None,
         }
     }
 
     /// Records the first reason and, if the call is running, has it interrupted.
-    fn request(self: &Arc<Self>, reason: u8) {
+    fn request(self: &Arc<Self>, reason: Reason) {
         if self
             .reason
-            .compare_exchange(NONE, reason, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(
+                Reason::None as u8,
+                reason as u8,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
             .is_err()
         {
             return;
@@ -172,11 +193,9 @@ impl Interruptible {
         sh.running.store(outer, Ordering::SeqCst);
         if sh.async_pending.swap(false, Ordering::SeqCst) {
             // An interrupt that arrived as the call returned must not hit the next one.
-            // SAFETY: thread: the owner. tstate: attached (`att`). A null exception clears
-            // any pending async exception of the thread with this id in this interpreter.
-            unsafe {
-                sys::PyThreadState_SetAsyncExc(sh.owner_ident as _, std::ptr::null_mut());
-            }
+            // SAFETY: R10: thread: the owner; tstate: attached (`att`). A null exception
+            // clears any pending async exception of the thread with this id.
+            unsafe { sys::PyThreadState_SetAsyncExc(sh.owner_ident as _, std::ptr::null_mut()) };
         }
         match (out, self.interrupted()) {
             (Err(_), Some(e)) => Err(e),
@@ -192,42 +211,89 @@ impl Interruptible {
         if sh.is_ended() || sh.running.load(Ordering::SeqCst) != self.id {
             return;
         }
-        let name: &CStr = match self.reason.load(Ordering::SeqCst) {
-            TIMED_OUT => c"interp_pool.DeadlineExceeded",
-            _ => c"interp_pool.Cancelled",
+        let class = match Reason::load(&self.reason) {
+            Reason::TimedOut => sh.interrupts.deadline,
+            _ => sh.interrupts.cancelled,
         };
-        // SAFETY: thread: py-interrupt, a fresh thread with no thread state. interp: alive
-        // and not ending while we hold `interrupt_lock` (the owner takes it before
-        // Py_EndInterpreter and marks the interpreter ended before releasing it; checked
-        // above). tstate: we create our own (no GIL needed), attach it (waits for the
-        // owner to drop the GIL), and clear and delete it before returning, which detaches.
-        // `running` is only written by the owner while attached, so reading it while we
-        // hold the GIL tells whether our call is still running.
-        unsafe {
-            let ts = sys::PyThreadState_New(sh.interp_ptr as *mut sys::PyInterpreterState);
-            if ts.is_null() {
-                return;
+        let interp = sh.interp_ptr as *mut sys::PyInterpreterState;
+        let raise = |_att: &Attached<'_>| {
+            // `running` is only written by the owner while attached, so reading it while
+            // we hold the GIL tells whether our call is still running.
+            if sh.running.load(Ordering::SeqCst) != self.id {
+                return false;
             }
-            sys::PyEval_RestoreThread(ts);
-            if sh.running.load(Ordering::SeqCst) == self.id {
-                // A BaseException subclass, so `except Exception:` does not swallow it.
-                let exc = sys::PyErr_NewException(
-                    name.as_ptr(),
-                    sys::PyExc_BaseException,
-                    std::ptr::null_mut(),
-                );
-                if exc.is_null() {
-                    sys::PyErr_Clear();
-                } else {
-                    sys::PyThreadState_SetAsyncExc(sh.owner_ident as _, exc);
-                    sh.async_pending.store(true, Ordering::SeqCst);
-                    sys::Py_DECREF(exc);
-                }
-            }
-            sys::PyThreadState_Clear(ts);
-            sys::PyThreadState_DeleteCurrent();
+            // SAFETY: R10: we hold the interpreter's GIL (`_att`); `class` is a class of
+            // this interpreter kept alive by the pool until it ends (R3's `interrupt_lock`
+            // keeps the end out); SetAsyncExc takes its own reference.
+            unsafe { sys::PyThreadState_SetAsyncExc(sh.owner_ident as _, class.as_ptr()) };
+            sh.async_pending.store(true, Ordering::SeqCst);
+            true
+        };
+        // SAFETY: R3 (its one exception): thread: py-interrupt, a fresh thread with no
+        // thread state. interp: alive and not ending while we hold `interrupt_lock` (the
+        // owner takes it before Py_EndInterpreter and marks the interpreter ended before
+        // releasing it; checked above).
+        let raised = unsafe { attach::with_foreign_thread_state(interp, sh.id, raise) };
+        if raised == Some(true) {
+            tracing::debug!(interp = %sh.id, call = self.id, "interrupt raised");
         }
-        tracing::debug!(interp = %sh.id, call = self.id, "interrupt delivered");
+    }
+}
+
+/// The interpreter's own `interp_pool.DeadlineExceeded` and `interp_pool.Cancelled`:
+/// `BaseException` subclasses, so `except Exception:` does not swallow them, in a module
+/// `interp_pool` of `sys.modules` so guest code can name them. Made once per interpreter
+/// on its owner at creation; the pool keeps a strong reference to each until the
+/// interpreter ends, so the interrupter can raise them without running Python.
+#[derive(Debug)]
+pub(crate) struct InterruptClasses {
+    deadline: NonNull<sys::PyObject>,
+    cancelled: NonNull<sys::PyObject>,
+}
+
+// SAFETY: R3/R10: the pointers are only dereferenced by CPython under their interpreter's
+// GIL (the interrupter attaches first; `release` takes a token); the values themselves are
+// just addresses.
+unsafe impl Send for InterruptClasses {}
+// SAFETY: as for Send.
+unsafe impl Sync for InterruptClasses {}
+
+const INTERRUPT_CLASSES: &str = r#"
+class DeadlineExceeded(BaseException):
+    """Raised inside a call that ran past its deadline (interp-pool)."""
+
+class Cancelled(BaseException):
+    """Raised inside a call whose cancel token was cancelled (interp-pool)."""
+"#;
+
+impl InterruptClasses {
+    /// Makes the module and its classes in `att`'s interpreter.
+    pub(crate) fn create(att: &Attached<'_>) -> Result<Self> {
+        let module =
+            att.import("types")?
+                .call_method(att, "ModuleType", &[&att.str("interp_pool")?])?;
+        att.run_in(INTERRUPT_CLASSES, &module.getattr(att, "__dict__")?)?;
+        att.import("sys")?.getattr(att, "modules")?.call_method(
+            att,
+            "__setitem__",
+            &[&att.str("interp_pool")?, &module],
+        )?;
+        let deadline = module.getattr(att, "DeadlineExceeded")?;
+        let cancelled = module.getattr(att, "Cancelled")?;
+        Ok(Self {
+            deadline: deadline.into_non_null(),
+            cancelled: cancelled.into_non_null(),
+        })
+    }
+
+    /// Drops the pool's references, in the interpreter, before it ends.
+    pub(crate) fn release(&self, att: &Attached<'_>) {
+        for class in [self.deadline, self.cancelled] {
+            // SAFETY: R11: we own one strong reference to each, taken in `create`; this
+            // runs once, at the end of the interpreter's life, before Py_EndInterpreter.
+            // R10: `att` proves its interpreter is attached.
+            drop(unsafe { PyObj::from_owned_ptr(att, class.as_ptr()) });
+        }
     }
 }
 
@@ -287,7 +353,7 @@ fn watchdog_loop(w: &Watchdog) {
                 break;
             }
             let ctl = entry.remove();
-            ctl.request(TIMED_OUT);
+            ctl.request(Reason::TimedOut);
         }
         q = match q.keys().next() {
             Some(&(at, _)) => {

@@ -81,3 +81,39 @@ pub(crate) fn status_result(status: sys::PyStatus) -> Result<(), String> {
         (f, m) => format!("{f}: {m}"),
     })
 }
+
+/// CPython's builtin exception types the crate raises or tests for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExcType {
+    Type,
+    Value,
+    Overflow,
+    System,
+    Runtime,
+    Import,
+    Key,
+}
+
+impl ExcType {
+    /// The type object: a static immortal of libpython, valid in every interpreter.
+    pub(crate) fn ptr(self) -> *mut sys::PyObject {
+        // SAFETY (every arm): reading an exported `PyExc_*` pointer, which libpython sets
+        // at load time and never changes; no thread state is needed to read it.
+        match self {
+            // SAFETY: see above.
+            ExcType::Type => unsafe { sys::PyExc_TypeError },
+            // SAFETY: see above.
+            ExcType::Value => unsafe { sys::PyExc_ValueError },
+            // SAFETY: see above.
+            ExcType::Overflow => unsafe { sys::PyExc_OverflowError },
+            // SAFETY: see above.
+            ExcType::System => unsafe { sys::PyExc_SystemError },
+            // SAFETY: see above.
+            ExcType::Runtime => unsafe { sys::PyExc_RuntimeError },
+            // SAFETY: see above.
+            ExcType::Import => unsafe { sys::PyExc_ImportError },
+            // SAFETY: see above.
+            ExcType::Key => unsafe { sys::PyExc_KeyError },
+        }
+    }
+}

@@ -244,21 +244,20 @@ where
 {
     let _depth = DepthGuard::enter(depth);
     let cur = ffi::current_tstate();
-    let _attached = if cur == owner.ts {
-        None
-    } else if cur.is_null() {
-        // SAFETY: thread: owner of `owner.ts`. interp: alive (its owner is running us).
-        // tstate: none attached (just checked).
-        Some(unsafe { AttachGuard::attach(owner.ts) })
-    } else {
+    if cur == owner.ts {
+        // SAFETY: R10: this is the owner thread of `owner.link.id` and its own thread
+        // state is current (just checked), so it holds the interpreter's GIL throughout.
+        return unsafe { Attached::scope(owner.link.id, f) };
+    }
+    if !cur.is_null() {
         return Err(Error::Internal(
             "an owner thread has a foreign thread state attached".into(),
         ));
-    };
-    // SAFETY: thread: owner; tstate: `owner.ts` is attached, either already (checked) or
-    // by the guard above, which outlives the token.
-    let att = unsafe { Attached::assume(owner.link.id) };
-    f(&att)
+    }
+    // SAFETY: R2/R4: thread: owner of `owner.ts`. interp: alive (its owner is running us).
+    // tstate: none attached (just checked).
+    let attached = unsafe { AttachGuard::attach(owner.ts, owner.link.id) };
+    f(&attached.token())
 }
 
 /// Best effort: Linux keeps 15 bytes of a thread name.

@@ -52,14 +52,10 @@ pub use cancel::{CallOptions, CancelToken};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
 pub use error::{Error, PyException, Result};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
-pub use native::{u64_trampoline, FastcallFn, NativeFunction};
+pub use native::{NativeArgs, NativeError, NativeResult};
 pub use object::PyObj;
 pub use persistent::Persistent;
 pub use runtime::{is_shut_down, live_interpreters, python_version, shutdown};
-
-/// Raw CPython bindings (pyo3-ffi 0.29), for work `PyObj` does not cover. Every use needs
-/// an [`Attached`] token in scope and a `// SAFETY:` note naming it.
-pub use ffi::sys;
 
 /// A pool-wide interpreter id, unique for the life of the process (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,7 +1,10 @@
 //! Owned Python object references that cannot leave their interpreter.
 //!
 //! A [`PyObj<'py>`] borrows the job's [`Attached`] token: it is `!Send`, dies before the
-//! job returns, and is decref'd on the owner thread with the thread state attached (R5).
+//! job returns, and is decref'd on the thread that holds the interpreter's GIL (R5, R10).
+//! It owns exactly one strong reference (R11); a `&PyObj` may also be a reference CPython
+//! lends for one call (a native function's arguments, see `native.rs`), which is why the
+//! type is a transparent object pointer.
 
 use std::ffi::{c_char, CString};
 use std::marker::PhantomData;
@@ -9,10 +12,11 @@ use std::ptr::NonNull;
 
 use crate::attach::Attached;
 use crate::error::{Error, PyException, Result};
-use crate::ffi::sys;
+use crate::ffi::{sys, ExcType};
 
 /// A strong reference to a Python object in the attached interpreter.
 #[derive(Debug)]
+#[repr(transparent)]
 pub struct PyObj<'py> {
     ptr: NonNull<sys::PyObject>,
     _att: PhantomData<&'py Attached<'py>>,
@@ -20,9 +24,8 @@ pub struct PyObj<'py> {
 
 impl Drop for PyObj<'_> {
     fn drop(&mut self) {
-        // SAFETY: thread/interp/tstate: a PyObj only exists inside a job (it borrows the
-        // job's Attached token), so the owning interpreter is attached here. refs: we own
-        // one strong reference.
+        // SAFETY: R10: a PyObj borrows an Attached token, so its interpreter is attached on
+        // this thread. R11: we own one strong reference.
         unsafe { sys::Py_DECREF(self.ptr.as_ptr()) }
     }
 }
@@ -31,9 +34,12 @@ impl<'py> PyObj<'py> {
     /// Takes ownership of a new reference; `None` if `ptr` is null (an exception is set).
     ///
     /// # Safety
-    /// tstate: `_att`'s interpreter is attached. refs: `ptr` is null or a new (owned)
+    /// R10: `_att`'s interpreter is attached. R11: `ptr` is null or a new (owned)
     /// reference to an object of that interpreter.
-    pub unsafe fn from_owned_ptr(_att: &'py Attached<'_>, ptr: *mut sys::PyObject) -> Option<Self> {
+    pub(crate) unsafe fn from_owned_ptr(
+        _att: &'py Attached<'_>,
+        ptr: *mut sys::PyObject,
+    ) -> Option<Self> {
         NonNull::new(ptr).map(|ptr| Self {
             ptr,
             _att: PhantomData,
@@ -45,20 +51,23 @@ impl<'py> PyObj<'py> {
     ///
     /// # Safety
     /// As for `from_owned_ptr`.
-    pub unsafe fn from_owned_or_err(
+    pub(crate) unsafe fn from_owned_or_err(
         att: &'py Attached<'_>,
         ptr: *mut sys::PyObject,
     ) -> Result<Self> {
-        // SAFETY: forwarded from the caller's contract.
+        // SAFETY: R10/R11: forwarded from the caller's contract.
         unsafe { Self::from_owned_ptr(att, ptr) }.ok_or_else(|| att.take_error())
     }
 
     /// Takes a new strong reference to a borrowed pointer.
     ///
     /// # Safety
-    /// tstate: `att`'s interpreter is attached. refs: `ptr` is a valid borrowed reference.
-    pub unsafe fn from_borrowed_ptr(att: &'py Attached<'_>, ptr: NonNull<sys::PyObject>) -> Self {
-        // SAFETY: refs: `ptr` is valid (caller); we add the reference we will own.
+    /// R10: `att`'s interpreter is attached. R11: `ptr` is a valid borrowed reference.
+    pub(crate) unsafe fn from_borrowed_ptr(
+        att: &'py Attached<'_>,
+        ptr: NonNull<sys::PyObject>,
+    ) -> Self {
+        // SAFETY: R10/R11: attached; `ptr` is valid (caller); we add the reference we own.
         unsafe { sys::Py_INCREF(ptr.as_ptr()) };
         let _ = att;
         Self {
@@ -68,20 +77,25 @@ impl<'py> PyObj<'py> {
     }
 
     /// Gives up ownership: the caller now owns the strong reference.
-    pub fn into_ptr(self) -> *mut sys::PyObject {
-        let p = self.as_ptr();
+    pub(crate) fn into_ptr(self) -> *mut sys::PyObject {
+        self.into_non_null().as_ptr()
+    }
+
+    /// Like [`into_ptr`](Self::into_ptr), typed non-null.
+    pub(crate) fn into_non_null(self) -> NonNull<sys::PyObject> {
+        let p = self.ptr;
         std::mem::forget(self);
         p
     }
 
     /// The raw pointer, still owned by `self`.
-    pub fn as_ptr(&self) -> *mut sys::PyObject {
+    pub(crate) fn as_ptr(&self) -> *mut sys::PyObject {
         self.ptr.as_ptr()
     }
 
     /// A second strong reference to the same object.
     pub fn clone_ref(&self) -> Self {
-        // SAFETY: tstate: attached (see Drop). refs: self holds a strong reference.
+        // SAFETY: R10: attached (see Drop). R11: self holds a strong reference.
         unsafe { sys::Py_INCREF(self.as_ptr()) };
         Self {
             ptr: self.ptr,
@@ -92,29 +106,28 @@ impl<'py> PyObj<'py> {
     /// `getattr(self, name)`.
     pub fn getattr(&self, att: &'py Attached<'_>, name: &str) -> Result<PyObj<'py>> {
         let name = att.cstring(name)?;
-        // SAFETY: tstate: attached (`att`). refs: self is valid; returns a new reference.
-        unsafe {
-            Self::from_owned_or_err(
-                att,
-                sys::PyObject_GetAttrString(self.as_ptr(), name.as_ptr()),
-            )
-        }
+        // SAFETY: R10: attached (`att`). R11: self is valid; returns a new reference or
+        // null with an exception set.
+        let r = unsafe { sys::PyObject_GetAttrString(self.as_ptr(), name.as_ptr()) };
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        unsafe { Self::from_owned_or_err(att, r) }
     }
 
     /// `self(*args)`.
     pub fn call(&self, att: &'py Attached<'_>, args: &[&PyObj<'_>]) -> Result<PyObj<'py>> {
         let mut argv: Vec<*mut sys::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
-        // SAFETY: tstate: attached (`att`). refs: self and every arg are valid for the
-        // call; vectorcall borrows them and returns a new reference.
-        unsafe {
-            let r = sys::PyObject_Vectorcall(
+        // SAFETY: R10: attached (`att`). R11: self and every arg are valid for the call;
+        // vectorcall borrows them and returns a new reference or null with an exception.
+        let r = unsafe {
+            sys::PyObject_Vectorcall(
                 self.as_ptr(),
                 argv.as_mut_ptr(),
                 argv.len(),
                 std::ptr::null_mut(),
-            );
-            Self::from_owned_or_err(att, r)
-        }
+            )
+        };
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        unsafe { Self::from_owned_or_err(att, r) }
     }
 
     /// `self.name(*args)`.
@@ -129,11 +142,10 @@ impl<'py> PyObj<'py> {
 
     /// The value of a Python `int` that fits in `i64`.
     pub fn extract_i64(&self, att: &'py Attached<'_>) -> Result<i64> {
-        // SAFETY: tstate: attached. refs: self valid. -1 with an exception set is the
-        // error signal.
+        // SAFETY: R10/R11: attached; self valid. -1 with an exception set is the error
+        // signal.
         let v = unsafe { sys::PyLong_AsLongLong(self.as_ptr()) };
-        // SAFETY: tstate: attached.
-        if v == -1 && unsafe { !sys::PyErr_Occurred().is_null() } {
+        if v == -1 && att.error_pending() {
             return Err(att.take_error());
         }
         Ok(v)
@@ -141,10 +153,10 @@ impl<'py> PyObj<'py> {
 
     /// The value of a Python `int` that fits in `u64`.
     pub fn extract_u64(&self, att: &'py Attached<'_>) -> Result<u64> {
-        // SAFETY: as in extract_i64; (u64)-1 with an exception set is the error signal.
+        // SAFETY: R10/R11: as in extract_i64; (u64)-1 with an exception set is the error
+        // signal.
         let v = unsafe { sys::PyLong_AsUnsignedLongLong(self.as_ptr()) };
-        // SAFETY: tstate: attached.
-        if v == u64::MAX && unsafe { !sys::PyErr_Occurred().is_null() } {
+        if v == u64::MAX && att.error_pending() {
             return Err(att.take_error());
         }
         Ok(v)
@@ -153,30 +165,67 @@ impl<'py> PyObj<'py> {
     /// The text of a Python `str` (a `TypeError` for anything else).
     pub fn extract_string(&self, att: &'py Attached<'_>) -> Result<String> {
         let mut len: sys::Py_ssize_t = 0;
-        // SAFETY: tstate: attached. refs: self valid; the returned buffer is owned by the
-        // str object, which we keep alive while copying out of it.
-        unsafe {
-            let p = sys::PyUnicode_AsUTF8AndSize(self.as_ptr(), &mut len);
-            if p.is_null() {
-                return Err(att.take_error());
-            }
-            let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len as usize);
-            Ok(String::from_utf8_lossy(bytes).into_owned())
+        // SAFETY: R10/R11: attached; self valid. Returns the str's UTF-8 buffer (owned by
+        // the str) or null with an exception set (not a str, or lone surrogates).
+        let p = unsafe { sys::PyUnicode_AsUTF8AndSize(self.as_ptr(), &mut len) };
+        if p.is_null() {
+            return Err(att.take_error());
         }
+        // SAFETY: R11: `p` points to `len` bytes owned by `self`, alive while we copy.
+        let bytes = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len as usize) };
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    /// The text of a Python `str`, with what UTF-8 cannot carry (lone surrogates)
+    /// backslash-escaped instead of failing; a `TypeError` for anything but a `str`.
+    pub fn extract_string_escaped(&self, att: &'py Attached<'_>) -> Result<String> {
+        if !self.is_str() {
+            return self.extract_string(att); // raises the TypeError
+        }
+        if let Ok(text) = self.extract_string(att) {
+            return Ok(text);
+        }
+        // SAFETY: R10/R11: attached; self is a str; returns new bytes or null with an
+        // exception set.
+        let b = unsafe {
+            sys::PyUnicode_AsEncodedString(
+                self.as_ptr(),
+                c"utf-8".as_ptr(),
+                c"backslashreplace".as_ptr(),
+            )
+        };
+        // SAFETY: R10/R11: `b` is null or a new reference.
+        let b = unsafe { Self::from_owned_or_err(att, b) }?;
+        b.extract_bytes(att)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// The contents of a Python `bytes` (a `TypeError` for anything else).
+    pub fn extract_bytes(&self, att: &'py Attached<'_>) -> Result<Vec<u8>> {
+        let (mut buf, mut n) = (std::ptr::null_mut(), 0);
+        // SAFETY: R10/R11: attached; self valid; on 0 `buf` points to `n` bytes owned by
+        // the bytes object, on -1 an exception is set.
+        if unsafe { sys::PyBytes_AsStringAndSize(self.as_ptr(), &mut buf, &mut n) } != 0 {
+            return Err(att.take_error());
+        }
+        // SAFETY: R11: `buf[..n]` is owned by `self`, alive while we copy.
+        Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n as usize) }.to_vec())
     }
 
     /// `str(self)` as Rust text.
     pub fn str(&self, att: &'py Attached<'_>) -> Result<String> {
-        // SAFETY: tstate: attached. refs: self valid; returns a new reference.
-        let s = unsafe { Self::from_owned_or_err(att, sys::PyObject_Str(self.as_ptr())) }?;
-        s.extract_string(att)
+        // SAFETY: R10/R11: attached; self valid; returns a new reference or null.
+        let s = unsafe { sys::PyObject_Str(self.as_ptr()) };
+        // SAFETY: R10/R11: `s` is null or a new reference.
+        unsafe { Self::from_owned_or_err(att, s) }?.extract_string(att)
     }
 
     /// `repr(self)` as Rust text.
     pub fn repr(&self, att: &'py Attached<'_>) -> Result<String> {
-        // SAFETY: tstate: attached. refs: self valid; returns a new reference.
-        let s = unsafe { Self::from_owned_or_err(att, sys::PyObject_Repr(self.as_ptr())) }?;
-        s.extract_string(att)
+        // SAFETY: R10/R11: attached; self valid; returns a new reference or null.
+        let s = unsafe { sys::PyObject_Repr(self.as_ptr()) };
+        // SAFETY: R10/R11: `s` is null or a new reference.
+        unsafe { Self::from_owned_or_err(att, s) }?.extract_string(att)
     }
 
     /// `self[key]` for a dict and a str key; `None` if the key is absent.
@@ -185,7 +234,7 @@ impl<'py> PyObj<'py> {
         #[cfg(Py_3_13)]
         let found = {
             let key = att.cstring(key)?;
-            // SAFETY: tstate: attached. refs: self valid; on 1 `out` is a new reference, on 0
+            // SAFETY: R10/R11: attached; self valid; on 1 `out` is a new reference, on 0
             // it is null, on -1 an exception is set (e.g. self is not a dict).
             unsafe { sys::PyDict_GetItemStringRef(self.as_ptr(), key.as_ptr(), &mut out) }
         };
@@ -194,12 +243,12 @@ impl<'py> PyObj<'py> {
             // 3.12 has no PyDict_GetItemStringRef; pyo3-ffi's PyDict_GetItemRef shim wraps
             // PyDict_GetItemWithError + Py_NewRef with the same 1 / 0 / -1 contract.
             let key = att.str(key)?;
-            // SAFETY: tstate: attached. refs: self and key valid; on 1 `out` is a new
+            // SAFETY: R10/R11: attached; self and key valid; on 1 `out` is a new
             // reference, on 0 it is null, on -1 an exception is set (e.g. self is not a dict).
             unsafe { sys::compat::PyDict_GetItemRef(self.as_ptr(), key.as_ptr(), &mut out) }
         };
         match found {
-            // SAFETY: `out` is a new reference (see above).
+            // SAFETY: R11: `out` is a new reference (see above).
             1 => Ok(unsafe { PyObj::from_owned_ptr(att, out) }),
             0 => Ok(None),
             _ => Err(att.take_error()),
@@ -209,24 +258,24 @@ impl<'py> PyObj<'py> {
     /// `self[key]` with a str key (any mapping); `None` if the lookup raised `KeyError`.
     pub fn get(&self, att: &'py Attached<'_>, key: &str) -> Result<Option<PyObj<'py>>> {
         let k = att.str(key)?;
-        // SAFETY: tstate: attached. refs: self and k valid; returns a new reference or
-        // null with an exception set.
+        // SAFETY: R10/R11: attached; self and k valid; returns a new reference or null
+        // with an exception set.
         let r = unsafe { sys::PyObject_GetItem(self.as_ptr(), k.as_ptr()) };
         if r.is_null() {
-            // SAFETY: tstate: attached; PyExc_KeyError is a static immortal.
-            if unsafe { sys::PyErr_ExceptionMatches(sys::PyExc_KeyError) } != 0 {
+            // SAFETY: R10: attached, an exception is set; KeyError is a static type.
+            if unsafe { sys::PyErr_ExceptionMatches(ExcType::Key.ptr()) } != 0 {
                 att.clear_error();
                 return Ok(None);
             }
             return Err(att.take_error());
         }
-        // SAFETY: `r` is a new reference.
+        // SAFETY: R11: `r` is a new reference.
         Ok(unsafe { PyObj::from_owned_ptr(att, r) })
     }
 
     /// `len(self)`.
     pub fn len(&self, att: &'py Attached<'_>) -> Result<usize> {
-        // SAFETY: tstate: attached. refs: self valid; -1 with an exception on error.
+        // SAFETY: R10/R11: attached; self valid; -1 with an exception on error.
         let n = unsafe { sys::PyObject_Length(self.as_ptr()) };
         if n < 0 {
             return Err(att.take_error());
@@ -236,37 +285,40 @@ impl<'py> PyObj<'py> {
 
     /// `self[i]` for a sequence.
     pub fn get_index(&self, att: &'py Attached<'_>, i: usize) -> Result<PyObj<'py>> {
-        // SAFETY: tstate: attached. refs: self valid; returns a new reference or null
-        // with an exception set.
-        unsafe {
-            Self::from_owned_or_err(
-                att,
-                sys::PySequence_GetItem(self.as_ptr(), i as sys::Py_ssize_t),
-            )
-        }
+        // SAFETY: R10/R11: attached; self valid; returns a new reference or null with an
+        // exception set.
+        let r = unsafe { sys::PySequence_GetItem(self.as_ptr(), i as sys::Py_ssize_t) };
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        unsafe { Self::from_owned_or_err(att, r) }
     }
 
     /// `callable(self)`.
     pub fn is_callable(&self) -> bool {
-        // SAFETY: tstate: attached (see Drop). PyCallable_Check never fails.
+        // SAFETY: R10: attached (see Drop). R11: self valid. PyCallable_Check never fails.
         unsafe { sys::PyCallable_Check(self.as_ptr()) != 0 }
+    }
+
+    /// `isinstance(self, str)`.
+    pub fn is_str(&self) -> bool {
+        // SAFETY: R10/R11: attached, self valid. Reads the type's flags only.
+        unsafe { sys::PyUnicode_Check(self.as_ptr()) != 0 }
     }
 
     /// `isinstance(self, tuple)`.
     pub fn is_tuple(&self) -> bool {
-        // SAFETY: tstate: attached. Reads the type's flags only.
+        // SAFETY: R10/R11: attached, self valid. Reads the type's flags only.
         unsafe { sys::PyTuple_Check(self.as_ptr()) != 0 }
     }
 
     /// `isinstance(self, list)`.
     pub fn is_list(&self) -> bool {
-        // SAFETY: tstate: attached. Reads the type's flags only.
+        // SAFETY: R10/R11: attached, self valid. Reads the type's flags only.
         unsafe { sys::PyList_Check(self.as_ptr()) != 0 }
     }
 
     /// `self is None`.
     pub fn is_none(&self) -> bool {
-        // SAFETY: Py_None returns the immortal None singleton; comparing pointers only.
+        // SAFETY: R10: Py_None returns the immortal None singleton; comparing pointers only.
         self.as_ptr() == unsafe { sys::Py_None() }
     }
 }
@@ -280,30 +332,33 @@ impl<'a> Attached<'a> {
     /// Raises `ValueError(msg)` and returns it as an [`Error`], so bad input from Rust
     /// reads like bad input from Python.
     fn raise_and_take(&self, msg: &std::ffi::CStr) -> Error {
-        // SAFETY: tstate: attached (self). refs: PyExc_ValueError is a static immortal.
-        unsafe { sys::PyErr_SetString(sys::PyExc_ValueError, msg.as_ptr()) };
+        // SAFETY: R10: attached (self); ValueError is a static immortal type.
+        unsafe { sys::PyErr_SetString(ExcType::Value.ptr(), msg.as_ptr()) };
         self.take_error()
     }
 
     /// `import name`.
     pub fn import<'py>(&'py self, name: &str) -> Result<PyObj<'py>> {
         let name = self.cstring(name)?;
-        // SAFETY: tstate: attached. Returns a new reference or null with an exception.
-        unsafe { PyObj::from_owned_or_err(self, sys::PyImport_ImportModule(name.as_ptr())) }
+        // SAFETY: R10: attached. Returns a new reference or null with an exception.
+        let m = unsafe { sys::PyImport_ImportModule(name.as_ptr()) };
+        // SAFETY: R10/R11: `m` is null or a new reference.
+        unsafe { PyObj::from_owned_or_err(self, m) }
     }
 
     /// The `__main__` module's namespace of this interpreter.
     pub fn main_dict<'py>(&'py self) -> Result<PyObj<'py>> {
-        // SAFETY: tstate: attached. PyImport_AddModule returns a borrowed reference (or
-        // null with an exception); PyModule_GetDict a borrowed one, which we incref.
-        unsafe {
-            let m = sys::PyImport_AddModule(c"__main__".as_ptr());
-            if m.is_null() {
-                return Err(self.take_error());
-            }
-            let d = NonNull::new(sys::PyModule_GetDict(m)).ok_or_else(|| self.take_error())?;
-            Ok(PyObj::from_borrowed_ptr(self, d))
+        // SAFETY: R10: attached. PyImport_AddModule returns a borrowed reference (kept
+        // by sys.modules) or null with an exception.
+        let m = unsafe { sys::PyImport_AddModule(c"__main__".as_ptr()) };
+        if m.is_null() {
+            return Err(self.take_error());
         }
+        // SAFETY: R10/R11: attached; `m` is a live module; returns a borrowed reference.
+        let d = unsafe { sys::PyModule_GetDict(m) };
+        let d = NonNull::new(d).ok_or_else(|| self.take_error())?;
+        // SAFETY: R10/R11: `d` is a valid borrowed reference; we take our own.
+        Ok(unsafe { PyObj::from_borrowed_ptr(self, d) })
     }
 
     fn run_string<'py>(
@@ -313,18 +368,19 @@ impl<'a> Attached<'a> {
         globals: &PyObj<'_>,
     ) -> Result<PyObj<'py>> {
         let code = self.cstring(code)?;
-        // SAFETY: tstate: attached. refs: globals is a dict we hold; used as locals too.
+        // SAFETY: R10/R11: attached; globals is a dict we hold, used as locals too.
         // Returns a new reference or null with an exception set.
-        unsafe {
-            let r = sys::PyRun_StringFlags(
+        let r = unsafe {
+            sys::PyRun_StringFlags(
                 code.as_ptr(),
                 start,
                 globals.as_ptr(),
                 globals.as_ptr(),
                 std::ptr::null_mut(),
-            );
-            PyObj::from_owned_or_err(self, r)
-        }
+            )
+        };
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        unsafe { PyObj::from_owned_or_err(self, r) }
     }
 
     /// Executes statements in `__main__`.
@@ -347,33 +403,50 @@ impl<'a> Attached<'a> {
 
     /// A Python `int`.
     pub fn int<'py>(&'py self, v: i64) -> Result<PyObj<'py>> {
-        // SAFETY: tstate: attached. Returns a new reference or null with MemoryError.
-        unsafe { PyObj::from_owned_or_err(self, sys::PyLong_FromLongLong(v)) }
+        // SAFETY: R10: attached. Returns a new reference or null with MemoryError.
+        let r = unsafe { sys::PyLong_FromLongLong(v) };
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        unsafe { PyObj::from_owned_or_err(self, r) }
     }
 
     /// A Python `int` from an unsigned value.
     pub fn uint<'py>(&'py self, v: u64) -> Result<PyObj<'py>> {
-        // SAFETY: tstate: attached. Returns a new reference or null with MemoryError.
-        unsafe { PyObj::from_owned_or_err(self, sys::PyLong_FromUnsignedLongLong(v)) }
+        // SAFETY: R10: attached. Returns a new reference or null with MemoryError.
+        let r = unsafe { sys::PyLong_FromUnsignedLongLong(v) };
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        unsafe { PyObj::from_owned_or_err(self, r) }
+    }
+
+    /// `True` or `False`.
+    pub fn bool<'py>(&'py self, v: bool) -> PyObj<'py> {
+        // SAFETY: R10: attached; returns a new reference to an immortal bool singleton.
+        let r = unsafe { sys::PyBool_FromLong(v.into()) };
+        // SAFETY: R10/R11: `r` is a new reference (never null in practice).
+        unsafe { PyObj::from_owned_ptr(self, r) }.unwrap_or_else(|| self.none())
     }
 
     /// A Python `str`.
     pub fn str<'py>(&'py self, s: &str) -> Result<PyObj<'py>> {
-        // SAFETY: tstate: attached. refs: the bytes are valid for len; returns a new
-        // reference or null with an exception (e.g. MemoryError).
-        unsafe {
-            let p = sys::PyUnicode_FromStringAndSize(
+        // SAFETY: R10: attached; the bytes are valid for len; returns a new reference or
+        // null with an exception (e.g. MemoryError).
+        let p = unsafe {
+            sys::PyUnicode_FromStringAndSize(
                 s.as_ptr().cast::<c_char>(),
                 s.len() as sys::Py_ssize_t,
-            );
-            PyObj::from_owned_or_err(self, p)
-        }
+            )
+        };
+        // SAFETY: R10/R11: `p` is null or a new reference.
+        unsafe { PyObj::from_owned_or_err(self, p) }
     }
 
     /// `None`.
     pub fn none<'py>(&'py self) -> PyObj<'py> {
-        // SAFETY: tstate: attached. refs: None is immortal; we take a (no-op) reference.
-        unsafe { PyObj::from_borrowed_ptr(self, NonNull::new_unchecked(sys::Py_None())) }
+        // SAFETY: R10: attached; None is an immortal singleton.
+        let none = unsafe { sys::Py_None() };
+        // SAFETY: Py_None never returns null.
+        let none = unsafe { NonNull::new_unchecked(none) };
+        // SAFETY: R10/R11: attached; we take our own (no-op) reference.
+        unsafe { PyObj::from_borrowed_ptr(self, none) }
     }
 
     /// Takes the pending Python exception as an [`Error`] (clearing it).
@@ -382,9 +455,9 @@ impl<'a> Attached<'a> {
     /// (also as the cause/context of another exception) become [`Error::Unsupported`].
     /// With no exception pending this is a bug in the caller: [`Error::Internal`].
     pub fn take_error(&self) -> Error {
-        // SAFETY: tstate: attached. Returns the raised exception (new reference) or null.
+        // SAFETY: R10: attached. Returns the raised exception (new reference) or null.
         let exc = unsafe { sys::PyErr_GetRaisedException() };
-        // SAFETY: tstate: attached. refs: `exc` is a new reference or null.
+        // SAFETY: R10/R11: `exc` is a new reference or null.
         let Some(exc) = (unsafe { PyObj::from_owned_ptr(self, exc) }) else {
             return Error::Internal("take_error called with no Python exception set".into());
         };
@@ -453,10 +526,9 @@ impl<'a> Attached<'a> {
             if e.is_none() {
                 return None;
             }
-            // SAFETY: tstate: attached. refs: e is valid; ImportError is a static type.
+            // SAFETY: R10/R11: attached; e is valid; ImportError is a static type.
             let is_import =
-                unsafe { sys::PyErr_GivenExceptionMatches(e.as_ptr(), sys::PyExc_ImportError) }
-                    != 0;
+                unsafe { sys::PyErr_GivenExceptionMatches(e.as_ptr(), ExcType::Import.ptr()) } != 0;
             if is_import {
                 if let Some((msg, at)) = e
                     .str(self)
@@ -482,7 +554,13 @@ impl<'a> Attached<'a> {
     }
 
     pub(crate) fn clear_error(&self) {
-        // SAFETY: tstate: attached (self).
+        // SAFETY: R10: attached (self).
         unsafe { sys::PyErr_Clear() }
+    }
+
+    /// Whether an exception is set on this thread state.
+    pub(crate) fn error_pending(&self) -> bool {
+        // SAFETY: R10: attached (self); only reads the error indicator.
+        !unsafe { sys::PyErr_Occurred() }.is_null()
     }
 }

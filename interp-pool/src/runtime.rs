@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use once_cell::sync::OnceCell;
 
 use crate::activation;
+use crate::attach;
 use crate::error::{Error, Result};
 use crate::ffi::sys;
 use crate::worker::OwnerLink;
@@ -154,19 +155,19 @@ fn pre_initialize() {
     /// `PYMEM_ALLOCATOR_MALLOC` in pymem.h (stable since 3.8).
     const PYMEM_ALLOCATOR_MALLOC: std::ffi::c_int = 3;
     let mut pre = std::mem::MaybeUninit::<sys::PyPreConfig>::zeroed();
-    // SAFETY: thread: py-main, before any other CPython call of the process (only
+    // SAFETY: R1: thread: py-main, before any other CPython call of the process (only
     // pre-initialisation, allowed before Py_Initialize). `pre` is a writable PyPreConfig
-    // that PyPreConfig_InitPythonConfig fills completely; we then adjust plain ints.
-    let status = unsafe {
-        sys::PyPreConfig_InitPythonConfig(pre.as_mut_ptr());
-        let pre = pre.assume_init_mut();
-        pre.allocator = PYMEM_ALLOCATOR_MALLOC;
-        // As Py_InitializeEx's own (compat) pre-config: never touch the host's locale.
-        pre.parse_argv = 0;
-        pre.coerce_c_locale = 0;
-        pre.coerce_c_locale_warn = 0;
-        sys::Py_PreInitialize(pre)
-    };
+    // that PyPreConfig_InitPythonConfig fills completely.
+    unsafe { sys::PyPreConfig_InitPythonConfig(pre.as_mut_ptr()) };
+    // SAFETY: filled in completely just above.
+    let pre = unsafe { pre.assume_init_mut() };
+    pre.allocator = PYMEM_ALLOCATOR_MALLOC;
+    // As Py_InitializeEx's own (compat) pre-config: never touch the host's locale.
+    pre.parse_argv = 0;
+    pre.coerce_c_locale = 0;
+    pre.coerce_c_locale_warn = 0;
+    // SAFETY: R1: as above, py-main before initialisation; `pre` is a valid pre-config.
+    let status = unsafe { sys::Py_PreInitialize(pre) };
     if let Err(e) = crate::ffi::status_result(status) {
         tracing::warn!("could not select the malloc allocator ({e}); using pymalloc");
     }
@@ -175,23 +176,19 @@ fn pre_initialize() {
 fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
     promote_libpython();
     pre_initialize();
-    // SAFETY: thread: py-main, the only thread initialising (OnceCell). tstate: none.
+    // SAFETY: R1: thread: py-main, the only thread initialising (OnceCell). tstate: none.
     // Py_InitializeEx(0) installs no signal handlers; afterwards main's tstate is
-    // attached on this thread and we detach it at once and keep it detached (R1).
-    let main_ts = unsafe {
-        sys::Py_InitializeEx(0);
-        sys::PyEval_SaveThread()
-    };
+    // attached on this thread.
+    unsafe { sys::Py_InitializeEx(0) };
+    // SAFETY: R1: main's tstate is attached here; detach it at once and keep it detached.
+    let main_ts = unsafe { attach::detach_created() };
     tracing::debug!("CPython initialised; main interpreter detached");
     let _ = ready.send(());
     // Wait for `shutdown`; if it never comes the process exits without finalizing.
     let Ok(reply) = finalize.recv() else { return };
-    // SAFETY: thread: py-main, which initialised (R9). tstate: none attached; `main_ts`
+    // SAFETY: R9: thread: py-main, which initialised. tstate: none attached; `main_ts`
     // is main's, saved above. Every interpreter has ended (shutdown joined them).
-    let rc = unsafe {
-        sys::PyEval_RestoreThread(main_ts);
-        sys::Py_FinalizeEx()
-    };
+    let rc = unsafe { attach::finalize(main_ts) };
     let _ = reply.send(rc);
 }
 

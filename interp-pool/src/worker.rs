@@ -9,7 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::activation::{DepthGuard, OwnerRegistration};
-use crate::attach::{AttachGuard, Attached};
+use crate::attach::{self, AttachGuard, Attached};
+use crate::cancel::InterruptClasses;
 use crate::config::{InterpreterConfig, WhenFull};
 use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
@@ -40,6 +41,8 @@ pub(crate) struct OwnerLink {
     pub(crate) when_full: WhenFull,
     /// `PyInterpreterState*`, for the thread state an interrupt is delivered with.
     pub(crate) interp_ptr: usize,
+    /// The interpreter's `interp_pool.DeadlineExceeded` / `Cancelled` classes.
+    pub(crate) interrupts: InterruptClasses,
     /// CPython's id of the owner thread (`PyThreadState_SetAsyncExc` targets it).
     pub(crate) owner_ident: u64,
     /// Id of the interruptible call running on the owner (0: none). Written by the owner
@@ -149,6 +152,87 @@ pub(crate) struct Owner {
     server_spin: Duration,
 }
 
+impl Owner {
+    /// Creates the interpreter (or, for main, this thread's thread state in it) and its
+    /// link. Creation, registration and the shutdown check happen under one lock, so
+    /// `shutdown` (which sets its flag, then takes this lock, then drains) never misses an
+    /// interpreter and never sees one appear afterwards (R8, R9).
+    fn start(
+        rt: &'static Runtime,
+        id: InterpreterId,
+        config: &InterpreterConfig,
+        origin: Origin,
+    ) -> Result<Self> {
+        let serial = rt.creation_lock();
+        if crate::runtime::is_shut_down() {
+            return Err(Error::ShutDown);
+        }
+        let created = match origin {
+            Origin::New => create_interpreter(id, config)?,
+            Origin::Main => main_thread_state(id)?,
+        };
+        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
+        let link = Arc::new(OwnerLink {
+            id,
+            name: Mutex::new(config.name.clone()),
+            python_id: created.python_id,
+            tx,
+            thread: thread::current(),
+            state: AtomicU8::new(state::RUNNING),
+            closing: AtomicBool::new(false),
+            max_depth: config.max_depth,
+            caller_spin: config.wait.caller_spin,
+            origin,
+            queue_capacity: config.queue_capacity.max(1),
+            when_full: config.when_full,
+            interp_ptr: created.interp as usize,
+            interrupts: created.interrupts,
+            owner_ident: ffi::thread_ident(),
+            running: AtomicU64::new(0),
+            async_pending: AtomicBool::new(false),
+            interrupt_lock: Mutex::new(()),
+            ended: Mutex::new(false),
+            ended_cv: Condvar::new(),
+        });
+        rt.register(&link);
+        drop(serial);
+        Ok(Self {
+            link,
+            ts: created.ts,
+            rx,
+            server_spin: config.wait.server_spin,
+        })
+    }
+
+    /// Lets the interpreter go once the top-level loop has returned: drops the jobs still
+    /// queued (each completes its caller with InterpreterGone), then ends the interpreter
+    /// (or, for main, deletes this thread's thread state: R1, py-main finalizes main).
+    fn retire(self, rt: &Runtime) {
+        let Owner { ts, rx, link, .. } = self;
+        drop(rx);
+        // No interrupter may hold a thread state in the interpreter from here on (`closing`
+        // is set, so none starts after we release this at the end of the function).
+        let _no_interrupts = link
+            .interrupt_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let release = |att: &Attached<'_>| link.interrupts.release(att);
+        match link.origin {
+            // SAFETY: R2: thread: the owner, which created `ts`; no call runs any more and
+            // the top-level loop detaches between jobs, so none is attached; the
+            // interrupter is kept out by `interrupt_lock`.
+            Origin::New => unsafe { attach::end_interpreter(ts, link.id, release) },
+            // SAFETY: R1/R2: `ts` is this thread's own thread state in main, unattached;
+            // main lives on until py-main finalizes it (R9).
+            Origin::Main => unsafe { attach::delete_thread_state(ts, link.id, release) },
+        }
+        rt.unregister(link.id);
+        // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
+        link.mark_ended();
+        tracing::debug!(interp = %link.id, "interpreter ended");
+    }
+}
+
 /// Starts an owner thread and waits until its interpreter exists (or failed to).
 pub(crate) fn spawn(
     rt: &'static Runtime,
@@ -181,95 +265,25 @@ fn owner_main(
     // Whatever happens below, waiters in `wait_ended` must not hang: a panic here is a bug,
     // but it must not turn into a stuck `end()` or `shutdown()`.
     let ended = EndedOnExit(once_cell::sync::OnceCell::new());
-    // Creation, registration and the shutdown check happen under one lock, so `shutdown`
-    // (which sets its flag, then takes this lock, then drains) never misses an
-    // interpreter and never sees one appear afterwards (R8, R9).
-    let serial = rt.creation_lock();
-    if crate::runtime::is_shut_down() {
-        let _ = ready.send(Err(Error::ShutDown));
-        return;
-    }
-    let created = match origin {
-        Origin::New => create_interpreter(&config),
-        Origin::Main => main_thread_state(),
-    };
-    let (ts, python_id, interp_ptr) = match created {
-        Ok(v) => v,
+    let owner = match Owner::start(rt, id, &config, origin) {
+        Ok(owner) => owner,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
-    let link = Arc::new(OwnerLink {
-        id,
-        name: Mutex::new(config.name.clone()),
-        python_id,
-        tx,
-        thread: thread::current(),
-        state: AtomicU8::new(state::RUNNING),
-        closing: AtomicBool::new(false),
-        max_depth: config.max_depth,
-        caller_spin: config.wait.caller_spin,
-        origin,
-        queue_capacity: config.queue_capacity.max(1),
-        when_full: config.when_full,
-        interp_ptr,
-        owner_ident: ffi::thread_ident(),
-        running: AtomicU64::new(0),
-        async_pending: AtomicBool::new(false),
-        interrupt_lock: Mutex::new(()),
-        ended: Mutex::new(false),
-        ended_cv: Condvar::new(),
-    });
-    rt.register(&link);
-    let _ = ended.0.set(Arc::clone(&link));
-    drop(serial);
-    let owner = Owner {
-        link: Arc::clone(&link),
-        ts,
-        rx,
-        server_spin: config.wait.server_spin,
-    };
-    tracing::debug!(interp = %id, python_id, name = %config.name, "interpreter created");
+    let _ = ended.0.set(Arc::clone(&owner.link));
+    tracing::debug!(interp = %id, python_id = owner.link.python_id, name = %config.name, "interpreter created");
     {
-        let _registration = OwnerRegistration::new(&owner);
-        if ready.send(Ok(link)).is_ok() {
+        // SAFETY: R2: `owner` lives in this frame until after `retire` below, and the
+        // registration is dropped at the end of this block, once the top-level loop has
+        // returned (no call runs on this thread any more).
+        let _registration = unsafe { OwnerRegistration::new(&owner) };
+        if ready.send(Ok(Arc::clone(&owner.link))).is_ok() {
             owner.serve(None, owner.server_spin);
         }
     }
-    let Owner { ts, rx, link, .. } = owner;
-    // Jobs still queued are dropped unrun: each completes its caller with InterpreterGone.
-    drop(rx);
-    // No interrupter may hold a thread state in the interpreter from here on (`closing`
-    // is set, so none starts after we release this at the end of the function).
-    let _no_interrupts = link
-        .interrupt_lock
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    match origin {
-        // SAFETY: thread: the owner, which created `ts` (R2). interp: alive; only this
-        // thread ends it. tstate: none attached (the top-level loop detaches between jobs
-        // and no call is running any more), so we attach `ts` and end the interpreter
-        // with it current, as Py_EndInterpreter requires. Afterwards none is attached.
-        Origin::New => unsafe {
-            sys::PyEval_RestoreThread(ts);
-            sys::Py_EndInterpreter(ts);
-        },
-        // SAFETY: thread: the owner, which created `ts` for the main interpreter (R2).
-        // tstate: none attached; we attach ours, clear it (which needs it attached) and
-        // delete it as the current one, which also detaches. Main itself lives on until
-        // py-main finalizes it (R9).
-        Origin::Main => unsafe {
-            sys::PyEval_RestoreThread(ts);
-            sys::PyThreadState_Clear(ts);
-            sys::PyThreadState_DeleteCurrent();
-        },
-    }
-    rt.unregister(link.id);
-    // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
-    link.mark_ended();
-    tracing::debug!(interp = %link.id, "interpreter ended");
+    owner.retire(rt);
     drop(ended);
 }
 
@@ -287,13 +301,22 @@ impl Drop for EndedOnExit {
     }
 }
 
-/// Creates the interpreter on this (new) thread and detaches it; returns its thread state,
-/// CPython's id for it and its `PyInterpreterState*`.
-fn create_interpreter(config: &InterpreterConfig) -> Result<(*mut sys::PyThreadState, i64, usize)> {
+/// What creating an interpreter (or main's thread state) on the owner thread yields.
+struct Created {
+    /// Detached; the interpreter's one thread state for the owner's life (R2).
+    ts: *mut sys::PyThreadState,
+    python_id: i64,
+    interp: *mut sys::PyInterpreterState,
+    interrupts: InterruptClasses,
+}
+
+/// Creates the interpreter on this (new) thread, makes its interrupt exception classes and
+/// detaches it.
+fn create_interpreter(id: InterpreterId, config: &InterpreterConfig) -> Result<Created> {
     let cfg = ffi::interpreter_config(config);
     let mut ts: *mut sys::PyThreadState = std::ptr::null_mut();
-    // SAFETY: thread: a fresh owner thread with no thread state attached. interp: the
-    // runtime is initialised and main's thread state is detached (R1); creation is
+    // SAFETY: R1/R8: thread: a fresh owner thread with no thread state attached. interp:
+    // the runtime is initialised and main's thread state is detached (R1); creation is
     // serialised by the caller (R8). On success `ts` is the new interpreter's tstate and
     // is attached; on failure CPython restores the previous (null) tstate.
     let status = unsafe { sys::Py_NewInterpreterFromConfig(&mut ts, &cfg) };
@@ -303,33 +326,54 @@ fn create_interpreter(config: &InterpreterConfig) -> Result<(*mut sys::PyThreadS
             "Py_NewInterpreterFromConfig returned no thread state".into(),
         ));
     }
-    // SAFETY: thread: owner. tstate: `ts` is attached (just created), so its interpreter
-    // may be queried and the thread state detached; it stays valid while detached (R2).
-    let (python_id, interp) = unsafe {
-        let interp = sys::PyThreadState_GetInterpreter(ts);
-        let id = sys::PyInterpreterState_GetID(interp);
-        sys::PyEval_SaveThread();
-        (id, interp as usize)
+    // SAFETY: R2: `ts` is attached (just created); reading its interpreter needs nothing more.
+    let interp = unsafe { sys::PyThreadState_GetInterpreter(ts) };
+    // SAFETY: R2: `interp` is the live interpreter `ts` belongs to.
+    let python_id = unsafe { sys::PyInterpreterState_GetID(interp) };
+    // SAFETY: R10: `ts`, the new interpreter's thread state, stays attached during the scope.
+    let interrupts = unsafe { Attached::scope(id, InterruptClasses::create) };
+    // SAFETY: R2: `ts` is still attached on this thread; it stays valid while detached.
+    unsafe { attach::detach_created() };
+    let interrupts = match interrupts {
+        Ok(i) => i,
+        Err(e) => {
+            // SAFETY: R2: this thread created `ts`, it is detached, nothing else runs in it.
+            unsafe { attach::end_interpreter(ts, id, |_| {}) };
+            return Err(e);
+        }
     };
-    Ok((ts, python_id, interp))
+    Ok(Created {
+        ts,
+        python_id,
+        interp,
+        interrupts,
+    })
 }
 
 /// A thread state of this thread's own for the main interpreter, detached.
-fn main_thread_state() -> Result<(*mut sys::PyThreadState, i64, usize)> {
-    // SAFETY: thread: a fresh owner thread with no thread state. interp: the runtime is
-    // initialised, so the main interpreter exists for the life of the process (until
-    // finalize, which waits for this thread to end, R9). PyThreadState_New needs no GIL;
-    // the new tstate is bound to this thread and not attached.
-    let (ts, interp) = unsafe {
-        let interp = sys::PyInterpreterState_Main();
-        (sys::PyThreadState_New(interp), interp)
-    };
+fn main_thread_state(id: InterpreterId) -> Result<Created> {
+    // SAFETY: R1/R9: the runtime is initialised, so the main interpreter exists for the
+    // life of the process (until finalize, which waits for this thread to end).
+    let interp = unsafe { sys::PyInterpreterState_Main() };
+    // SAFETY: R2: PyThreadState_New needs no GIL; the new tstate is bound to this (fresh)
+    // thread and not attached.
+    let ts = unsafe { sys::PyThreadState_New(interp) };
     if ts.is_null() {
         return Err(Error::Init(
             "cannot create a thread state for the main interpreter".into(),
         ));
     }
-    Ok((ts, 0, interp as usize))
+    let interrupts = {
+        // SAFETY: R2/R4: this thread owns `ts` (just made for it) and has none attached.
+        let guard = unsafe { AttachGuard::attach(ts, id) };
+        InterruptClasses::create(&guard.token())
+    };
+    Ok(Created {
+        ts,
+        python_id: 0,
+        interp,
+        interrupts: interrupts?,
+    })
 }
 
 impl Owner {
@@ -394,12 +438,9 @@ impl Owner {
     /// loop and every nested wait detach before serving.
     fn run_posted(&self, job: Job) {
         let _depth = DepthGuard::enter(job.depth);
-        // SAFETY: thread: owner of `self.ts`. interp: alive until owner_main ends it after
-        // the loop. tstate: none attached (we serve only while detached, R4).
-        let _attached = unsafe { AttachGuard::attach(self.ts) };
-        // SAFETY: thread: owner; tstate: `self.ts` attached by the guard above, which
-        // outlives the token.
-        let att = unsafe { Attached::assume(self.link.id) };
-        job.execute(&att);
+        // SAFETY: R2/R4: thread: owner of `self.ts`. interp: alive until `retire` after
+        // the loop. tstate: none attached (we serve only while detached).
+        let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };
+        job.execute(&attached.token());
     }
 }

@@ -17,15 +17,12 @@ fn create(
     rt: &polyplug::runtime::Runtime,
 ) -> GuestContractInstance {
     let mut inst = GuestContractInstance::null();
-    // SAFETY: a live registry interface; the loader data is ours.
-    unsafe {
-        ((*iface).create_instance)(
-            (*iface).dispatch.vm.loader_data,
-            host(rt),
-            std::ptr::null(),
-            &mut inst,
-        )
-    };
+    // SAFETY: a live registry interface, valid while its bundle is loaded.
+    let iface = unsafe { &*iface };
+    // SAFETY: a VM-dispatch interface: `vm` is the union's active field.
+    let data = unsafe { iface.dispatch.vm }.loader_data;
+    // SAFETY: the interface's own entry point with its own loader data; `inst` is writable.
+    unsafe { (iface.create_instance)(data, host(rt), std::ptr::null(), &mut inst) };
     inst
 }
 
@@ -68,15 +65,15 @@ fn instances_are_numbered_isolated_destroyable_and_factory_failure_is_null() {
         .unwrap()
         .iter()
         .any(|(_, _, m)| m.contains("factory refuses")));
-    // SAFETY: a live registry interface.
-    unsafe {
-        ((*iface).destroy_instance)((*iface).dispatch.vm.loader_data, host(&rt), a);
-        ((*iface).destroy_instance)(
-            (*iface).dispatch.vm.loader_data,
-            host(&rt),
-            null_instance(iface),
-        );
-    }
+    // SAFETY: a live registry interface, valid while its bundle is loaded.
+    let iface_ref = unsafe { &*iface };
+    // SAFETY: a VM-dispatch interface: `vm` is the union's active field.
+    let data = unsafe { iface_ref.dispatch.vm }.loader_data;
+    let destroy = iface_ref.destroy_instance;
+    // SAFETY: the interface's own entry point with its own loader data.
+    unsafe { destroy(data, host(&rt), a) };
+    // SAFETY: as above; the default (null) instance is a no-op.
+    unsafe { destroy(data, host(&rt), null_instance(iface)) };
     assert_eq!(
         inc(iface, a, 1),
         Err(AbiErrorCode::FunctionNotAvailable as u32),
@@ -182,7 +179,9 @@ fn init_window_is_closed_after_failed_loads() {
     // failed bundle's (empty) declared dependencies.
     let h = host(&rt);
     // SAFETY: the runtime's live HostApi.
-    let handle = unsafe { ((*h).find_guest_contract)(h, contract_id("visible", 1), 0) };
+    let find = unsafe { (*h).find_guest_contract };
+    // SAFETY: polyplug's self-passing ABI.
+    let handle = unsafe { find(h, contract_id("visible", 1), 0) };
     assert!(
         !handle.is_null(),
         "lookup on the loading thread is unrestricted again"

@@ -583,15 +583,17 @@ fn c_exports_create_a_loader_a_c_host_can_register() {
         min_version_ptr: v.as_ptr(),
         min_version_len: v.len(),
     };
-    // SAFETY: null and valid configs, as the C contract allows.
-    unsafe {
-        assert!(polyplug_python_loader_create(std::ptr::null()).is_null());
-        assert!(polyplug_python_loader_create(&cfg("three")).is_null());
-        polyplug_python_loader_free(std::ptr::null_mut());
-        let doomed = polyplug_python_loader_create(&cfg("3.12"));
-        assert!(!doomed.is_null());
-        polyplug_python_loader_free(doomed);
-    }
+    // SAFETY: a null config.
+    assert!(unsafe { polyplug_python_loader_create(std::ptr::null()) }.is_null());
+    // SAFETY: a valid config with a malformed version.
+    assert!(unsafe { polyplug_python_loader_create(&cfg("three")) }.is_null());
+    // SAFETY: freeing null is a no-op.
+    unsafe { polyplug_python_loader_free(std::ptr::null_mut()) };
+    // SAFETY: a valid config.
+    let doomed = unsafe { polyplug_python_loader_create(&cfg("3.12")) };
+    assert!(!doomed.is_null());
+    // SAFETY: `doomed` came from polyplug_python_loader_create and is freed once.
+    unsafe { polyplug_python_loader_free(doomed) };
     // SAFETY: a valid config; the returned pointer is the double-boxed loader.
     let raw = unsafe { polyplug_python_loader_create(&cfg("3.12")) };
     // SAFETY: `raw` came from polyplug_python_loader_create and is consumed once here,

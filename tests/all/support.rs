@@ -134,10 +134,11 @@ pub fn vm_call(
 ) -> AbiError {
     let mut err = AbiError::ok();
     // SAFETY: `iface` came from the registry and its bundle is loaded for the call.
-    unsafe {
-        let vm = (*iface).dispatch.vm;
-        (vm.call)(vm.loader_data, instance, fn_id, args, out, arena, &mut err);
-    }
+    let iface = unsafe { &*iface };
+    // SAFETY: a VM-dispatch interface: `vm` is the union's active field.
+    let vm = unsafe { iface.dispatch.vm };
+    // SAFETY: the interface's own entry point with its own loader data; `err` is writable.
+    unsafe { (vm.call)(vm.loader_data, instance, fn_id, args, out, arena, &mut err) };
     err
 }
 

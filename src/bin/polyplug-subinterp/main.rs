@@ -9,6 +9,7 @@
 #[path = "../../../fixtures/host/rust/core/mod.rs"]
 #[allow(
     clippy::all,
+    clippy::multiple_unsafe_ops_per_block,
     clippy::allow_attributes_without_reason,
     unsafe_op_in_unsafe_fn,
     missing_debug_implementations,
