@@ -23,102 +23,14 @@ use crate::isolation::{self, BundleKey};
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
 
-/// Runs once per interpreter before the bundle: the import machinery both source kinds use.
-const BOOTSTRAP: &str = r#"
-import sys, types, importlib.util, io, _thread
-
-class GuestOutput(io.TextIOBase):
-    """A bundle's sys.stdout / sys.stderr (output.rs): complete lines go to
-    emit(stream, line), which sends them to the runtime's logger. `key` (main
-    interpreter only) names the bundle running on this thread, 0 for none: then the
-    text goes to the stream this writer replaced, as does anything emit refuses."""
-    _polyplug_guest_output = True
-    encoding = "utf-8"
-    errors = "backslashreplace"
-
-    def __init__(self, emit, stream, fallback, key):
-        self._emit, self._stream, self._fallback, self._key = emit, stream, fallback, key
-        self._bufs = {}
-        self._lock = _thread.allocate_lock()
-
-    def writable(self):
-        return True
-
-    def _passthrough(self, s):
-        if self._fallback is not None:
-            self._fallback.write(s)
-
-    def write(self, s):
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        k = 0 if self._key is None else self._key()
-        if self._key is not None and k == 0:
-            self._passthrough(s)
-            return len(s)
-        with self._lock:
-            *lines, rest = (self._bufs.pop(k, "") + s).split("\n")
-            if rest:
-                self._bufs[k] = rest
-            for line in lines:
-                if not self._emit(self._stream, line):
-                    self._passthrough(line + "\n")
-        return len(s)
-
-    def flush(self):
-        if self._key is not None and self._fallback is not None:
-            self._fallback.flush()
-
-    def _polyplug_drain(self):
-        """Emits a last line that has no newline (the bundle is being unloaded)."""
-        k = 0 if self._key is None else self._key()
-        with self._lock:
-            rest = self._bufs.pop(k, "")
-            if rest and not self._emit(self._stream, rest):
-                self._passthrough(rest)
-
-def install_output(emit, key):
-    if key is not None and getattr(sys.stdout, "_polyplug_guest_output", False):
-        return   # main interpreter: the router is in place already
-    sys.stdout = GuestOutput(emit, 0, sys.stdout, key)
-    sys.stderr = GuestOutput(emit, 1, sys.stderr, key)
-
-def load_path(stem, path, dirs):
-    for d in dirs:
-        sys.path.insert(0, d)
-    spec = importlib.util.spec_from_file_location(stem, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot build an import spec for {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-def refused_by_pyo3(name):
-    """1 if extension module `name` (found on sys.path) is a PyO3 build, else 0.
-
-    Older PyO3 embeds its subinterpreter refusal message; every PyO3 build embeds
-    panic locations under pyo3-X.Y.Z/src/."""
-    import os, re, importlib.machinery as m
-    parts = name.split(".")
-    for entry in sys.path:
-        base = os.path.join(entry or ".", *parts)
-        for suffix in m.EXTENSION_SUFFIXES:
-            try:
-                with open(base + suffix, "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            return int(b"PyO3 modules do not yet support" in data
-                       or re.search(rb"[/\\]pyo3-[0-9]+\.[0-9]+\.[0-9]+[/\\]src[/\\]", data) is not None)
-    return 0
-
-def load_code(name, src):
-    code = compile(src, f"{name}.py", "exec")
-    module = types.ModuleType(name)
-    module.__file__ = f"{name}.py"
-    sys.modules[name] = module
-    exec(code, module.__dict__)
-    return module
-"#;
+/// Run into a fresh namespace once per load, before the bundle, in this order: the
+/// output writer (`install_output`, used by `output::install`), the import helpers both
+/// source kinds use (`load_path`, `load_code`) and the PyO3 probe (`refused_by_pyo3`).
+const BOOTSTRAP: [&str; 3] = [
+    include_str!("python/guest_output.py"),
+    include_str!("python/bootstrap.py"),
+    include_str!("python/pyo3_probe.py"),
+];
 
 /// Where the entry module comes from.
 pub(crate) enum Entry<'a> {
@@ -263,7 +175,9 @@ fn init_bundle(
     let bundle = plan.module.as_str();
     let boot = (|| {
         let ns = py.eval("{'__builtins__': __builtins__}")?;
-        py.run_in(BOOTSTRAP, &ns)?;
+        for src in BOOTSTRAP {
+            py.run_in(src, &ns)?;
+        }
         output::install(py, &ns, output)?;
         Ok(ns)
     })()
