@@ -31,6 +31,8 @@ pub(crate) struct Loader {
 
 /// What one successful load owns.
 pub(crate) struct LoadedBundle {
+    /// The bundle's manifest name (log lines).
+    name: String,
     /// Unique per load in the process: tells a reload's new load from the ones it retires.
     serial: u64,
     pub(crate) interp: InterpreterHandle,
@@ -49,6 +51,7 @@ pub(crate) struct LoadedBundle {
 impl std::fmt::Debug for LoadedBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedBundle")
+            .field("name", &self.name)
             .field("interp", &self.interp)
             .field(
                 "contracts",
@@ -150,6 +153,7 @@ impl Loader {
             let m = b.meter.snapshot(0);
             release(&b.interp, &b.contracts, b.key);
             tracing::info!(
+                bundle = %b.name,
                 interp = %b.interp.id(),
                 mode = %b.mode,
                 calls = m.calls,
@@ -233,7 +237,7 @@ impl Loader {
             };
             if !config.auto_downgrade {
                 return Err(error::init_failed_msg(
-                    &plan.module,
+                    &manifest.name,
                     format!(
                         "extension module {module} refuses {mode} interpreters and automatic downgrade is off; \
                          set PythonConfig::bundle_modes[\"{}\"] = {next:?} to run it ({err})",
@@ -266,7 +270,7 @@ impl Loader {
         let rss0 = metrics::rss_bytes();
         let t0 = std::time::Instant::now();
         let interp = self.interpreter(bundle, mode).map_err(|e| {
-            error::init_failed(&plan.module, "cannot create the bundle's interpreter", &e)
+            error::init_failed(bundle, "cannot create the bundle's interpreter", &e)
         })?;
         let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
@@ -274,7 +278,7 @@ impl Loader {
         let sink = OutputSink::register(runtime.logger(), bundle, key);
         let declared = interp
             .call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
-            .unwrap_or_else(|e| Err(error::init_failed(&plan.module, "bundle init", &e).into()));
+            .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()));
         let declared = match declared {
             Ok(d) => d,
             Err(e) => {
@@ -289,14 +293,8 @@ impl Loader {
             meter: Arc::clone(&meter),
             timeout: self.config.timeout_for(bundle),
         };
-        let (contracts, registered) = load::register_all(
-            declared,
-            &interp,
-            &plan.module,
-            plan.bundle_id,
-            settings,
-            runtime,
-        );
+        let (contracts, registered) =
+            load::register_all(declared, &interp, bundle, plan.bundle_id, settings, runtime);
         if let Err(e) = registered {
             release(&interp, &contracts, key);
             return Err(e.into());
@@ -318,6 +316,7 @@ impl Loader {
             .entry(plan.bundle_id)
             .or_default()
             .push(LoadedBundle {
+                name: bundle.to_owned(),
                 serial,
                 interp,
                 contracts,
@@ -370,6 +369,7 @@ impl Loader {
             dirs.push(site.to_string_lossy().into_owned());
         }
         let plan = Plan {
+            name: &manifest.name,
             module,
             bundle_id: manifest.id,
             entry: Entry::Path {
@@ -388,6 +388,7 @@ impl Loader {
         runtime: &Runtime,
     ) -> Result<u64, LoaderError> {
         let plan = Plan {
+            name: &manifest.name,
             module: synthetic_module_name(&manifest.name),
             bundle_id: manifest.id,
             entry: Entry::Code { src },

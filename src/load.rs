@@ -44,7 +44,10 @@ pub(crate) enum Entry<'a> {
 
 /// Everything a load needs, fixed before any guest code runs.
 pub(crate) struct Plan<'a> {
-    /// Module name: the entry file stem, or the sanitised manifest name. Used in errors.
+    /// The bundle's manifest name: what every error, log line and metric calls it.
+    pub(crate) name: &'a str,
+    /// The entry's Python module name: the entry file stem, or the sanitised manifest
+    /// name. Only Python sees it.
     pub(crate) module: String,
     pub(crate) bundle_id: u64,
     pub(crate) entry: Entry<'a>,
@@ -119,14 +122,14 @@ impl Plan<'_> {
             _ => None,
         };
         LoadFailure {
-            error: init_failed(&self.module, doing, err),
+            error: init_failed(self.name, doing, err),
             refusal,
         }
     }
 
     /// `InitFailed` for this bundle with a message of the loader's own.
     fn invalid(&self, msg: impl Into<String>) -> LoadFailure {
-        init_failed_msg(&self.module, msg).into()
+        init_failed_msg(self.name, msg).into()
     }
 }
 
@@ -243,7 +246,7 @@ fn init_bundle(
     let init = module
         .getattr(py, "polyplug_init")
         .map_err(|_| LoaderError::InitSymbolMissing {
-            bundle: plan.module.clone(),
+            bundle: plan.name.to_owned(),
         })?;
     let ctx = BundleInitContext {
         bundle_id: plan.bundle_id,
@@ -333,7 +336,9 @@ fn registration(
     let contract = item("contract")
         .and_then(|c| c.extract_string(py).ok())
         .ok_or_else(|| plan.invalid("registration entry missing string `contract` key"))?;
-    let (name, major) = parse_contract_string(&contract, &plan.module)?;
+    let (name, major) = parse_contract_string(&contract, plan.name)?;
+    // Without one, the plugin is named after the entry module, as polyplug_python 0.1.3
+    // names it (a host-visible descriptor name, not how the loader names the bundle).
     let plugin_name = item("plugin_name")
         .and_then(|p| p.extract_string(py).ok())
         .unwrap_or_else(|| plan.module.clone());
@@ -442,8 +447,9 @@ pub(crate) struct BundleCallSettings {
 
 /// Pins every declared contract's loader data (see `ContractData` for why it is never
 /// freed) and registers it with the host, inside an init window on this thread so the
-/// registry attributes the contracts to the bundle. On failure the caller releases the
-/// Python objects of all of them (those already registered then answer `StaleHandle`).
+/// registry attributes the contracts to the bundle (`bundle`: its manifest name). On
+/// failure the caller releases the Python objects of all of them (those already
+/// registered then answer `StaleHandle`).
 pub(crate) fn register_all(
     declared: Vec<Declared>,
     interp: &InterpreterHandle,
