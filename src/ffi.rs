@@ -3,7 +3,7 @@
 //! that also links polyplug_python (the side-by-side benches) turns it off, since both
 //! define the same symbols.
 //!
-//! Every export runs its body under [`guarded`]: a Rust panic never unwinds into the C
+//! Every export runs its body under `guarded`: a Rust panic never unwinds into the C
 //! caller; it is logged and the export returns null / writes an `AbiError` Panic / does
 //! nothing, as fits its signature.
 
