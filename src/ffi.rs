@@ -2,8 +2,13 @@
 //! host switches loaders by relinking. Behind the default `c-exports` feature: a binary
 //! that also links polyplug_python (the side-by-side benches) turns it off, since both
 //! define the same symbols.
+//!
+//! Every export runs its body under `guarded`: a Rust panic never unwinds into the C
+//! caller; it is logged and the export returns null / writes an `AbiError` Panic / does
+//! nothing, as fits its signature.
 
 use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use polyplug::loader::BundleLoader;
 use polyplug_abi::{
@@ -43,6 +48,22 @@ pub struct PolyplugPythonHostDispatchBridge {
 pub unsafe extern "C" fn polyplug_python_loader_create(
     config: *const PolyplugPythonConfig,
 ) -> *mut c_void {
+    guarded(
+        "polyplug_python_loader_create",
+        std::ptr::null_mut(),
+        || {
+            // SAFETY: `config` as our caller passed it; its contract is this function's.
+            unsafe { loader_create(config) }
+        },
+    )
+}
+
+/// The body of [`polyplug_python_loader_create`].
+///
+/// # Safety
+/// As for [`polyplug_python_loader_create`].
+#[cfg(feature = "c-exports")]
+unsafe fn loader_create(config: *const PolyplugPythonConfig) -> *mut c_void {
     // SAFETY: null or valid, per the contract.
     let Some(cfg) = (unsafe { config.as_ref() }) else {
         return std::ptr::null_mut();
@@ -71,10 +92,13 @@ pub unsafe extern "C" fn polyplug_python_loader_create(
 #[cfg(feature = "c-exports")]
 #[no_mangle]
 pub unsafe extern "C" fn polyplug_python_loader_free(ptr: *mut c_void) {
-    if !ptr.is_null() {
-        // SAFETY: produced by Box::into_raw(Box<Box<dyn BundleLoader>>) above.
-        drop(unsafe { Box::from_raw(ptr as *mut Box<dyn BundleLoader>) });
+    if ptr.is_null() {
+        return;
     }
+    // SAFETY: produced by Box::into_raw(Box<Box<dyn BundleLoader>>) above and not freed,
+    // per the contract. Dropping the last handle unloads its bundles (under the guard).
+    let loader = unsafe { Box::from_raw(ptr as *mut Box<dyn BundleLoader>) };
+    guarded("polyplug_python_loader_free", (), move || drop(loader));
 }
 
 /// VM-dispatch trampoline for host contracts implemented by a Python (ctypes) host:
@@ -94,9 +118,31 @@ pub unsafe extern "C" fn polyplug_python_host_vm_dispatch(
     _arena: *mut CallArena,
     out_err: *mut AbiError,
 ) {
+    let panicked = abi_static(AbiErrorCode::Panic, b"python host dispatch bridge panicked");
+    let result = guarded("polyplug_python_host_vm_dispatch", panicked, || {
+        // SAFETY: the arguments as our caller passed them; its contract is this function's.
+        unsafe { host_vm_dispatch(loader_data, fn_id, args, out) }
+    });
+    if !out_err.is_null() {
+        // SAFETY: non-null and writable per the ABI.
+        unsafe { out_err.write(result) };
+    }
+}
+
+/// The body of [`polyplug_python_host_vm_dispatch`]: the bridge's result.
+///
+/// # Safety
+/// `loader_data.data` is null or a live bridge.
+#[cfg(feature = "c-exports")]
+unsafe fn host_vm_dispatch(
+    loader_data: VmLoaderData,
+    fn_id: u32,
+    args: *const (),
+    out: *mut (),
+) -> AbiError {
     let bridge = loader_data.data as *const PolyplugPythonHostDispatchBridge;
     // SAFETY: null or a live bridge, per the contract.
-    let result = match unsafe { bridge.as_ref() }.map(|b| b.callback) {
+    match unsafe { bridge.as_ref() }.map(|b| b.callback) {
         None => abi_static(
             AbiErrorCode::InvalidPointer,
             b"python host dispatch bridge is null",
@@ -116,10 +162,6 @@ pub unsafe extern "C" fn polyplug_python_host_vm_dispatch(
                 },
             }
         }
-    };
-    if !out_err.is_null() {
-        // SAFETY: non-null and writable per the ABI.
-        unsafe { out_err.write(result) };
     }
 }
 
@@ -135,13 +177,17 @@ pub unsafe extern "C" fn polyplug_python_host_create_instance(
     _args: *const c_void,
     out_instance: *mut HostContractInstance,
 ) {
-    // SAFETY: null or a live interface, per the contract.
-    let instance = match unsafe { this.as_ref() } {
-        Some(iface) => HostContractInstance {
-            data: iface.user_data,
+    let instance = guarded(
+        "polyplug_python_host_create_instance",
+        HostContractInstance::null(),
+        // SAFETY: null or a live interface, per the contract.
+        || match unsafe { this.as_ref() } {
+            Some(iface) => HostContractInstance {
+                data: iface.user_data,
+            },
+            None => HostContractInstance::null(),
         },
-        None => HostContractInstance::null(),
-    };
+    );
     if !out_instance.is_null() {
         // SAFETY: non-null and writable per the ABI.
         unsafe { out_instance.write(instance) };
@@ -158,6 +204,28 @@ pub unsafe extern "C" fn polyplug_python_host_destroy_instance(
     _this: *const HostContractInterface,
     _instance: HostContractInstance,
 ) {
+    // Nothing that could panic runs here; guarded like every export all the same.
+    guarded("polyplug_python_host_destroy_instance", (), || {});
+}
+
+/// Runs an export's body; a panic is logged and becomes `on_panic`, so it never unwinds
+/// into the C caller.
+#[cfg_attr(
+    not(feature = "c-exports"),
+    allow(dead_code, reason = "only the exports use it")
+)]
+fn guarded<R>(export: &'static str, on_panic: R, body: impl FnOnce() -> R) -> R {
+    // AssertUnwindSafe: after a panic nothing of the body's state is used again; the
+    // caller only gets `on_panic`.
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(non-string payload)");
+        tracing::error!(export, "Rust panic in a C export: {what}");
+        on_panic
+    })
 }
 
 fn abi_static(code: AbiErrorCode, message: &'static [u8]) -> AbiError {
@@ -171,4 +239,18 @@ fn abi_static(code: AbiErrorCode, message: &'static [u8]) -> AbiError {
 pub fn parse_version(s: &str) -> Option<(u32, u32)> {
     let (major, minor) = s.trim().split_once('.')?;
     Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::guarded;
+
+    #[test]
+    fn a_panic_in_an_export_body_becomes_its_fallback() {
+        assert_eq!(guarded("test", 7, || 1), 1);
+        let null = guarded("test", std::ptr::null_mut::<u8>(), || panic!("boom"));
+        assert!(null.is_null());
+        let msg = String::from("owned payload");
+        assert_eq!(guarded("test", 3u32, move || panic!("{msg}")), 3);
+    }
 }

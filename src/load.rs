@@ -23,102 +23,14 @@ use crate::isolation::{self, BundleKey};
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
 
-/// Runs once per interpreter before the bundle: the import machinery both source kinds use.
-const BOOTSTRAP: &str = r#"
-import sys, types, importlib.util, io, _thread
-
-class GuestOutput(io.TextIOBase):
-    """A bundle's sys.stdout / sys.stderr (output.rs): complete lines go to
-    emit(stream, line), which sends them to the runtime's logger. `key` (main
-    interpreter only) names the bundle running on this thread, 0 for none: then the
-    text goes to the stream this writer replaced, as does anything emit refuses."""
-    _polyplug_guest_output = True
-    encoding = "utf-8"
-    errors = "backslashreplace"
-
-    def __init__(self, emit, stream, fallback, key):
-        self._emit, self._stream, self._fallback, self._key = emit, stream, fallback, key
-        self._bufs = {}
-        self._lock = _thread.allocate_lock()
-
-    def writable(self):
-        return True
-
-    def _passthrough(self, s):
-        if self._fallback is not None:
-            self._fallback.write(s)
-
-    def write(self, s):
-        if not isinstance(s, str):
-            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
-        k = 0 if self._key is None else self._key()
-        if self._key is not None and k == 0:
-            self._passthrough(s)
-            return len(s)
-        with self._lock:
-            *lines, rest = (self._bufs.pop(k, "") + s).split("\n")
-            if rest:
-                self._bufs[k] = rest
-            for line in lines:
-                if not self._emit(self._stream, line):
-                    self._passthrough(line + "\n")
-        return len(s)
-
-    def flush(self):
-        if self._key is not None and self._fallback is not None:
-            self._fallback.flush()
-
-    def _polyplug_drain(self):
-        """Emits a last line that has no newline (the bundle is being unloaded)."""
-        k = 0 if self._key is None else self._key()
-        with self._lock:
-            rest = self._bufs.pop(k, "")
-            if rest and not self._emit(self._stream, rest):
-                self._passthrough(rest)
-
-def install_output(emit, key):
-    if key is not None and getattr(sys.stdout, "_polyplug_guest_output", False):
-        return   # main interpreter: the router is in place already
-    sys.stdout = GuestOutput(emit, 0, sys.stdout, key)
-    sys.stderr = GuestOutput(emit, 1, sys.stderr, key)
-
-def load_path(stem, path, dirs):
-    for d in dirs:
-        sys.path.insert(0, d)
-    spec = importlib.util.spec_from_file_location(stem, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot build an import spec for {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-def refused_by_pyo3(name):
-    """1 if extension module `name` (found on sys.path) is a PyO3 build, else 0.
-
-    Older PyO3 embeds its subinterpreter refusal message; every PyO3 build embeds
-    panic locations under pyo3-X.Y.Z/src/."""
-    import os, re, importlib.machinery as m
-    parts = name.split(".")
-    for entry in sys.path:
-        base = os.path.join(entry or ".", *parts)
-        for suffix in m.EXTENSION_SUFFIXES:
-            try:
-                with open(base + suffix, "rb") as f:
-                    data = f.read()
-            except OSError:
-                continue
-            return int(b"PyO3 modules do not yet support" in data
-                       or re.search(rb"[/\\]pyo3-[0-9]+\.[0-9]+\.[0-9]+[/\\]src[/\\]", data) is not None)
-    return 0
-
-def load_code(name, src):
-    code = compile(src, f"{name}.py", "exec")
-    module = types.ModuleType(name)
-    module.__file__ = f"{name}.py"
-    sys.modules[name] = module
-    exec(code, module.__dict__)
-    return module
-"#;
+/// Run into a fresh namespace once per load, before the bundle, in this order: the
+/// output writer (`install_output`, used by `output::install`), the import helpers both
+/// source kinds use (`load_path`, `load_code`) and the PyO3 probe (`refused_by_pyo3`).
+const BOOTSTRAP: [&str; 3] = [
+    include_str!("python/guest_output.py"),
+    include_str!("python/bootstrap.py"),
+    include_str!("python/pyo3_probe.py"),
+];
 
 /// Where the entry module comes from.
 pub(crate) enum Entry<'a> {
@@ -132,15 +44,15 @@ pub(crate) enum Entry<'a> {
 
 /// Everything a load needs, fixed before any guest code runs.
 pub(crate) struct Plan<'a> {
-    /// Module name: the entry file stem, or the sanitised manifest name. Used in errors.
+    /// The bundle's manifest name: what every error, log line and metric calls it.
+    pub(crate) name: &'a str,
+    /// The entry's Python module name: the entry file stem, or the sanitised manifest
+    /// name. Only Python sees it.
     pub(crate) module: String,
     pub(crate) bundle_id: u64,
     pub(crate) entry: Entry<'a>,
     /// `BundleInitContext.bundle_path`: the canonical bundle dir, or "".
     pub(crate) ctx_path: &'a str,
-    /// Set when the load failed because an extension module refused this kind of
-    /// interpreter (the caller may retry in another mode).
-    pub(crate) refused: Mutex<Option<Refusal>>,
 }
 
 /// An extension module that refused the interpreter a load ran in.
@@ -151,9 +63,28 @@ pub(crate) struct Refusal {
     pub(crate) pyo3: bool,
 }
 
+/// Why one load attempt failed: the error for the host and, if an extension module
+/// refusing this kind of interpreter caused it, that refusal (the caller may retry the
+/// load in another mode). A refusal that did not fail the load (caught by the importing
+/// package) would travel in the success value instead, next to the declared contracts.
+#[derive(Debug)]
+pub(crate) struct LoadFailure {
+    pub(crate) error: LoaderError,
+    pub(crate) refusal: Option<Refusal>,
+}
+
+impl From<LoaderError> for LoadFailure {
+    fn from(error: LoaderError) -> Self {
+        Self {
+            error,
+            refusal: None,
+        }
+    }
+}
+
 impl Plan<'_> {
-    /// `InitFailed` for this bundle; remembers a refusing extension module.
-    fn failed(&self, doing: &str, err: &interp_pool::Error) -> LoaderError {
+    /// `InitFailed` for this bundle, with the refusing extension module if that was it.
+    pub(crate) fn failed(&self, doing: &str, err: &interp_pool::Error) -> LoadFailure {
         self.failed_as(doing, err, |_| false)
     }
 
@@ -165,7 +96,7 @@ impl Plan<'_> {
         boot: &PyObj<'_>,
         doing: &str,
         err: &interp_pool::Error,
-    ) -> LoaderError {
+    ) -> LoadFailure {
         self.failed_as(doing, err, |module| {
             let probe = || {
                 let Some(probe) = boot.get(py, "refused_by_pyo3")? else {
@@ -182,15 +113,23 @@ impl Plan<'_> {
         doing: &str,
         err: &interp_pool::Error,
         is_pyo3: impl FnOnce(&str) -> bool,
-    ) -> LoaderError {
-        if let interp_pool::Error::Unsupported { module, .. } = err {
-            let refusal = Refusal {
+    ) -> LoadFailure {
+        let refusal = match err {
+            interp_pool::Error::Unsupported { module, .. } => Some(Refusal {
                 module: module.clone(),
                 pyo3: is_pyo3(module),
-            };
-            *self.refused.lock().unwrap_or_else(|e| e.into_inner()) = Some(refusal);
+            }),
+            _ => None,
+        };
+        LoadFailure {
+            error: init_failed(self.name, doing, err),
+            refusal,
         }
-        init_failed(&self.module, doing, err)
+    }
+
+    /// `InitFailed` for this bundle with a message of the loader's own.
+    fn invalid(&self, msg: impl Into<String>) -> LoadFailure {
+        init_failed_msg(self.name, msg).into()
     }
 }
 
@@ -232,7 +171,7 @@ pub(crate) fn run_init(
     host: usize,
     main: Option<BundleKey>,
     output: &OutputSink,
-) -> Result<Vec<Declared>, LoaderError> {
+) -> Result<Vec<Declared>, LoadFailure> {
     let _window = InitWindow::enter(runtime, plan.bundle_id);
     let Some(key) = main else {
         return init_bundle(py, plan, host, false, output);
@@ -259,11 +198,12 @@ fn init_bundle(
     host: usize,
     in_main: bool,
     output: &OutputSink,
-) -> Result<Vec<Declared>, LoaderError> {
-    let bundle = plan.module.as_str();
+) -> Result<Vec<Declared>, LoadFailure> {
     let boot = (|| {
         let ns = py.eval("{'__builtins__': __builtins__}")?;
-        py.run_in(BOOTSTRAP, &ns)?;
+        for src in BOOTSTRAP {
+            py.run_in(src, &ns)?;
+        }
         output::install(py, &ns, output)?;
         Ok(ns)
     })()
@@ -282,7 +222,8 @@ fn init_bundle(
                     .call_method(py, "append", &[&py.str(d).map_err(glue)?])
                     .map_err(glue)?;
             }
-            let (name, path) = (py.str(bundle).map_err(glue)?, py.str(file).map_err(glue)?);
+            let name = py.str(&plan.module).map_err(glue)?;
+            let path = py.str(file).map_err(glue)?;
             load_path
                 .call(py, &[&name, &path, &dirs_list])
                 .map_err(|e| {
@@ -295,7 +236,8 @@ fn init_bundle(
                 .get(py, "load_code")
                 .map_err(glue)?
                 .expect("bootstrap defines load_code");
-            let (name, src) = (py.str(bundle).map_err(glue)?, py.str(src).map_err(glue)?);
+            let name = py.str(&plan.module).map_err(glue)?;
+            let src = py.str(src).map_err(glue)?;
             load_code
                 .call(py, &[&name, &src])
                 .map_err(|e| plan.failed("inline module compile/exec failed", &e))?
@@ -304,7 +246,7 @@ fn init_bundle(
     let init = module
         .getattr(py, "polyplug_init")
         .map_err(|_| LoaderError::InitSymbolMissing {
-            bundle: bundle.to_owned(),
+            bundle: plan.name.to_owned(),
         })?;
     let ctx = BundleInitContext {
         bundle_id: plan.bundle_id,
@@ -323,31 +265,45 @@ fn init_bundle(
         .map_err(|e| plan.failed_probing(py, &boot, "polyplug_init call failed", &e))?;
     let declared = parse_registrations(py, &ret, plan, host)?;
     if declared.is_empty() {
-        return Err(init_failed_msg(
-            bundle,
-            "polyplug_init returned no contracts (empty registrations list)",
-        ));
+        return Err(plan.invalid("polyplug_init returned no contracts (empty registrations list)"));
     }
     Ok(declared)
 }
 
+/// `polyplug_init`'s `(registrations, AbiError)` → one `Declared` per registration,
+/// each with its default instance built.
 fn parse_registrations(
     py: &Attached<'_>,
     ret: &PyObj<'_>,
     plan: &Plan<'_>,
     host: usize,
-) -> Result<Vec<Declared>, LoaderError> {
-    let bundle = plan.module.as_str();
-    let fail = |msg: String| init_failed_msg(bundle, msg);
+) -> Result<Vec<Declared>, LoadFailure> {
+    let glue = |e: interp_pool::Error| plan.failed("reading polyplug_init's result", &e);
+    let regs = registrations_list(py, ret, plan)?;
+    let arena_alloc = contract::new_arena_alloc(py, host).map_err(glue)?;
+    let count = regs.len(py).map_err(glue)?;
+    let mut declared = Vec::with_capacity(count);
+    for i in 0..count {
+        let entry = regs.get_index(py, i).map_err(glue)?;
+        declared.push(registration(py, &entry, plan, host, &arena_alloc)?);
+    }
+    Ok(declared)
+}
+
+/// Checks the shape of `polyplug_init`'s result and its `AbiError`; returns the
+/// registrations list.
+fn registrations_list<'py>(
+    py: &'py Attached<'_>,
+    ret: &PyObj<'py>,
+    plan: &Plan<'_>,
+) -> Result<PyObj<'py>, LoadFailure> {
     let glue = |e: interp_pool::Error| plan.failed("reading polyplug_init's result", &e);
     if !ret.is_tuple() {
-        return Err(fail(
-            "polyplug_init must return a (registrations, AbiError) tuple".into(),
-        ));
+        return Err(plan.invalid("polyplug_init must return a (registrations, AbiError) tuple"));
     }
     let n = ret.len(py).map_err(glue)?;
     if n != 2 {
-        return Err(fail(format!(
+        return Err(plan.invalid(format!(
             "polyplug_init must return a 2-tuple (registrations, AbiError), got {n} elements"
         )));
     }
@@ -358,80 +314,104 @@ fn parse_registrations(
         .and_then(|c| c.extract_u64(py))
         .ok()
         .and_then(|c| u32::try_from(c).ok())
-        .ok_or_else(|| fail("polyplug_init AbiError has no readable u32 `code` field".into()))?;
+        .ok_or_else(|| plan.invalid("polyplug_init AbiError has no readable u32 `code` field"))?;
     if code != AbiErrorCode::Ok as u32 {
-        return Err(fail(format!("polyplug_init reported AbiError code {code}")));
+        return Err(plan.invalid(format!("polyplug_init reported AbiError code {code}")));
     }
     if !regs.is_list() {
-        return Err(fail(
-            "polyplug_init registrations must be a list of dicts".into(),
-        ));
+        return Err(plan.invalid("polyplug_init registrations must be a list of dicts"));
     }
-    let arena_alloc = contract::new_arena_alloc(py, host).map_err(glue)?;
-    let count = regs.len(py).map_err(glue)?;
-    let mut declared = Vec::with_capacity(count);
-    for i in 0..count {
-        let entry = regs.get_index(py, i).map_err(glue)?;
-        let item = |key: &str| entry.get(py, key).ok().flatten();
-        let contract = item("contract")
-            .and_then(|c| c.extract_string(py).ok())
-            .ok_or_else(|| fail("registration entry missing string `contract` key".into()))?;
-        let (name, major) = parse_contract_string(&contract, bundle)?;
-        let plugin_name = item("plugin_name")
-            .and_then(|p| p.extract_string(py).ok())
-            .unwrap_or_else(|| bundle.to_owned());
-        let factory = item("factory").ok_or_else(|| {
-            fail(format!(
-                "registration entry for `{contract}` missing `factory` callable"
-            ))
-        })?;
-        if !factory.is_callable() {
-            return Err(fail(format!("`factory` for `{contract}` is not callable")));
-        }
-        let functions = item("functions").ok_or_else(|| {
-            fail(format!(
-                "registration entry for `{contract}` missing `functions` list"
-            ))
-        })?;
-        if !functions.is_list() {
-            return Err(fail(format!("`functions` for `{contract}` must be a list")));
-        }
-        let nfun = functions.len(py).map_err(glue)?;
-        let mut callables = Vec::with_capacity(nfun);
-        for idx in 0..nfun {
-            let f = functions.get_index(py, idx).map_err(glue)?;
-            if !f.is_callable() {
-                return Err(fail(format!(
-                    "`functions[{idx}]` for `{contract}` is not callable"
-                )));
-            }
-            callables.push(Persistent::new(py, f));
-        }
-        let default_impl = factory
-            .call(py, &[&py.uint(host as u64).map_err(glue)?])
-            .map_err(|e| {
-                plan.failed(
-                    &format!(
-                        "factory for `{name}@{major}` failed while building the default instance"
-                    ),
-                    &e,
-                )
-            })?;
-        declared.push(Declared {
-            name,
-            major,
-            plugin_name,
-            objects: Objects {
-                functions: callables,
-                factory: Persistent::new(py, factory),
-                default_impl: Persistent::new(py, default_impl),
-                arena_alloc: Persistent::new(py, arena_alloc.clone_ref()),
-                instances: HashMap::new(),
-                next_id: 1,
-            },
-        });
+    Ok(regs)
+}
+
+/// One registration dict: `contract`, optional `plugin_name`, `factory`, `functions`.
+fn registration(
+    py: &Attached<'_>,
+    entry: &PyObj<'_>,
+    plan: &Plan<'_>,
+    host: usize,
+    arena_alloc: &PyObj<'_>,
+) -> Result<Declared, LoadFailure> {
+    let item = |key: &str| entry.get(py, key).ok().flatten();
+    let contract = item("contract")
+        .and_then(|c| c.extract_string(py).ok())
+        .ok_or_else(|| plan.invalid("registration entry missing string `contract` key"))?;
+    let (name, major) = parse_contract_string(&contract, plan.name)?;
+    // Without one, the plugin is named after the entry module, as polyplug_python 0.1.3
+    // names it (a host-visible descriptor name, not how the loader names the bundle).
+    let plugin_name = item("plugin_name")
+        .and_then(|p| p.extract_string(py).ok())
+        .unwrap_or_else(|| plan.module.clone());
+    let factory = item("factory").ok_or_else(|| {
+        plan.invalid(format!(
+            "registration entry for `{contract}` missing `factory` callable"
+        ))
+    })?;
+    if !factory.is_callable() {
+        return Err(plan.invalid(format!("`factory` for `{contract}` is not callable")));
     }
-    Ok(declared)
+    let functions = function_list(py, item("functions"), &contract, plan)?;
+    let default_impl = default_instance(py, &factory, &format!("{name}@{major}"), host, plan)?;
+    Ok(Declared {
+        name,
+        major,
+        plugin_name,
+        objects: Objects {
+            functions,
+            factory: Persistent::new(py, factory),
+            default_impl: Persistent::new(py, default_impl),
+            arena_alloc: Persistent::new(py, arena_alloc.clone_ref()),
+            instances: HashMap::new(),
+            next_id: 1,
+        },
+    })
+}
+
+/// A registration's `functions`: a list of callables, in fn_id order.
+fn function_list(
+    py: &Attached<'_>,
+    functions: Option<PyObj<'_>>,
+    contract: &str,
+    plan: &Plan<'_>,
+) -> Result<Vec<Persistent>, LoadFailure> {
+    let glue = |e: interp_pool::Error| plan.failed("reading polyplug_init's result", &e);
+    let functions = functions.ok_or_else(|| {
+        plan.invalid(format!(
+            "registration entry for `{contract}` missing `functions` list"
+        ))
+    })?;
+    if !functions.is_list() {
+        return Err(plan.invalid(format!("`functions` for `{contract}` must be a list")));
+    }
+    let n = functions.len(py).map_err(glue)?;
+    let mut callables = Vec::with_capacity(n);
+    for idx in 0..n {
+        let f = functions.get_index(py, idx).map_err(glue)?;
+        if !f.is_callable() {
+            return Err(plan.invalid(format!(
+                "`functions[{idx}]` for `{contract}` is not callable"
+            )));
+        }
+        callables.push(Persistent::new(py, f));
+    }
+    Ok(callables)
+}
+
+/// Instance 0 of a contract: `factory(host)`.
+fn default_instance<'py>(
+    py: &'py Attached<'_>,
+    factory: &PyObj<'py>,
+    contract: &str,
+    host: usize,
+    plan: &Plan<'_>,
+) -> Result<PyObj<'py>, LoadFailure> {
+    let host = py
+        .uint(host as u64)
+        .map_err(|e| plan.failed("reading polyplug_init's result", &e))?;
+    factory.call(py, &[&host]).map_err(|e| {
+        let doing = format!("factory for `{contract}` failed while building the default instance");
+        plan.failed(&doing, &e)
+    })
 }
 
 /// `name@major[.minor]` → `(name, major)`; the minor never enters the contract id.
@@ -467,8 +447,9 @@ pub(crate) struct BundleCallSettings {
 
 /// Pins every declared contract's loader data (see `ContractData` for why it is never
 /// freed) and registers it with the host, inside an init window on this thread so the
-/// registry attributes the contracts to the bundle. On failure the caller releases the
-/// Python objects of all of them (those already registered then answer `StaleHandle`).
+/// registry attributes the contracts to the bundle (`bundle`: its manifest name). On
+/// failure the caller releases the Python objects of all of them (those already
+/// registered then answer `StaleHandle`).
 pub(crate) fn register_all(
     declared: Vec<Declared>,
     interp: &InterpreterHandle,

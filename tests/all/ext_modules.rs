@@ -147,7 +147,7 @@ fn with_downgrade_off_numpy_fails_naming_the_module() {
     let (rt, _logs) = runtime_with(loader.clone(), &[]);
     match load_dir(&loader, &rt, &ext_fixtures().join("py_numpy")) {
         Err(LoaderError::InitFailed { bundle, error }) => {
-            assert_eq!(bundle, "numpy_plugin");
+            assert_eq!(bundle, "py_numpy");
             assert!(error.contains("numpy._core._multiarray_umath"), "{error}");
             assert!(error.contains("automatic downgrade is off"), "{error}");
         }
