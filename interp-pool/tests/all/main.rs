@@ -8,6 +8,7 @@ mod errors;
 mod isolation;
 mod lifecycle;
 mod main_interp;
+mod native;
 mod own_gil;
 mod reentry;
 mod util;
