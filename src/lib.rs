@@ -29,6 +29,7 @@ mod isolation;
 mod load;
 mod metrics;
 mod output;
+mod rss;
 mod scope;
 mod spare;
 
@@ -48,6 +49,7 @@ pub use config::{InterpreterMode, PythonConfig};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use interp_pool::{CallOptions, CancelToken, WhenFull};
 pub use metrics::BundleMetrics;
+pub use rss::rss_bytes;
 pub use scope::with_call_options;
 
 use crate::contract::ContractData;
@@ -262,7 +264,7 @@ impl PythonLoader {
         mode: InterpreterMode,
     ) -> Result<u64, LoaderError> {
         let bundle = plan.module.clone();
-        let rss0 = metrics::rss_bytes();
+        let rss0 = rss_bytes().unwrap_or(0);
         let t0 = std::time::Instant::now();
         let interp = self.interpreter(&manifest.name, mode).map_err(|e| {
             error::init_failed(&bundle, "cannot create the bundle's interpreter", &e)
@@ -300,7 +302,7 @@ impl PythonLoader {
             release(&interp, &contracts, key);
             return Err(e);
         }
-        meter.set_rss_at_load(metrics::rss_bytes().saturating_sub(rss0));
+        meter.set_rss_at_load(rss_bytes().unwrap_or(0).saturating_sub(rss0));
         tracing::info!(
             bundle = %manifest.name,
             interp = %interp.id(),
