@@ -167,7 +167,7 @@ fn eight_threads_three_bundles_nested_calls_nothing_lost() {
                     let mut c = CalculatorContract::new(find(rt, "calculator"), host).unwrap();
                     let mut k = CounterContract::new(find(rt, "counter"), host).unwrap();
                     let mut expected = 0;
-                    for i in 0..stress_n(100) {
+                    for i in 0..stress(100) as i64 {
                         assert_eq!(p.run(t, i).unwrap(), (t + i) * 2, "nested py->py");
                         assert_eq!(c.mul(t, i).unwrap(), t * i);
                         expected += i;
@@ -177,21 +177,14 @@ fn eight_threads_three_bundles_nested_calls_nothing_lost() {
                 });
             }
         });
-        assert_eq!(done.into_inner(), 8 * stress_n(100) as usize);
+        assert_eq!(done.into_inner(), 8 * stress(100));
         let calc = loader
             .metrics(polyplug_utils::BundleId::new("py_calculator").id())
             .unwrap();
         assert_eq!(calc.errors, 0);
         assert_eq!(calc.max_depth, 2, "called from pipeline: depth 2");
-        assert!(calc.calls >= 3 * 8 * stress_n(100) as u64, "{calc:?}");
+        assert!(calc.calls >= 3 * 8 * stress(100) as u64, "{calc:?}");
     });
-}
-
-fn stress_n(n: i64) -> i64 {
-    n * std::env::var("STRESS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
 }
 
 #[test]

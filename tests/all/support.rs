@@ -15,6 +15,10 @@ use polyplug_utils::GuestContractId;
 
 pub const LIMIT: Duration = Duration::from_secs(120);
 
+#[path = "../../interp-pool/tests/shared/stress.rs"]
+mod stress;
+pub use stress::stress;
+
 pub fn fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bundles");
     assert!(

@@ -10,14 +10,9 @@ use interp_pool::{InterpreterConfig, InterpreterHandle};
 /// Default bound for one threaded test on a slow, shared 2-core machine.
 pub const LIMIT: Duration = Duration::from_secs(120);
 
-/// Multiplies loop counts; `STRESS=10 cargo test` for longer runs.
-pub fn stress(n: usize) -> usize {
-    let k = std::env::var("STRESS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    n * k
-}
+#[path = "../shared/stress.rs"]
+mod stress;
+pub use stress::stress;
 
 pub fn spawn(name: &str) -> InterpreterHandle {
     InterpreterHandle::spawn(InterpreterConfig::named(name)).expect("spawn interpreter")
