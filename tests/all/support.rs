@@ -85,24 +85,15 @@ pub fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+#[path = "../shared/bundle.rs"]
+mod bundle;
+pub use bundle::write_bundle_in;
+
 /// Writes a one-file bundle `name` with `source` as its entry module, inside a fresh
 /// plugin dir; returns (plugin dir, bundle dir).
 pub fn write_bundle(name: &str, source: &str, extra: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     let root = scratch(name);
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let id = polyplug_utils::BundleId::new(name).id();
-    std::fs::write(
-        dir.join("manifest.toml"),
-        format!("name = \"{name}\"\nid = {id}\nloader = \"python\"\nfile = \"{name}.py\"\n"),
-    )
-    .unwrap();
-    std::fs::write(dir.join(format!("{name}.py")), source).unwrap();
-    for (file, text) in extra {
-        let p = dir.join(file);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    let dir = write_bundle_in(&root, name, source, extra);
     (root, dir)
 }
 
