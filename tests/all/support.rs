@@ -160,6 +160,14 @@ pub fn within<T>(what: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
+/// Waits until `cond` holds, polling every millisecond: for a state a test can observe
+/// but is not told of. Bound it with [`within`].
+pub fn wait_until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The source of a hand-written bundle providing `contract` (e.g. `"probe@1"`) whose
 /// `functions` list is `fns` (Python expressions), with `defs` defining them. `Impl(host)`
 /// is the factory; `ok` is a success AbiError.

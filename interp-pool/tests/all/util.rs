@@ -38,6 +38,33 @@ pub fn within<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
     r
 }
 
+/// Waits until `cond` holds, polling every millisecond: for a state a test can observe
+/// but is not told of (a call sitting in a queue). Bound it with [`within`].
+pub fn wait_until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Holds `h`'s owner thread inside a job until the returned sender is used (or dropped):
+/// once this returns, the job is running, so calls made from now on queue behind it.
+/// Join the thread after releasing it.
+pub fn hold(h: &InterpreterHandle) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let h = h.clone();
+    let holder = thread::spawn(move || {
+        h.call(move |_| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            Ok(())
+        })
+        .expect("the holding job runs")
+    });
+    started_rx.recv().expect("the holding job started");
+    (release_tx, holder)
+}
+
 /// Evaluates an integer expression in `h`.
 pub fn eval_i64(h: &InterpreterHandle, expr: &str) -> i64 {
     let expr = expr.to_owned();
