@@ -30,6 +30,7 @@ mod lifecycle;
 mod load;
 mod metrics;
 mod output;
+mod rss;
 mod scope;
 mod spare;
 
@@ -45,6 +46,7 @@ pub use config::{InterpreterMode, PythonConfig};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use interp_pool::{CallOptions, CancelToken, WhenFull};
 pub use metrics::BundleMetrics;
+pub use rss::rss_bytes;
 pub use scope::with_call_options;
 
 use crate::lifecycle::Loader;

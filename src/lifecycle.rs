@@ -17,7 +17,7 @@ use crate::contract::ContractData;
 use crate::error;
 use crate::isolation::{self, BundleKey};
 use crate::load::{self, Entry, LoadFailure, Plan};
-use crate::metrics::{self, Meter};
+use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
 use crate::spare;
 
@@ -267,7 +267,7 @@ impl Loader {
         mode: InterpreterMode,
     ) -> Result<u64, LoadFailure> {
         let bundle = manifest.name.as_str();
-        let rss0 = metrics::rss_bytes();
+        let rss0 = crate::rss_bytes().unwrap_or(0);
         let t0 = std::time::Instant::now();
         let interp = self.interpreter(bundle, mode).map_err(|e| {
             error::init_failed(bundle, "cannot create the bundle's interpreter", &e)
@@ -299,7 +299,7 @@ impl Loader {
             release(&interp, &contracts, key);
             return Err(e.into());
         }
-        meter.set_rss_at_load(metrics::rss_bytes().saturating_sub(rss0));
+        meter.set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
         tracing::info!(
             bundle,
             interp = %interp.id(),

@@ -33,7 +33,8 @@ pub struct BundleMetrics {
     /// Deepest plugin→plugin nesting a call of this bundle ran at (1 = called by the host).
     pub max_depth: usize,
     /// Growth of the process's resident memory across the load, in bytes (approximate:
-    /// concurrent loads and allocator reuse blur it).
+    /// concurrent loads and allocator reuse blur it; 0 where [`rss_bytes`](crate::rss_bytes)
+    /// is `None`).
     pub rss_at_load: u64,
 }
 
@@ -197,19 +198,6 @@ impl Meter {
             rss_at_load: self.rss_at_load.load(Relaxed),
         }
     }
-}
-
-/// Resident set size of this process in bytes (Linux; 0 elsewhere or on error).
-pub(crate) fn rss_bytes() -> u64 {
-    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
-        return 0;
-    };
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
 }
 
 #[cfg(test)]

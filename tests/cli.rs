@@ -2,6 +2,10 @@
 
 use std::process::Command;
 
+#[path = "shared/bundle.rs"]
+mod bundle;
+use bundle::write_bundle_in;
+
 fn cli(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_polyplug-subinterp"))
         .args(args)
@@ -91,19 +95,12 @@ fn check_shows_the_mode_each_bundle_runs_in() {
         "polyplug-subinterp-cli-modes-{}",
         std::process::id()
     ));
-    let dir = root.join("tm_user");
-    std::fs::create_dir_all(&dir).unwrap();
-    let id = polyplug_utils::BundleId::new("tm_user").id();
-    std::fs::write(
-        dir.join("manifest.toml"),
-        format!("name = \"tm_user\"\nid = {id}\nloader = \"python\"\nfile = \"tm_user.py\"\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("tm_user.py"),
+    write_bundle_in(
+        &root,
+        "tm_user",
         "import _tracemalloc\nclass Ok:\n    code = 0\ndef f(*a):\n    pass\ndef polyplug_init(h, c):\n    return ([{'contract': 'tm@1', 'factory': lambda h: None, 'functions': [f]}], Ok())\n",
-    )
-    .unwrap();
+        &[],
+    );
     let (ok, stdout, stderr) = cli(&["check", root.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&root);
     assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");

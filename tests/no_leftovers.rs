@@ -15,18 +15,9 @@ fn loader() -> PythonLoader {
     })
 }
 
-fn bundle(root: &Path, name: &str, src: &str) -> std::path::PathBuf {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let id = polyplug_utils::BundleId::new(name).id();
-    std::fs::write(
-        dir.join("manifest.toml"),
-        format!("name = \"{name}\"\nid = {id}\nloader = \"python\"\nfile = \"{name}.py\"\n"),
-    )
-    .unwrap();
-    std::fs::write(dir.join(format!("{name}.py")), src).unwrap();
-    dir
-}
+#[path = "shared/bundle.rs"]
+mod bundle;
+use bundle::write_bundle_in;
 
 const GOOD: &str = "class Ok:\n    code = 0\nclass Impl:\n    def __init__(self, host):\n        pass\ndef f(*a):\n    pass\ndef polyplug_init(h, c):\n    return ([{'contract': 'leftover@1', 'factory': Impl, 'functions': [f]}], Ok())\n";
 
@@ -46,7 +37,9 @@ fn failed_loads_unloads_and_dropped_runtimes_end_their_interpreters() {
             "def polyplug_init(h, c):\n    raise ValueError\n",
         ),
     ] {
-        assert!(rt.load_bundle(&bundle(&root, name, src)).is_err());
+        assert!(rt
+            .load_bundle(&write_bundle_in(&root, name, src, &[]))
+            .is_err());
         assert_eq!(
             interp_pool::live_interpreters(),
             0,
@@ -54,7 +47,7 @@ fn failed_loads_unloads_and_dropped_runtimes_end_their_interpreters() {
         );
     }
 
-    let good = bundle(&root, "leftover", GOOD);
+    let good = write_bundle_in(&root, "leftover", GOOD, &[]);
     for _ in 0..20 {
         rt.load_bundle(&good).unwrap();
         assert_eq!(interp_pool::live_interpreters(), 1);

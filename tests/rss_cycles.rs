@@ -12,13 +12,7 @@ use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_subinterp::{PythonConfig, PythonLoader};
 
 fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / f64::from(1 << 20)
+    polyplug_subinterp::rss_bytes().expect("VmRSS in /proc/self/status") as f64 / f64::from(1 << 20)
 }
 
 #[test]

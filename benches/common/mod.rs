@@ -278,15 +278,14 @@ pub fn extras<L: BundleLoader + 'static>(
     load_and_memory(make, if quick() { 20 } else { 200 }).write(&format!("{loader}-load"));
 }
 
-/// Resident set size in bytes.
+/// The loader crate's RSS reader, included by path: the reference bench must not link
+/// the loader crate (both export the same C symbols).
+#[path = "../../src/rss.rs"]
+mod rss_reader;
+
+/// Resident set size in bytes (0 where it cannot be read).
 pub fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse::<u64>().ok())
-        .unwrap_or(0)
-        * 4096
+    rss_reader::rss_bytes().unwrap_or(0)
 }
 
 /// Load time of py_calculator (median of 10 loads into an idle process, each in a fresh

@@ -1,7 +1,7 @@
 //! Deadlines, cancellation, backpressure and metrics through the loader, plus the stress
 //! and bad-input cases of the hardening suite (bounded in time; every result checked).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use polyplug_abi::{AbiError, AbiErrorCode};
@@ -21,6 +21,9 @@ fn message(e: &AbiError) -> &[u8] {
 const SPINNER: &str = r#"
 state = {"cleanups": 0}
 def spin(impl, args, out, arena, alloc):
+    started = i64_at(args)
+    if started:  # a Rust `extern "C" fn()` to tell the test the call is running
+        ctypes.CFUNCTYPE(None)(started)()
     try:
         while True:
             pass
@@ -80,10 +83,15 @@ fn a_host_cancels_a_call_from_another_thread() {
     within("cancel", || {
         let (rt, _loader) = spinner(PythonConfig::default(), "spinner_c");
         let token = CancelToken::new();
+        // `spin` calls this first: the canceller fires once the call is running.
+        static STARTED: AtomicBool = AtomicBool::new(false);
+        extern "C" fn started() {
+            STARTED.store(true, Ordering::SeqCst);
+        }
         let canceller = std::thread::spawn({
             let token = token.clone();
             move || {
-                std::thread::sleep(Duration::from_millis(50));
+                wait_until(|| STARTED.load(Ordering::SeqCst));
                 token.cancel();
             }
         });
@@ -91,7 +99,14 @@ fn a_host_cancels_a_call_from_another_thread() {
             timeout: None,
             cancel: Some(token),
         };
-        let r = with_call_options(opts, || call_abi(&rt, "spinner_c", 0, 0));
+        let r = with_call_options(opts, || {
+            call_abi(
+                &rt,
+                "spinner_c",
+                0,
+                started as extern "C" fn() as usize as i64,
+            )
+        });
         canceller.join().unwrap();
         let e = r.unwrap_err();
         assert_eq!(message(&e), CANCELLED_MESSAGE);
@@ -167,7 +182,7 @@ fn eight_threads_three_bundles_nested_calls_nothing_lost() {
                     let mut c = CalculatorContract::new(find(rt, "calculator"), host).unwrap();
                     let mut k = CounterContract::new(find(rt, "counter"), host).unwrap();
                     let mut expected = 0;
-                    for i in 0..stress_n(100) {
+                    for i in 0..stress(100) as i64 {
                         assert_eq!(p.run(t, i).unwrap(), (t + i) * 2, "nested py->py");
                         assert_eq!(c.mul(t, i).unwrap(), t * i);
                         expected += i;
@@ -177,21 +192,14 @@ fn eight_threads_three_bundles_nested_calls_nothing_lost() {
                 });
             }
         });
-        assert_eq!(done.into_inner(), 8 * stress_n(100) as usize);
+        assert_eq!(done.into_inner(), 8 * stress(100));
         let calc = loader
             .metrics(polyplug_utils::BundleId::new("py_calculator").id())
             .unwrap();
         assert_eq!(calc.errors, 0);
         assert_eq!(calc.max_depth, 2, "called from pipeline: depth 2");
-        assert!(calc.calls >= 3 * 8 * stress_n(100) as u64, "{calc:?}");
+        assert!(calc.calls >= 3 * 8 * stress(100) as u64, "{calc:?}");
     });
-}
-
-fn stress_n(n: i64) -> i64 {
-    n * std::env::var("STRESS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1)
 }
 
 #[test]
@@ -230,7 +238,9 @@ fn unload_while_calls_are_in_flight_gives_answers_or_stale_never_a_hang() {
                     }
                 });
             }
-            std::thread::sleep(Duration::from_millis(30));
+            // In flight: answers have begun; 800 calls of >= 1 ms, served one at a time,
+            // are far from done.
+            wait_until(|| answers.load(Ordering::Relaxed) > 0);
             rt.unload_bundle(polyplug_utils::BundleId::new("busy_unload"))
                 .unwrap();
         });

@@ -15,6 +15,10 @@ use polyplug_utils::GuestContractId;
 
 pub const LIMIT: Duration = Duration::from_secs(120);
 
+#[path = "../../interp-pool/tests/shared/stress.rs"]
+mod stress;
+pub use stress::stress;
+
 pub fn fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bundles");
     assert!(
@@ -81,24 +85,15 @@ pub fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
+#[path = "../shared/bundle.rs"]
+mod bundle;
+pub use bundle::write_bundle_in;
+
 /// Writes a one-file bundle `name` with `source` as its entry module, inside a fresh
 /// plugin dir; returns (plugin dir, bundle dir).
 pub fn write_bundle(name: &str, source: &str, extra: &[(&str, &str)]) -> (PathBuf, PathBuf) {
     let root = scratch(name);
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let id = polyplug_utils::BundleId::new(name).id();
-    std::fs::write(
-        dir.join("manifest.toml"),
-        format!("name = \"{name}\"\nid = {id}\nloader = \"python\"\nfile = \"{name}.py\"\n"),
-    )
-    .unwrap();
-    std::fs::write(dir.join(format!("{name}.py")), source).unwrap();
-    for (file, text) in extra {
-        let p = dir.join(file);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    let dir = write_bundle_in(&root, name, source, extra);
     (root, dir)
 }
 
@@ -164,6 +159,14 @@ pub fn within<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let r = f();
     drop(tx);
     r
+}
+
+/// Waits until `cond` holds, polling every millisecond: for a state a test can observe
+/// but is not told of. Bound it with [`within`].
+pub fn wait_until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The source of a hand-written bundle providing `contract` (e.g. `"probe@1"`) whose
@@ -280,15 +283,9 @@ pub fn mode_of(loader: &PythonLoader, bundle: &str) -> &'static str {
         .mode
 }
 
-/// Resident set size of this process, MiB.
+/// Resident set size of this process, MiB (the loader's reader).
 pub fn rss_mib() -> f64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: f64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0.0);
-    pages * 4096.0 / f64::from(1 << 20)
+    polyplug_subinterp::rss_bytes().expect("VmRSS in /proc/self/status") as f64 / f64::from(1 << 20)
 }
 
 /// A runtime with no plugin dirs and a handle to its loader.

@@ -1,4 +1,4 @@
-use interp_pool::{Attached, InterpreterHandle, PyObj};
+use interp_pool::{Attached, InterpreterHandle, Persistent, PyObj};
 use static_assertions::{assert_impl_all, assert_not_impl_any};
 
 use crate::util::*;
@@ -6,6 +6,32 @@ use crate::util::*;
 assert_impl_all!(InterpreterHandle: Send, Sync, Clone);
 assert_not_impl_any!(Attached<'static>: Send, Sync);
 assert_not_impl_any!(PyObj<'static>: Send, Sync);
+// What may cross threads and jobs is the Persistent handle; `bind`'s PyObj may not
+// (tests/ui/persistent_bind_escapes_job.rs).
+assert_impl_all!(Persistent: Send, Sync);
+
+#[test]
+fn a_persistent_goes_to_another_thread_and_binds_in_a_later_job() {
+    let h = spawn("basics-persistent");
+    let kept = h
+        .call(|py| Ok(Persistent::new(py, py.eval("[41]")?)))
+        .unwrap();
+    let other = h.clone();
+    let v = std::thread::spawn(move || {
+        // Moved into the job, so it is also released there.
+        other.call(move |py| {
+            let list = kept.bind(py)?;
+            list.call_method(py, "append", &[&py.int(1)?])?;
+            let last = list.get_index(py, 1)?.extract_i64(py)?;
+            Ok(list.get_index(py, 0)?.extract_i64(py)? + last)
+        })
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(v, 42);
+    h.end();
+}
 
 #[test]
 fn eval_run_and_conversions() {

@@ -1,6 +1,7 @@
 //! Deadlines, cancellation and the bounded queue.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use interp_pool::{CallOptions, CancelToken, Error, InterpreterConfig, WhenFull};
@@ -64,14 +65,19 @@ fn cancel_from_another_thread_interrupts_and_is_distinct_from_timeout() {
             timeout: Some(Duration::from_secs(60)),
             cancel: Some(token.clone()),
         };
+        // The canceller fires once the call is running (the job says so), not after a guess.
+        let (started_tx, started_rx) = mpsc::channel::<()>();
         let canceller = std::thread::spawn({
             let token = token.clone();
             move || {
-                std::thread::sleep(Duration::from_millis(50));
+                started_rx.recv().unwrap();
                 token.cancel();
             }
         });
-        let r = a.call_with(&opts, |py| py.eval("spin()").map(|_| ()));
+        let r = a.call_with(&opts, move |py| {
+            started_tx.send(()).unwrap();
+            py.eval("spin()").map(|_| ())
+        });
         canceller.join().unwrap();
         assert!(matches!(r, Err(Error::Cancelled)), "{r:?}");
         // A cancelled token fails later calls at once, without running them.
@@ -87,16 +93,27 @@ fn cancel_from_another_thread_interrupts_and_is_distinct_from_timeout() {
 fn a_queued_call_past_its_deadline_never_runs() {
     within(LIMIT, "queued deadline", || {
         let a = spawn("deadline-queued");
-        run(&a, "import time\nruns = 0");
-        let blocker = {
+        let probe = spawn("deadline-probe");
+        run(&a, "runs = 0");
+        run(&probe, "def spin():\n    while True:\n        pass\n");
+        let (release, holder) = hold(&a);
+        let timed = {
             let a = a.clone();
-            std::thread::spawn(move || a.call(|py| py.run("time.sleep(0.3)")))
+            std::thread::spawn(move || a.call_with(&timeout(50), |py| py.run("runs += 1")))
         };
-        std::thread::sleep(Duration::from_millis(50));
-        let r = a.call_with(&timeout(50), |py| py.run("runs += 1"));
+        // Queued behind the held job, so its deadline is armed.
+        wait_until(|| a.queue_len() == 1);
+        // A later deadline of the same length, on a call that runs: the one deadline thread
+        // fires deadlines in order, so once this one has interrupted its call, the queued
+        // call's deadline has fired too.
+        let r = probe.call_with(&timeout(50), |py| py.eval("spin()").map(|_| ()));
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-        blocker.join().unwrap().unwrap();
+        release.send(()).unwrap();
+        let r = timed.join().unwrap();
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        holder.join().unwrap();
         assert_eq!(eval_i64(&a, "runs"), 0);
+        probe.end();
         a.end();
     });
 }
@@ -110,30 +127,37 @@ fn a_full_queue_fails_fast_or_blocks_as_configured() {
                 when_full,
                 ..InterpreterConfig::named("small-queue")
             });
-            run(&a, "import time\ndone = 0");
-            let gate = {
-                let a = a.clone();
-                std::thread::spawn(move || a.call(|py| py.run("time.sleep(0.2)")))
-            };
-            std::thread::sleep(Duration::from_millis(30));
+            run(&a, "done = 0");
             let (ok, busy) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let call = || match a.call(|py| py.run("done += 1")) {
+                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                Err(Error::Busy { capacity: 4, .. }) => busy.fetch_add(1, Ordering::Relaxed),
+                Err(e) => panic!("{e:?}"),
+            };
+            // The owner is held in a job: nothing queued below runs until it is released.
+            let (release, holder) = hold(&a);
             std::thread::scope(|s| {
-                for _ in 0..16 {
-                    s.spawn(|| match a.call(|py| py.run("done += 1")) {
-                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                        Err(Error::Busy { capacity: 4, .. }) => {
-                            busy.fetch_add(1, Ordering::Relaxed)
-                        }
-                        Err(e) => panic!("{e:?}"),
-                    });
+                // Exactly fill the queue ...
+                for _ in 0..4 {
+                    s.spawn(call);
                 }
+                wait_until(|| a.queue_len() == 4);
+                // ... so the next 12 find it full.
+                let late: Vec<_> = (0..12).map(|_| s.spawn(call)).collect();
+                if when_full == WhenFull::Fail {
+                    // Refused at once: they return while the owner is still held.
+                    for t in late {
+                        t.join().unwrap();
+                    }
+                }
+                release.send(()).unwrap();
             });
-            gate.join().unwrap().unwrap();
+            holder.join().unwrap();
             let (ok, busy) = (ok.into_inner(), busy.into_inner());
             assert_eq!(ok + busy, 16);
             assert_eq!(eval_i64(&a, "done") as usize, ok);
             match when_full {
-                WhenFull::Fail => assert!(busy >= 12 - 1, "{busy} busy of 16 with room for 4"),
+                WhenFull::Fail => assert_eq!(busy, 12, "{busy} busy of 16 with room for 4"),
                 WhenFull::Block => assert_eq!(busy, 0),
             }
             a.end();

@@ -10,14 +10,9 @@ use interp_pool::{InterpreterConfig, InterpreterHandle};
 /// Default bound for one threaded test on a slow, shared 2-core machine.
 pub const LIMIT: Duration = Duration::from_secs(120);
 
-/// Multiplies loop counts; `STRESS=10 cargo test` for longer runs.
-pub fn stress(n: usize) -> usize {
-    let k = std::env::var("STRESS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1);
-    n * k
-}
+#[path = "../shared/stress.rs"]
+mod stress;
+pub use stress::stress;
 
 pub fn spawn(name: &str) -> InterpreterHandle {
     InterpreterHandle::spawn(InterpreterConfig::named(name)).expect("spawn interpreter")
@@ -41,6 +36,33 @@ pub fn within<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
     let r = f();
     drop(tx);
     r
+}
+
+/// Waits until `cond` holds, polling every millisecond: for a state a test can observe
+/// but is not told of (a call sitting in a queue). Bound it with [`within`].
+pub fn wait_until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Holds `h`'s owner thread inside a job until the returned sender is used (or dropped):
+/// once this returns, the job is running, so calls made from now on queue behind it.
+/// Join the thread after releasing it.
+pub fn hold(h: &InterpreterHandle) -> (mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let (started_tx, started_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let h = h.clone();
+    let holder = thread::spawn(move || {
+        h.call(move |_| {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            Ok(())
+        })
+        .expect("the holding job runs")
+    });
+    started_rx.recv().expect("the holding job started");
+    (release_tx, holder)
 }
 
 /// Evaluates an integer expression in `h`.
