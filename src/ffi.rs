@@ -1,7 +1,8 @@
 //! The C exports, with the names and meaning of polyplug_python 0.1.3's `ffi.rs`, so a C
-//! host switches loaders by relinking. Behind the default `c-exports` feature: a binary
-//! that also links polyplug_python (the side-by-side benches) turns it off, since both
-//! define the same symbols.
+//! host switches loaders by relinking. Behind the default `c-exports` feature, since both
+//! loaders define the same symbols: a binary that links polyplug_python must not link
+//! these (the reference bench uses no item of this crate, so the linker pulls none in;
+//! a host linking both builds this crate with `default-features = false`).
 //!
 //! Every export runs its body under `guarded`: a Rust panic never unwinds into the C
 //! caller; it is logged and the export returns null / writes an `AbiError` Panic / does
@@ -43,7 +44,6 @@ pub struct PolyplugPythonHostDispatchBridge {
 /// # Safety
 /// `config` is null or points to a valid `PolyplugPythonConfig` whose
 /// `min_version_ptr` points to `min_version_len` readable bytes.
-#[cfg(feature = "c-exports")]
 #[no_mangle]
 pub unsafe extern "C" fn polyplug_python_loader_create(
     config: *const PolyplugPythonConfig,
@@ -62,7 +62,6 @@ pub unsafe extern "C" fn polyplug_python_loader_create(
 ///
 /// # Safety
 /// As for [`polyplug_python_loader_create`].
-#[cfg(feature = "c-exports")]
 unsafe fn loader_create(config: *const PolyplugPythonConfig) -> *mut c_void {
     // SAFETY: null or valid, per the contract.
     let Some(cfg) = (unsafe { config.as_ref() }) else {
@@ -89,7 +88,6 @@ unsafe fn loader_create(config: *const PolyplugPythonConfig) -> *mut c_void {
 /// # Safety
 /// `ptr` is null or came from `polyplug_python_loader_create` and was not freed (nor
 /// handed to `HostApi.register_loader`, which takes ownership).
-#[cfg(feature = "c-exports")]
 #[no_mangle]
 pub unsafe extern "C" fn polyplug_python_loader_free(ptr: *mut c_void) {
     if ptr.is_null() {
@@ -107,7 +105,6 @@ pub unsafe extern "C" fn polyplug_python_loader_free(ptr: *mut c_void) {
 ///
 /// # Safety
 /// `loader_data.data` is null or a live bridge; `out_err` is null or writable.
-#[cfg(feature = "c-exports")]
 #[no_mangle]
 pub unsafe extern "C" fn polyplug_python_host_vm_dispatch(
     loader_data: VmLoaderData,
@@ -133,7 +130,6 @@ pub unsafe extern "C" fn polyplug_python_host_vm_dispatch(
 ///
 /// # Safety
 /// `loader_data.data` is null or a live bridge.
-#[cfg(feature = "c-exports")]
 unsafe fn host_vm_dispatch(
     loader_data: VmLoaderData,
     fn_id: u32,
@@ -170,7 +166,6 @@ unsafe fn host_vm_dispatch(
 ///
 /// # Safety
 /// `this` is null or a live interface; `out_instance` is null or writable.
-#[cfg(feature = "c-exports")]
 #[no_mangle]
 pub unsafe extern "C" fn polyplug_python_host_create_instance(
     this: *const HostContractInterface,
@@ -198,7 +193,6 @@ pub unsafe extern "C" fn polyplug_python_host_create_instance(
 ///
 /// # Safety
 /// None beyond the ABI's; the arguments are ignored.
-#[cfg(feature = "c-exports")]
 #[no_mangle]
 pub unsafe extern "C" fn polyplug_python_host_destroy_instance(
     _this: *const HostContractInterface,

@@ -24,6 +24,7 @@
 mod config;
 mod contract;
 mod error;
+#[cfg(feature = "c-exports")]
 pub mod ffi;
 mod isolation;
 mod lifecycle;

@@ -86,7 +86,27 @@ fn bench_reports_every_fixture_contract_without_errors() {
 fn bad_usage_says_how_to_use_it() {
     let (ok, _, stderr) = cli(&["frobnicate"]);
     assert!(!ok);
-    assert!(stderr.contains("usage:"), "{stderr}");
+    // clap writes "Usage:".
+    assert!(stderr.to_lowercase().contains("usage:"), "{stderr}");
+}
+
+#[test]
+fn unknown_flags_and_bad_numbers_are_usage_errors() {
+    for args in [
+        &["check", "fixtures/bundles", "--bogus"][..],
+        &["bench", "fixtures/bundles", "--threads", "0"],
+        &["bench", "fixtures/bundles", "--seconds", "x"],
+        &["check", "no/such/dir"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_polyplug-subinterp"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run the CLI");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("error:"), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

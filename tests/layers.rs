@@ -35,11 +35,20 @@ fn the_loader_makes_no_raw_cpython_call() {
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
             if let Some(word) = forbidden.iter().find(|w| code.contains(*w)) {
-                found.push(format!("{}:{}: {word}: {}", path.display(), n + 1, line.trim()));
+                found.push(format!(
+                    "{}:{}: {word}: {}",
+                    path.display(),
+                    n + 1,
+                    line.trim()
+                ));
             }
         }
     }
-    assert!(found.is_empty(), "raw CPython in src/:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "raw CPython in src/:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -48,7 +57,10 @@ fn interp_pool_does_not_re_export_its_bindings() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("interp-pool/src/lib.rs"),
     )
     .unwrap();
-    for line in lib.lines().filter(|l| l.trim_start().starts_with("pub use")) {
+    for line in lib
+        .lines()
+        .filter(|l| l.trim_start().starts_with("pub use"))
+    {
         assert!(
             !line.contains("sys") && !line.contains("ffi") && !line.contains("pyo3"),
             "interp-pool re-exports raw bindings: {line}"

@@ -264,16 +264,12 @@ where
 fn set_current_thread_name(name: &str) {
     #[cfg(target_os = "linux")]
     {
-        extern "C" {
-            fn prctl(option: std::ffi::c_int, arg2: std::ffi::c_ulong, ...) -> std::ffi::c_int;
-        }
-        const PR_SET_NAME: std::ffi::c_int = 15;
         let mut bytes: Vec<u8> = name.bytes().filter(|&b| b != 0).take(15).collect();
         bytes.push(0);
-        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from the
-        // pointer, which `bytes` provides for the duration of the call; it only renames
-        // the calling thread.
-        unsafe { prctl(PR_SET_NAME, bytes.as_ptr() as std::ffi::c_ulong) };
+        // SAFETY: no CPython involved (no rule applies): prctl(2)'s contract for PR_SET_NAME
+        // is to read a NUL-terminated string of at most 16 bytes from the pointer, which
+        // `bytes` provides for the duration of the call; it only renames the calling thread.
+        unsafe { libc::prctl(libc::PR_SET_NAME, bytes.as_ptr() as libc::c_ulong) };
     }
     #[cfg(not(target_os = "linux"))]
     let _ = name;

@@ -105,21 +105,19 @@ impl MainThread {
 /// link libpython and expect its symbols in the global namespace.
 #[cfg(target_os = "linux")]
 fn promote_libpython() {
-    extern "C" {
-        fn dlopen(
-            filename: *const std::ffi::c_char,
-            flags: std::ffi::c_int,
-        ) -> *mut std::ffi::c_void;
-    }
-    const RTLD_NOW: std::ffi::c_int = 0x2;
-    const RTLD_NOLOAD: std::ffi::c_int = 0x4;
-    const RTLD_GLOBAL: std::ffi::c_int = 0x100;
     let Ok(name) = std::ffi::CString::new(env!("INTERP_POOL_LIBPYTHON")) else {
         return;
     };
-    // SAFETY: dlopen with RTLD_NOLOAD only re-flags an already loaded library (ours is,
-    // via DT_NEEDED); it runs no initialisers and the handle is deliberately kept.
-    let handle = unsafe { dlopen(name.as_ptr(), RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL) };
+    // SAFETY: no CPython call (no rule applies), only dlopen(3)'s contract: `name` is a
+    // NUL-terminated string alive for the call, and RTLD_NOLOAD only re-flags an already
+    // loaded library (ours is, via DT_NEEDED); it runs no initialisers and the handle is
+    // deliberately kept.
+    let handle = unsafe {
+        libc::dlopen(
+            name.as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_GLOBAL,
+        )
+    };
     if handle.is_null() {
         tracing::debug!(
             lib = env!("INTERP_POOL_LIBPYTHON"),

@@ -1,11 +1,14 @@
 //! `bench <plugin-dir>`: hammer the fixture contracts from N host threads.
+//!
+//! It drives the four fixture contracts in [`DRIVERS`] only (their host callers are
+//! generated code); other contracts in the plugin dir are listed as "not driven".
 
-use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use polyplug::runtime::Runtime;
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_abi::{GuestContractHandle, HostApi};
@@ -57,57 +60,99 @@ pub fn run(dir: &Path, threads: usize, seconds: u64) -> Result<bool, String> {
         .build()
         .map_err(|e| format!("cannot load {}: {e}", dir.display()))?;
     println!("{threads} host threads, {seconds} s per contract");
-    println!(
-        "{:<12} {:<10} {:>12} {:>10} {:>10} {:>8}",
-        "contract", "call", "calls/s", "p50 us", "p99 us", "errors"
+    let mut t = crate::table::plain(
+        &["contract", "call", "calls/s", "p50 us", "p99 us", "errors"],
+        &[2, 3, 4, 5],
     );
     let mut all_ok = true;
     for (contract, call) in DRIVERS {
         let Ok(handle) = rt.find_guest_contract(GuestContractId::new(contract, 1).id(), 1) else {
-            println!("{contract:<12} {call:<10} {:>12}", "not loaded");
+            t.add_row(vec![*contract, *call, "not loaded"]);
             continue;
         };
         let r = drive(&rt, contract, handle, threads, Duration::from_secs(seconds));
         all_ok &= r.errors == 0;
-        println!(
-            "{:<12} {:<10} {:>12.0} {:>10.2} {:>10.2} {:>8}",
-            contract, call, r.rate, r.p50_us, r.p99_us, r.errors
-        );
+        t.add_row(vec![
+            contract.to_string(),
+            call.to_string(),
+            format!("{:.0}", r.rate),
+            format!("{:.2}", r.p50_us),
+            format!("{:.2}", r.p99_us),
+            r.errors.to_string(),
+        ]);
     }
-    print_metrics(dir, &loader);
+    println!("{}", crate::table::render(&t));
+    let bundles = loaded_bundles(dir, &loader);
+    print_not_driven(&bundles, &loader);
+    print_metrics(&bundles, &loader);
     Ok(all_ok)
 }
 
-/// The loader's own per-bundle metrics after the run (`PythonLoader::metrics`).
-fn print_metrics(dir: &Path, loader: &PythonLoader) {
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!();
-    println!(
-        "{:<14} {:>10} {:>7} {:>12} {:>10} {:>10} {:>9}",
-        "bundle", "calls", "errors", "queue p99us", "run p50us", "run p99us", "max depth"
-    );
+/// `(name, id)` of the bundles under `dir` that the loader has loaded, by directory name.
+fn loaded_bundles(dir: &Path, loader: &PythonLoader) -> Vec<(String, u64)> {
     let mut dirs: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     dirs.sort();
-    for d in dirs {
-        let Ok(manifest) = polyplug::loader::manifest::parse_manifest(&d) else {
+    dirs.iter()
+        .filter_map(|d| polyplug::loader::manifest::parse_manifest(d).ok())
+        .filter(|m| loader.bundle_info(m.id).is_some())
+        .map(|m| (m.name, m.id))
+        .collect()
+}
+
+/// Names the loaded contracts that `bench` has no driver for, instead of skipping them
+/// silently.
+fn print_not_driven(bundles: &[(String, u64)], loader: &PythonLoader) {
+    let others: Vec<String> = bundles
+        .iter()
+        .filter_map(|(name, id)| Some((name, loader.bundle_info(*id)?)))
+        .flat_map(|(name, info)| {
+            info.contracts
+                .into_iter()
+                .filter(|(c, _)| {
+                    let base = c.split('@').next().unwrap_or(c);
+                    !DRIVERS.iter().any(|(d, _)| *d == base)
+                })
+                .map(move |(c, _)| format!("{c} ({name})"))
+        })
+        .collect();
+    if !others.is_empty() {
+        println!("not driven: {}", others.join(", "));
+    }
+}
+
+/// The loader's own per-bundle metrics after the run (`PythonLoader::metrics`).
+fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
+    let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6);
+    let mut t = crate::table::plain(
+        &[
+            "bundle",
+            "calls",
+            "errors",
+            "queue p99us",
+            "run p50us",
+            "run p99us",
+            "max depth",
+        ],
+        &[1, 2, 3, 4, 5, 6],
+    );
+    for (name, id) in bundles {
+        let Some(m) = loader.metrics(*id) else {
             continue;
         };
-        let Some(m) = loader.metrics(manifest.id) else {
-            continue;
-        };
-        println!(
-            "{:<14} {:>10} {:>7} {:>12.1} {:>10.1} {:>10.1} {:>9}",
-            manifest.name,
-            m.calls,
-            m.errors,
+        t.add_row(vec![
+            name.clone(),
+            m.calls.to_string(),
+            m.errors.to_string(),
             us(m.queue_wait_p99),
             us(m.run_p50),
             us(m.run_p99),
-            m.max_depth
-        );
+            m.max_depth.to_string(),
+        ]);
     }
+    println!();
+    println!("{}", crate::table::render(&t));
 }
 
 struct Figures {
@@ -180,24 +225,21 @@ fn drive(
     }
 }
 
-/// Waits `dur`, drawing a progress bar on stderr when it is a terminal.
+/// Waits `dur`, drawing a progress bar on stderr (indicatif hides it when stderr is not a
+/// terminal) with the calls made so far.
 fn progress(label: &str, start: Instant, dur: Duration, done: &AtomicU64) {
-    let tty = std::io::stderr().is_terminal();
+    let total = dur.as_millis() as u64;
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:<12} [{bar:30}] {msg}")
+            .expect("a valid template")
+            .progress_chars("#>."),
+    );
+    bar.set_prefix(label.to_owned());
     while start.elapsed() < dur {
         std::thread::sleep(Duration::from_millis(100).min(dur.saturating_sub(start.elapsed())));
-        if tty {
-            let frac = (start.elapsed().as_secs_f64() / dur.as_secs_f64()).min(1.0);
-            let filled = (frac * 30.0) as usize;
-            eprint!(
-                "\r{label:<12} [{}{}] {:>10} calls",
-                "#".repeat(filled),
-                ".".repeat(30 - filled),
-                done.load(Ordering::Relaxed)
-            );
-            let _ = std::io::stderr().flush();
-        }
+        bar.set_position((start.elapsed().as_millis() as u64).min(total));
+        bar.set_message(format!("{:>10} calls", done.load(Ordering::Relaxed)));
     }
-    if tty {
-        eprint!("\r{}\r", " ".repeat(60));
-    }
+    bar.finish_and_clear();
 }

@@ -4,23 +4,46 @@ use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use polyplug::loader::ManifestData;
+use polyplug::runtime::Runtime;
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_subinterp::PythonLoader;
 
+/// What loading one bundle did.
 struct Row {
     bundle: String,
-    ok: bool,
-    contracts: String,
-    functions: String,
-    mode: String,
+    /// `Ok((contracts, functions, mode))`, or the error with its causes.
+    outcome: Result<(String, String, String), String>,
     load_ms: f64,
     rss_mib: f64,
-    detail: String,
+}
+
+/// Loads every bundle under `dir` into one runtime and prints a row per bundle.
+/// `Ok(false)` when one failed to load; `Err` when there was nothing to check.
+pub fn run(dir: &Path) -> Result<bool, String> {
+    let bundles = bundle_dirs(dir);
+    if bundles.is_empty() {
+        return Err(format!(
+            "{}: no bundle directories (with manifest.toml) found",
+            dir.display()
+        ));
+    }
+    let loader = PythonLoader::default();
+    let rt = RuntimeBuilder::new()
+        .loader(loader.clone())
+        .build()
+        .map_err(|e| format!("cannot build a runtime: {e}"))?;
+    let rows: Vec<Row> = bundles
+        .iter()
+        .map(|(path, manifest)| load_one(&rt, &loader, path, manifest))
+        .collect();
+    print_rows(&rows);
+    Ok(print_summary(&rows))
 }
 
 /// Bundle dirs under `dir`, dependencies first (a bundle declaring a dependency on a
 /// contract loads after bundles that do not; enough for the fixtures).
-fn bundle_dirs(dir: &Path) -> Vec<(PathBuf, polyplug::loader::ManifestData)> {
+fn bundle_dirs(dir: &Path) -> Vec<(PathBuf, ManifestData)> {
     let mut found: Vec<_> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -33,94 +56,88 @@ fn bundle_dirs(dir: &Path) -> Vec<(PathBuf, polyplug::loader::ManifestData)> {
     found
 }
 
-pub fn run(dir: &Path) -> Result<bool, String> {
-    let loader = PythonLoader::default();
-    let rt = RuntimeBuilder::new()
-        .loader(loader.clone())
-        .build()
-        .map_err(|e| format!("cannot build a runtime: {e}"))?;
-    let mut rows = Vec::new();
-    let bundles = bundle_dirs(dir);
-    if bundles.is_empty() {
-        return Err(format!(
-            "{}: no bundle directories (with manifest.toml) found",
-            dir.display()
-        ));
-    }
-    for (path, manifest) in bundles {
-        let before = crate::rss_bytes().unwrap_or(0);
-        let start = Instant::now();
-        let result = rt.load_bundle(&path);
-        let load_ms = start.elapsed().as_secs_f64() * 1e3;
-        let rss_mib =
-            crate::rss_bytes().unwrap_or(0).saturating_sub(before) as f64 / (1 << 20) as f64;
-        let row = match result {
-            Ok(()) => {
-                let info = loader.bundle_info(manifest.id);
-                let contracts = info.as_ref().map(|i| &i.contracts[..]).unwrap_or(&[]);
-                Row {
-                    bundle: manifest.name.clone(),
-                    ok: true,
-                    contracts: contracts
-                        .iter()
-                        .map(|c| c.0.clone())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    functions: contracts
-                        .iter()
-                        .map(|c| c.1.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    mode: info.map_or("?", |i| i.mode).to_owned(),
-                    load_ms,
-                    rss_mib,
-                    detail: String::new(),
-                }
+/// Loads the bundle at `path`, timing it and measuring the process's RSS growth.
+fn load_one(rt: &Runtime, loader: &PythonLoader, path: &Path, manifest: &ManifestData) -> Row {
+    let before = polyplug_subinterp::rss_bytes().unwrap_or(0);
+    let start = Instant::now();
+    let result = rt.load_bundle(path);
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let grown = polyplug_subinterp::rss_bytes()
+        .unwrap_or(0)
+        .saturating_sub(before);
+    let outcome = match result {
+        Ok(()) => {
+            let info = loader.bundle_info(manifest.id);
+            let contracts = info.as_ref().map(|i| &i.contracts[..]).unwrap_or(&[]);
+            let list = |f: fn(&(String, usize)) -> String| {
+                contracts.iter().map(f).collect::<Vec<_>>().join(", ")
+            };
+            Ok((
+                list(|c| c.0.clone()),
+                list(|c| c.1.to_string()),
+                info.map_or("?", |i| i.mode).to_owned(),
+            ))
+        }
+        Err(e) => {
+            let mut detail = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                detail.push_str(&format!(": {s}"));
+                src = s.source();
             }
-            Err(e) => {
-                let mut detail = e.to_string();
-                let mut src = e.source();
-                while let Some(s) = src {
-                    detail.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                Row {
-                    bundle: manifest.name.clone(),
-                    ok: false,
-                    contracts: String::new(),
-                    functions: String::new(),
-                    mode: "-".into(),
-                    load_ms,
-                    rss_mib,
-                    detail,
-                }
-            }
-        };
-        rows.push(row);
+            Err(detail)
+        }
+    };
+    Row {
+        bundle: manifest.name.clone(),
+        outcome,
+        load_ms,
+        rss_mib: grown as f64 / (1 << 20) as f64,
     }
-    println!(
-        "{:<16} {:<6} {:<16} {:<10} {:<8} {:>9} {:>9}  error",
-        "bundle", "status", "contracts", "functions", "mode", "load ms", "RSS MiB"
+}
+
+fn print_rows(rows: &[Row]) {
+    let mut t = crate::table::plain(
+        &[
+            "bundle",
+            "status",
+            "contracts",
+            "functions",
+            "mode",
+            "load ms",
+            "RSS MiB",
+            "error",
+        ],
+        &[5, 6],
     );
-    for r in &rows {
-        println!(
-            "{:<16} {:<6} {:<16} {:<10} {:<8} {:>9.1} {:>9.1}  {}",
-            r.bundle,
-            if r.ok { "ok" } else { "FAILED" },
-            r.contracts,
-            r.functions,
-            r.mode,
-            r.load_ms,
-            r.rss_mib,
-            r.detail
-        );
+    for r in rows {
+        let (status, (contracts, functions, mode), error) = match &r.outcome {
+            Ok(found) => ("ok", found.clone(), ""),
+            Err(e) => ("FAILED", Default::default(), e.as_str()),
+        };
+        let mode = if r.outcome.is_ok() { mode } else { "-".into() };
+        t.add_row(vec![
+            r.bundle.clone(),
+            status.into(),
+            contracts,
+            functions,
+            mode,
+            format!("{:.1}", r.load_ms),
+            format!("{:.1}", r.rss_mib),
+            error.into(),
+        ]);
     }
-    let failed = rows.iter().filter(|r| !r.ok).count();
+    println!("{}", crate::table::render(&t));
+}
+
+/// Prints the counts; true when every bundle loaded.
+fn print_summary(rows: &[Row]) -> bool {
+    let failed = rows.iter().filter(|r| r.outcome.is_err()).count();
     println!(
         "{} bundles, {} loaded, {} failed",
         rows.len(),
         rows.len() - failed,
         failed
     );
-    Ok(failed == 0)
+    failed == 0
 }
