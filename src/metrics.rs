@@ -1,5 +1,6 @@
-//! Per-bundle call metrics: counters and two latency histograms, updated lock-free by
-//! every call (a handful of relaxed atomics and three clock reads), read as a snapshot.
+//! Per-bundle call metrics: counters updated lock-free by every call (a handful of relaxed
+//! atomics), and two latency histograms fed by a sample of the calls (one in
+//! [`SAMPLE_EVERY`] per calling thread: three clock reads each), read as a snapshot.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
