@@ -146,6 +146,13 @@ pub(crate) struct ReplySlot {
     waiter: Thread,
     #[cfg(loom)]
     waiter: loom::cell::UnsafeCell<Thread>,
+    /// Under loom: bumped by `reset` and read by `complete` between its Done and its
+    /// `unpark`. Loom switches threads only at atomic operations that conflict with another
+    /// thread's, running what lies between as one step (and its `unpark` hands the
+    /// unparker's history to the target at once), so without this conflict the model would
+    /// never reuse the slot in that window, where a completer reading the slot would race.
+    #[cfg(loom)]
+    reuse: AtomicU8,
 }
 
 impl ReplySlot {
@@ -156,6 +163,8 @@ impl ReplySlot {
             waiter: thread::current(),
             #[cfg(loom)]
             waiter: loom::cell::UnsafeCell::new(thread::current()),
+            #[cfg(loom)]
+            reuse: AtomicU8::new(0),
         }
     }
 
@@ -171,6 +180,8 @@ impl ReplySlot {
         // own, after Done of the previous call; no interpreter or thread state involved.
         // loom's checked cell: no other reference to the handle exists while this runs.
         self.waiter.with_mut(|t| unsafe { *t = thread::current() });
+        #[cfg(loom)]
+        self.reuse.fetch_add(1, Ordering::Relaxed);
     }
 
     #[cfg(not(loom))]
@@ -204,6 +215,8 @@ impl ReplySlot {
                 // Parking: the waiter cannot return before Done, so the handle is valid.
                 let waiter = self.waiter();
                 self.state.store(SlotState::Done, Ordering::Release);
+                #[cfg(loom)]
+                self.reuse.load(Ordering::Relaxed);
                 waiter.unpark();
             }
         }
