@@ -11,3 +11,4 @@ mod main_interp;
 mod own_gil;
 mod reentry;
 mod util;
+mod wakeups;
