@@ -98,12 +98,12 @@ impl OwnerLink {
         }
     }
 
-    /// Asks the owner thread to end the interpreter once it is back at its top level.
     /// True while the owner waits on another interpreter: see `wait::OwnerState::Nested`.
     pub(crate) fn is_nested_waiting(&self) -> bool {
         self.state.load(Ordering::Relaxed) == OwnerState::Nested
     }
 
+    /// Asks the owner thread to end the interpreter once it is back at its top level.
     pub(crate) fn request_end(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.thread.unpark();
