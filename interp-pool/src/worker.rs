@@ -1,7 +1,7 @@
 //! The owner thread: creates its interpreter, serves the interpreter's queue (also while
 //! it waits on another interpreter), and ends the interpreter on the same thread.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, Thread};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
 use crate::job::Job;
 use crate::runtime::Runtime;
-use crate::wait::{spin_until, state, ReplySlot};
+use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
 use crate::InterpreterId;
 
 /// What callers share with an owner thread.
@@ -28,9 +28,9 @@ pub(crate) struct OwnerLink {
     pub(crate) python_id: i64,
     pub(crate) tx: Sender<Job>,
     pub(crate) thread: Thread,
-    /// What the owner thread is doing (`wait::state`): callers spin only if it is not
+    /// What the owner thread is doing (`wait::OwnerState`): callers spin only if it is not
     /// parked, and yield rather than spin while it waits on another interpreter.
-    pub(crate) state: AtomicU8,
+    pub(crate) state: OwnerStateCell,
     /// Set once by `end`; the owner leaves its top-level loop when it sees it.
     pub(crate) closing: AtomicBool,
     pub(crate) max_depth: usize,
@@ -92,23 +92,21 @@ impl OwnerLink {
                 },
             }
         }
-        // Pairs with the fence in `serve` before parking: either the owner sees the job,
-        // or we see PARKED and unpark it.
-        fence(Ordering::SeqCst);
-        if self.state.load(Ordering::SeqCst) == state::PARKED {
-            self.thread.unpark();
+        // Pairs with `park_unless` in `serve`: either the owner sees the job, or we see
+        // Parked and unpark it.
+        if self.state.wake_if_parked(|| self.thread.unpark()) {
             Ok(Duration::ZERO)
         } else {
             Ok(self.caller_spin)
         }
     }
 
-    /// Asks the owner thread to end the interpreter once it is back at its top level.
-    /// True while the owner waits on another interpreter: see `wait::state::NESTED`.
+    /// True while the owner waits on another interpreter: see `wait::OwnerState::Nested`.
     pub(crate) fn is_nested_waiting(&self) -> bool {
-        self.state.load(Ordering::Relaxed) == state::NESTED
+        self.state.load(Ordering::Relaxed) == OwnerState::Nested
     }
 
+    /// Asks the owner thread to end the interpreter once it is back at its top level.
     pub(crate) fn request_end(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.thread.unpark();
@@ -178,7 +176,7 @@ impl Owner {
             python_id: created.python_id,
             tx,
             thread: thread::current(),
-            state: AtomicU8::new(state::RUNNING),
+            state: OwnerStateCell::new(OwnerState::Running),
             closing: AtomicBool::new(false),
             max_depth: config.max_depth,
             caller_spin: config.wait.caller_spin,
@@ -388,15 +386,15 @@ impl Owner {
         };
         // What we are doing while not running a job, as our callers should see it.
         let waiting = if wait_on.is_some() {
-            state::NESTED
+            OwnerState::Nested
         } else {
-            state::RUNNING
+            OwnerState::Running
         };
         let defer = || wait_on.is_some_and(|(_, target)| target.is_nested_waiting());
         sh.state.store(waiting, Ordering::Relaxed);
         loop {
             if let Ok(job) = self.rx.try_recv() {
-                sh.state.store(state::RUNNING, Ordering::Relaxed);
+                sh.state.store(OwnerState::Running, Ordering::Relaxed);
                 self.run_posted(job);
                 sh.state.store(waiting, Ordering::Relaxed);
                 continue;
@@ -413,22 +411,18 @@ impl Owner {
                     continue;
                 }
             }
-            sh.state.store(state::PARKED, Ordering::SeqCst);
-            // Pairs with the fence in `OwnerLink::post` (see there).
-            fence(Ordering::SeqCst);
-            if !finished() && self.rx.is_empty() {
-                thread::park();
-            }
+            // Pairs with `wake_if_parked` in `OwnerLink::post` (see there).
+            sh.state.park_unless(|| !finished() && self.rx.is_empty());
             sh.state.store(waiting, Ordering::SeqCst);
         }
-        sh.state.store(state::RUNNING, Ordering::Relaxed);
+        sh.state.store(OwnerState::Running, Ordering::Relaxed);
     }
 
     /// Runs whatever is queued now, without waiting (a caller waiting for room in a full
     /// queue elsewhere). Detached, like every serving loop.
     pub(crate) fn run_queued(&self) {
         while let Ok(job) = self.rx.try_recv() {
-            let before = self.link.state.swap(state::RUNNING, Ordering::Relaxed);
+            let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
             self.run_posted(job);
             self.link.state.store(before, Ordering::Relaxed);
         }

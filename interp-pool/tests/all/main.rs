@@ -12,3 +12,4 @@ mod native;
 mod own_gil;
 mod reentry;
 mod util;
+mod wakeups;
