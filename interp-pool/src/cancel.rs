@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
+use crate::activation;
 use crate::attach::{self, Attached};
 use crate::error::{Error, Result};
 use crate::ffi::sys;
@@ -118,17 +119,19 @@ pub(crate) struct Interruptible {
     id: u64,
     reason: AtomicU8,
     timeout: Duration,
-    link: Arc<OwnerLink>,
+    /// The owner running the call, bound when it starts there (a group's call may run on
+    /// any member); `None` while queued.
+    link: Mutex<Option<Arc<OwnerLink>>>,
 }
 
 impl Interruptible {
-    pub(crate) fn new(link: Arc<OwnerLink>, opts: &CallOptions) -> Arc<Self> {
+    pub(crate) fn new(opts: &CallOptions) -> Arc<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let ctl = Arc::new(Self {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             reason: AtomicU8::new(Reason::None as u8),
             timeout: opts.timeout.unwrap_or_default(),
-            link,
+            link: Mutex::new(None),
         });
         if let Some(token) = &opts.cancel {
             token.track(&ctl);
@@ -161,17 +164,27 @@ impl Interruptible {
         {
             return;
         }
-        // Pairs with `run`: either it sees our reason before starting, or we see it running.
-        if self.link.running.load(Ordering::SeqCst) != self.id {
+        // Pairs with `run`: either it sees our reason before starting (no link yet, or
+        // not yet running), or we see it bound and running.
+        let Some(link) = self.bound() else { return };
+        // If a job the owner serves while this call waits under it (nested) is running
+        // now, the owner raises it on itself when that job returns (`Owner::run_posted`).
+        link.deferred_interrupt
+            .store(self.id << 2 | reason as u64, Ordering::SeqCst);
+        if link.running.load(Ordering::SeqCst) != self.id {
             return;
         }
         let ctl = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name("py-interrupt".into())
-            .spawn(move || ctl.raise_in_owner());
+            .spawn(move || ctl.raise_in_owner(&link));
         if let Err(e) = spawned {
-            tracing::error!(interp = %self.link.id, "cannot start an interrupt thread: {e}");
+            tracing::error!("cannot start an interrupt thread: {e}");
         }
+    }
+
+    fn bound(&self) -> Option<Arc<OwnerLink>> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Runs `f` (on the owner, attached) as this interruptible call.
@@ -180,10 +193,16 @@ impl Interruptible {
         att: &Attached<'_>,
         f: impl FnOnce(&Attached<'_>) -> Result<R>,
     ) -> Result<R> {
-        let sh = &*self.link;
         if let Some(e) = self.interrupted() {
             return Err(e); // cut short while queued: never started
         }
+        let Some(owner) = activation::owner() else {
+            return Err(Error::Internal(
+                "an interruptible call ran off an owner thread".into(),
+            ));
+        };
+        let sh = &*owner.link;
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&owner.link));
         let outer = sh.running.swap(self.id, Ordering::SeqCst);
         let out = if let Some(e) = self.interrupted() {
             Err(e)
@@ -205,16 +224,12 @@ impl Interruptible {
 
     /// On a `py-interrupt` thread: raise the interrupt in the owner if this call is
     /// still the one running there.
-    fn raise_in_owner(&self) {
-        let sh = &*self.link;
+    fn raise_in_owner(&self, sh: &OwnerLink) {
         let _no_end = sh.interrupt_lock.lock().unwrap_or_else(|e| e.into_inner());
         if sh.is_ended() || sh.running.load(Ordering::SeqCst) != self.id {
             return;
         }
-        let class = match Reason::load(&self.reason) {
-            Reason::TimedOut => sh.interrupts.deadline,
-            _ => sh.interrupts.cancelled,
-        };
+        let class = sh.interrupts.for_reason(Reason::load(&self.reason) as u8);
         let interp = sh.interp_ptr as *mut sys::PyInterpreterState;
         let raise = |_att: &Attached<'_>| {
             // `running` is only written by the owner while attached, so reading it while
@@ -227,6 +242,11 @@ impl Interruptible {
             // keeps the end out); SetAsyncExc takes its own reference.
             unsafe { sys::PyThreadState_SetAsyncExc(sh.owner_ident as _, class.as_ptr()) };
             sh.async_pending.store(true, Ordering::SeqCst);
+            // Raised: the owner need not raise it again after a nested job.
+            let mine = self.id << 2 | Reason::load(&self.reason) as u64;
+            let _ =
+                sh.deferred_interrupt
+                    .compare_exchange(mine, 0, Ordering::SeqCst, Ordering::SeqCst);
             true
         };
         // SAFETY: R3 (its one exception): thread: py-interrupt, a fresh thread with no
@@ -286,6 +306,15 @@ impl InterruptClasses {
         })
     }
 
+    /// The class raised for a reason byte (`Reason as u8`).
+    pub(crate) fn for_reason(&self, reason: u8) -> NonNull<sys::PyObject> {
+        if reason == Reason::TimedOut as u8 {
+            self.deadline
+        } else {
+            self.cancelled
+        }
+    }
+
     /// Drops the pool's references, in the interpreter, before it ends.
     pub(crate) fn release(&self, att: &Attached<'_>) {
         for class in [self.deadline, self.cancelled] {
@@ -295,6 +324,23 @@ impl InterruptClasses {
             drop(unsafe { PyObj::from_owned_ptr(att, class.as_ptr()) });
         }
     }
+}
+
+/// On the owner thread, attached, right after a nested job returned to the interruptible
+/// call `outer` waiting under it: raises an interrupt that was requested for `outer` while
+/// that job ran (the interrupter could not: `outer` was not the one running).
+pub(crate) fn raise_deferred(att: &Attached<'_>, link: &OwnerLink, outer: u64) {
+    let deferred = link.deferred_interrupt.load(Ordering::SeqCst);
+    if outer == 0 || deferred >> 2 != outer {
+        return;
+    }
+    link.deferred_interrupt.store(0, Ordering::SeqCst);
+    let class = link.interrupts.for_reason((deferred & 3) as u8);
+    let _ = att;
+    // SAFETY: R10: the owner, attached (`att`); `class` is this interpreter's class, kept
+    // alive by the pool; SetAsyncExc on our own thread only flags our thread state.
+    unsafe { sys::PyThreadState_SetAsyncExc(link.owner_ident as _, class.as_ptr()) };
+    link.async_pending.store(true, Ordering::SeqCst);
 }
 
 /// Arms a deadline for `ctl`; the returned guard disarms it.

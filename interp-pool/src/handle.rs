@@ -115,6 +115,16 @@ impl InterpreterHandle {
         self.link.tx.len()
     }
 
+    /// Jobs the owner thread has run from its queues (its own and its group's) so far.
+    pub fn jobs_served(&self) -> u64 {
+        self.link.served.load(Ordering::Relaxed)
+    }
+
+    /// Whether the owner thread is running a job or looking for one (not parked).
+    pub fn is_busy(&self) -> bool {
+        self.link.state.load(Ordering::Relaxed) != crate::wait::OwnerState::Parked
+    }
+
     /// Whether the interpreter has been ended.
     pub fn is_ended(&self) -> bool {
         self.link.is_ended()
@@ -173,51 +183,31 @@ impl InterpreterHandle {
         if opts.is_plain() {
             return self.call(f);
         }
-        let ctl = Interruptible::new(Arc::clone(&self.link), opts);
+        let ctl = Interruptible::new(opts);
         let _armed = opts.timeout.map(|t| cancel::arm(&ctl, t));
         self.call(|att| ctl.run(att, f))
     }
 
-    /// Queues the call and waits for it; an owner thread serves its own queue meanwhile.
+    /// Queues the call on this interpreter and waits for it.
     fn post_and_wait<R, F>(&self, owner: Option<&Owner>, depth: usize, f: F) -> Result<R>
     where
         F: FnOnce(&Attached<'_>) -> Result<R> + Send,
         R: Send,
     {
-        if let Some(owner) = owner {
-            let cur = ffi::current_tstate();
-            if !cur.is_null() && cur != owner.ts {
-                return Err(Error::Internal(
-                    "an owner thread has a foreign thread state attached".into(),
-                ));
-            }
-        }
         let mut call = Call::new(f);
-        let posted = wait::with_slot(|slot| {
-            // SAFETY: `call` and `slot` live in this frame, and this closure does not
-            // return until `slot` is complete: `post` completes it on failure (the job is
-            // dropped), otherwise `serve`/`wait` block until the job ran or was dropped
-            // (R7). `F: Send` and `R: Send` are required by `call`'s bounds.
-            let job = unsafe { Job::new(&mut call, slot, depth) };
-            // Detached while blocked (also for room in a full queue), or the interpreter
-            // we hold could never be served (R4).
-            let _detached = DetachGuard::detach_current();
-            let spin = self.link.post(job, owner)?;
-            let target = &*self.link;
-            match owner {
-                Some(owner) => owner.serve(Some((slot, target)), spin),
-                None => slot.wait(spin, || target.is_nested_waiting()),
-            }
-            Ok(())
-        });
-        match (posted, call.out) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(Ok(result))) => result,
-            (Ok(()), Some(Err(payload))) => panic::resume_unwind(payload),
-            (Ok(()), None) => Err(Error::InterpreterGone {
-                interp: self.link.id,
-            }),
-        }
+        let target = &*self.link;
+        post_and_wait(
+            &mut call,
+            owner,
+            depth,
+            |job, serving| target.post(job, serving),
+            &|| target.is_nested_waiting(),
+        )?;
+        take_result(call, Error::InterpreterGone { interp: target.id })
+    }
+
+    pub(crate) fn link(&self) -> &OwnerLink {
+        &self.link
     }
 
     /// Ends the interpreter: new calls fail with [`Error::InterpreterGone`], calls still
@@ -238,7 +228,7 @@ impl InterpreterHandle {
 
 /// Runs `f` on the owner thread of its own interpreter, attaching if Python code had
 /// detached the thread state (a ctypes callback), and restoring exactly what it found.
-fn run_inline<R, F>(owner: &Owner, depth: usize, f: F) -> Result<R>
+pub(crate) fn run_inline<R, F>(owner: &Owner, depth: usize, f: F) -> Result<R>
 where
     F: FnOnce(&Attached<'_>) -> Result<R>,
 {
@@ -258,6 +248,57 @@ where
     // tstate: none attached (just checked).
     let attached = unsafe { AttachGuard::attach(owner.ts, owner.link.id) };
     f(&attached.token())
+}
+
+/// Posts `call` with `post` and waits until it ran (or was dropped unrun); an owner
+/// thread serves its own queues meanwhile (shape 4). `target_nested`: whether the thread
+/// that must run the call is itself waiting on another interpreter (then waiting yields
+/// rather than spins).
+pub(crate) fn post_and_wait<F, R>(
+    call: &mut Call<F, R>,
+    owner: Option<&Owner>,
+    depth: usize,
+    post: impl FnOnce(Job, Option<&Owner>) -> Result<std::time::Duration>,
+    target_nested: &dyn Fn() -> bool,
+) -> Result<()>
+where
+    F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+    R: Send,
+{
+    if let Some(owner) = owner {
+        let cur = ffi::current_tstate();
+        if !cur.is_null() && cur != owner.ts {
+            return Err(Error::Internal(
+                "an owner thread has a foreign thread state attached".into(),
+            ));
+        }
+    }
+    wait::with_slot(|slot| {
+        // SAFETY: R7: `call` (the caller's) and `slot` outlive this closure, which does
+        // not return until `slot` is complete: `post` completes it on failure (the job is
+        // dropped), otherwise `serve`/`wait` block until the job ran or was dropped.
+        // `F: Send` and `R: Send` are this function's bounds.
+        let job = unsafe { Job::new(call, slot, depth) };
+        // Detached while blocked (also for room in a full queue), or the interpreter
+        // we hold could never be served (R4).
+        let _detached = DetachGuard::detach_current();
+        let spin = post(job, owner)?;
+        match owner {
+            Some(owner) => owner.serve(Some((slot, target_nested)), spin),
+            None => slot.wait(spin, target_nested),
+        }
+        Ok(())
+    })
+}
+
+/// The result of a call that `post_and_wait` completed; `gone` if it was dropped unrun.
+/// A panic in the job resumes here.
+pub(crate) fn take_result<F, R>(call: Call<F, R>, gone: Error) -> Result<R> {
+    match call.out {
+        Some(Ok(result)) => result,
+        Some(Err(payload)) => panic::resume_unwind(payload),
+        None => Err(gone),
+    }
 }
 
 /// Best effort: Linux keeps 15 bytes of a thread name.

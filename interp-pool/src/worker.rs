@@ -2,7 +2,7 @@
 //! it waits on another interpreter), and ends the interpreter on the same thread.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::Duration;
 
@@ -10,10 +10,11 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::activation::{DepthGuard, OwnerRegistration};
 use crate::attach::{self, AttachGuard, Attached};
-use crate::cancel::InterruptClasses;
+use crate::cancel::{self, InterruptClasses};
 use crate::config::{InterpreterConfig, WhenFull};
 use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
+use crate::group::GroupId;
 use crate::job::Job;
 use crate::runtime::Runtime;
 use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
@@ -55,6 +56,13 @@ pub(crate) struct OwnerLink {
     /// Held while an interrupter has a thread state in this interpreter, and by the owner
     /// before it ends the interpreter (which must then have no other thread state).
     pub(crate) interrupt_lock: Mutex<()>,
+    /// `call id << 2 | reason` of an interrupt requested while the call waited under a
+    /// nested job (0: none); see `cancel::raise_deferred`.
+    pub(crate) deferred_interrupt: AtomicU64,
+    /// The group this interpreter serves as a member, if any (set once, on joining).
+    pub(crate) group: OnceLock<GroupId>,
+    /// Jobs this owner has run from its queues (an idle member's count stands still).
+    pub(crate) served: AtomicU64,
     /// Set by the owner thread as its last act, after `Py_EndInterpreter`.
     ended: Mutex<bool>,
     ended_cv: Condvar,
@@ -67,31 +75,15 @@ impl OwnerLink {
     /// (`serving`) keeps running its own queue meanwhile, so two full interpreters calling
     /// each other cannot deadlock. On failure the job is dropped, completing its slot.
     pub(crate) fn post(&self, job: Job, serving: Option<&Owner>) -> Result<Duration> {
-        let gone = || Error::InterpreterGone { interp: self.id };
-        let mut job = job;
-        loop {
-            match self.tx.try_send(job) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return Err(gone()),
-                Err(TrySendError::Full(j)) => match (self.when_full, serving) {
-                    (WhenFull::Fail, _) => {
-                        return Err(Error::Busy {
-                            interp: self.id,
-                            capacity: self.queue_capacity,
-                        })
-                    }
-                    (WhenFull::Block, None) => {
-                        self.tx.send(j).map_err(|_| gone())?;
-                        break;
-                    }
-                    (WhenFull::Block, Some(owner)) => {
-                        owner.run_queued();
-                        thread::yield_now();
-                        job = j;
-                    }
-                },
-            }
-        }
+        let full = QueueFull {
+            when_full: self.when_full,
+            gone: || Error::InterpreterGone { interp: self.id },
+            busy: || Error::Busy {
+                interp: self.id,
+                capacity: self.queue_capacity,
+            },
+        };
+        full.send(&self.tx, job, serving)?;
         // Pairs with `park_unless` in `serve`: either the owner sees the job, or we see
         // Parked and unpark it.
         if self.state.wake_if_parked(|| self.thread.unpark()) {
@@ -130,6 +122,38 @@ impl OwnerLink {
     }
 }
 
+/// How a post treats a full queue, and the errors it reports.
+pub(crate) struct QueueFull<G, B> {
+    pub(crate) when_full: WhenFull,
+    pub(crate) gone: G,
+    pub(crate) busy: B,
+}
+
+impl<G: Fn() -> Error, B: Fn() -> Error> QueueFull<G, B> {
+    /// Queues `job` on `tx`. If the queue is full it fails (`WhenFull::Fail`) or waits for
+    /// room; an owner thread (`serving`) keeps running its own queues meanwhile, so two
+    /// full interpreters calling each other cannot deadlock. The caller is detached. On
+    /// failure the job is dropped, completing its slot.
+    pub(crate) fn send(&self, tx: &Sender<Job>, job: Job, serving: Option<&Owner>) -> Result<()> {
+        let mut job = job;
+        loop {
+            match tx.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(_)) => return Err((self.gone)()),
+                Err(TrySendError::Full(j)) => match (self.when_full, serving) {
+                    (WhenFull::Fail, _) => return Err((self.busy)()),
+                    (WhenFull::Block, None) => return tx.send(j).map_err(|_| (self.gone)()),
+                    (WhenFull::Block, Some(owner)) => {
+                        owner.run_queued();
+                        thread::yield_now();
+                        job = j;
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// Where an owner thread's interpreter comes from, and so how it is let go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -147,6 +171,8 @@ pub(crate) struct Owner {
     /// The creation thread state: the interpreter's only one, for its whole life (R2).
     pub(crate) ts: *mut sys::PyThreadState,
     rx: Receiver<Job>,
+    /// The queue of the group this interpreter joined (`group.rs`), served after its own.
+    group_rx: OnceLock<Receiver<Job>>,
     server_spin: Duration,
 }
 
@@ -189,6 +215,9 @@ impl Owner {
             running: AtomicU64::new(0),
             async_pending: AtomicBool::new(false),
             interrupt_lock: Mutex::new(()),
+            deferred_interrupt: AtomicU64::new(0),
+            group: OnceLock::new(),
+            served: AtomicU64::new(0),
             ended: Mutex::new(false),
             ended_cv: Condvar::new(),
         });
@@ -198,6 +227,7 @@ impl Owner {
             link,
             ts: created.ts,
             rx,
+            group_rx: OnceLock::new(),
             server_spin: config.wait.server_spin,
         })
     }
@@ -206,8 +236,16 @@ impl Owner {
     /// queued (each completes its caller with InterpreterGone), then ends the interpreter
     /// (or, for main, deletes this thread's thread state: R1, py-main finalizes main).
     fn retire(self, rt: &Runtime) {
-        let Owner { ts, rx, link, .. } = self;
+        let Owner {
+            ts,
+            rx,
+            group_rx,
+            link,
+            ..
+        } = self;
         drop(rx);
+        // The group's queue lives on for its other members.
+        drop(group_rx);
         // No interrupter may hold a thread state in the interpreter from here on (`closing`
         // is set, so none starts after we release this at the end of the function).
         let _no_interrupts = link
@@ -378,7 +416,7 @@ impl Owner {
     /// Serves this interpreter's queue until `slot` is done, or, for the top-level loop
     /// (`slot == None`), until the interpreter is asked to end. Never panics: a job's
     /// panic is caught inside the job.
-    pub(crate) fn serve(&self, wait_on: Option<(&ReplySlot, &OwnerLink)>, spin: Duration) {
+    pub(crate) fn serve(&self, wait_on: Option<(&ReplySlot, &dyn Fn() -> bool)>, spin: Duration) {
         let sh = &*self.link;
         let finished = || match wait_on {
             Some((slot, _)) => slot.is_done(),
@@ -390,10 +428,14 @@ impl Owner {
         } else {
             OwnerState::Running
         };
-        let defer = || wait_on.is_some_and(|(_, target)| target.is_nested_waiting());
+        let defer = || wait_on.is_some_and(|(_, target_nested)| target_nested());
+        // Read on every turn: the interpreter may join a group while this loop runs (the
+        // join is a job of this very loop).
+        let group = || self.group_rx.get();
+        let queued = || !self.rx.is_empty() || group().is_some_and(|g| !g.is_empty());
         sh.state.store(waiting, Ordering::Relaxed);
         loop {
-            if let Ok(job) = self.rx.try_recv() {
+            if let Some(job) = self.next_job(group()) {
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
                 self.run_posted(job);
                 sh.state.store(waiting, Ordering::Relaxed);
@@ -402,7 +444,7 @@ impl Owner {
             if finished() {
                 break;
             }
-            if spin_until(spin, || finished() || !self.rx.is_empty(), defer) {
+            if spin_until(spin, || finished() || queued(), defer) {
                 continue;
             }
             // Nested: the reply's completer must know to unpark us.
@@ -411,17 +453,40 @@ impl Owner {
                     continue;
                 }
             }
-            // Pairs with `wake_if_parked` in `OwnerLink::post` (see there).
-            sh.state.park_unless(|| !finished() && self.rx.is_empty());
+            // Pairs with `wake_if_parked` in `OwnerLink::post` and with the claim in
+            // `group::GroupLink::post` (see there).
+            sh.state.park_unless(|| !finished() && !queued());
             sh.state.store(waiting, Ordering::SeqCst);
         }
         sh.state.store(OwnerState::Running, Ordering::Relaxed);
     }
 
+    /// The next job: this interpreter's own queue first (calls that must run here), then
+    /// its group's.
+    fn next_job(&self, group: Option<&Receiver<Job>>) -> Option<Job> {
+        if let Ok(job) = self.rx.try_recv() {
+            return Some(job);
+        }
+        group.and_then(|g| g.try_recv().ok())
+    }
+
+    /// Makes this owner a member of a group: from now on it also serves `rx`. Runs on the
+    /// owner thread (inside a job), once.
+    pub(crate) fn join_group(&self, id: GroupId, rx: Receiver<Job>) -> Result<()> {
+        if self.link.group.set(id).is_err() || self.group_rx.set(rx).is_err() {
+            return Err(Error::Internal(format!(
+                "interpreter {} is already a member of a group",
+                self.link.id
+            )));
+        }
+        Ok(())
+    }
+
     /// Runs whatever is queued now, without waiting (a caller waiting for room in a full
     /// queue elsewhere). Detached, like every serving loop.
     pub(crate) fn run_queued(&self) {
-        while let Ok(job) = self.rx.try_recv() {
+        let group = self.group_rx.get();
+        while let Some(job) = self.next_job(group) {
             let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
             self.run_posted(job);
             self.link.state.store(before, Ordering::Relaxed);
@@ -435,6 +500,14 @@ impl Owner {
         // SAFETY: R2/R4: thread: owner of `self.ts`. interp: alive until `retire` after
         // the loop. tstate: none attached (we serve only while detached).
         let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };
-        job.execute(&attached.token());
+        self.link.served.fetch_add(1, Ordering::Relaxed);
+        // This job is not the interruptible call that may be waiting under it (nested):
+        // an interrupt aimed at that one must not land here. Written while attached (see
+        // `running`).
+        let outer = self.link.running.swap(0, Ordering::SeqCst);
+        let token = attached.token();
+        job.execute(&token);
+        self.link.running.store(outer, Ordering::SeqCst);
+        cancel::raise_deferred(&token, &self.link, outer);
     }
 }

@@ -5,6 +5,7 @@ mod basics;
 mod concurrency;
 mod deadlines;
 mod errors;
+mod group;
 mod isolation;
 mod lifecycle;
 mod main_interp;

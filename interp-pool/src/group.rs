@@ -1,0 +1,319 @@
+//! `InterpreterGroup`: several interpreters (replicas of one workload) behind one queue.
+//!
+//! Every member keeps its own queue (calls that must run on it: `member.call(..)`) and
+//! also serves the group's queue, its own first. A call on the group goes to whichever
+//! member takes it first (crossbeam channels are MPMC). Posting wakes one *idle* member:
+//! after queueing, the poster claims a parked member (compare-exchange Parked → Running)
+//! and unparks it; if none is parked, every member is awake and re-checks the group queue
+//! before it parks (the handshake of `wait.rs`, which holds per member), so the job is
+//! taken without waiting behind a busy member while another sleeps. Members waiting on
+//! another interpreter (nested) serve both queues too, so a chain cannot deadlock even
+//! when every member is waiting. A call made on a member's own thread runs inline there.
+
+use std::fmt;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::activation;
+use crate::attach::Attached;
+use crate::cancel::{self, CallOptions, Interruptible};
+use crate::config::{InterpreterConfig, WhenFull};
+use crate::error::{Error, Result};
+use crate::handle::{self, InterpreterHandle};
+use crate::job::{Call, Job};
+use crate::wait::OwnerState;
+use crate::worker::{Owner, QueueFull};
+
+/// A group's process-wide identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupId(u64);
+
+impl GroupId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Several interpreters serving one queue. Cheap to clone; `Send + Sync`.
+///
+/// Members are ordinary interpreters ([`InterpreterHandle`]) that joined with
+/// [`add`](Self::add); each still has its own queue for calls that must run on it.
+/// [`end`](Self::end) ends every member; a call still queued on the group then runs on a
+/// member that is still finishing, or fails with [`Error::InterpreterGone`].
+#[derive(Clone)]
+pub struct InterpreterGroup {
+    link: Arc<GroupLink>,
+}
+
+/// What callers and members share.
+pub(crate) struct GroupLink {
+    id: GroupId,
+    name: String,
+    tx: Sender<Job>,
+    /// Cloned into every member that joins.
+    rx: Receiver<Job>,
+    members: RwLock<Vec<InterpreterHandle>>,
+    closing: AtomicBool,
+    /// Named by errors when the group has no member.
+    reserved_id: crate::InterpreterId,
+    max_depth: usize,
+    caller_spin: Duration,
+    queue_capacity: usize,
+    when_full: WhenFull,
+}
+
+impl fmt::Debug for InterpreterGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InterpreterGroup")
+            .field("name", &self.link.name)
+            .field("members", &self.len())
+            .finish()
+    }
+}
+
+impl InterpreterGroup {
+    /// An empty group named `config.name`, whose queue, depth cap and wait policy come
+    /// from `config` (members bring their own interpreters; see [`add`](Self::add)).
+    pub fn new(config: &InterpreterConfig) -> Self {
+        let capacity = config.queue_capacity.max(1);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        Self {
+            link: Arc::new(GroupLink {
+                id: GroupId::next(),
+                name: config.name.clone(),
+                tx,
+                rx,
+                members: RwLock::new(Vec::new()),
+                closing: AtomicBool::new(false),
+                reserved_id: crate::InterpreterId::next(),
+                max_depth: config.max_depth,
+                caller_spin: config.wait.caller_spin,
+                queue_capacity: capacity,
+                when_full: config.when_full,
+            }),
+        }
+    }
+
+    /// Makes `member` serve this group's queue from now on (after its own). It must be a
+    /// subinterpreter of its own ([`InterpreterHandle::spawn`]), in no other group.
+    pub fn add(&self, member: InterpreterHandle) -> Result<()> {
+        if member.is_main() {
+            return Err(Error::Internal(
+                "the main interpreter cannot join a group".into(),
+            ));
+        }
+        if self.link.closing.load(Ordering::SeqCst) {
+            return Err(Error::InterpreterGone {
+                interp: member.id(),
+            });
+        }
+        let (id, rx) = (self.link.id, self.link.rx.clone());
+        member.call(move |_| match activation::owner() {
+            Some(owner) => owner.join_group(id, rx),
+            None => Err(Error::Internal("group join ran off its owner".into())),
+        })?;
+        self.lock_members_mut().push(member);
+        Ok(())
+    }
+
+    /// Takes `member` out of the group and ends it (its running calls finish first; calls
+    /// queued on the group go to the other members). No-op if it is not a member.
+    pub fn remove(&self, member: &InterpreterHandle) {
+        let removed = {
+            let mut members = self.lock_members_mut();
+            let before = members.len();
+            members.retain(|m| m.id() != member.id());
+            members.len() != before
+        };
+        if removed {
+            member.end();
+        }
+    }
+
+    /// The members, in the order they joined.
+    pub fn members(&self) -> Vec<InterpreterHandle> {
+        self.lock_members().clone()
+    }
+
+    /// How many members serve the group.
+    pub fn len(&self) -> usize {
+        self.lock_members().len()
+    }
+
+    /// Whether the group has no member.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    /// Calls waiting in the group's queue now (not those queued on one member).
+    pub fn queue_len(&self) -> usize {
+        self.link.tx.len()
+    }
+
+    /// Runs `f` on whichever member takes it first, like [`InterpreterHandle::call`]; on
+    /// a member's own thread it runs inline there.
+    ///
+    /// # Errors
+    /// [`Error::InterpreterGone`] once the group has ended (or has no member left),
+    /// [`Error::ReentryLimit`], [`Error::Busy`] with `WhenFull::Fail`, or whatever `f`
+    /// returns.
+    pub fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        let g = &*self.link;
+        if g.closing.load(Ordering::Acquire) {
+            return Err(self.gone());
+        }
+        let depth = activation::depth() + 1;
+        if depth > g.max_depth {
+            return Err(Error::ReentryLimit {
+                depth,
+                limit: g.max_depth,
+            });
+        }
+        match activation::owner() {
+            Some(owner) if owner.link.group.get() == Some(&g.id) => {
+                handle::run_inline(owner, depth, f)
+            }
+            owner => {
+                let mut call = Call::new(f);
+                // Any member may take it: none in particular is "the one we wait for".
+                handle::post_and_wait(
+                    &mut call,
+                    owner,
+                    depth,
+                    |job, serving| self.post(job, serving),
+                    &|| false,
+                )?;
+                handle::take_result(call, self.gone())
+            }
+        }
+    }
+
+    /// [`call`](Self::call) with a deadline and/or a cancel token, as
+    /// [`InterpreterHandle::call_with`]; the interrupt is aimed at the member that runs
+    /// the call, bound when the call starts there.
+    pub fn call_with<R, F>(&self, opts: &CallOptions, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        if opts.is_plain() {
+            return self.call(f);
+        }
+        let ctl = Interruptible::new(opts);
+        let _armed = opts.timeout.map(|t| cancel::arm(&ctl, t));
+        self.call(|att| ctl.run(att, f))
+    }
+
+    /// Ends every member (waiting for their running calls, unless called on an owner
+    /// thread); calls left in the group's queue then fail with [`Error::InterpreterGone`].
+    pub fn end(&self) {
+        let g = &*self.link;
+        g.closing.store(true, Ordering::SeqCst);
+        let members = std::mem::take(&mut *self.lock_members_mut());
+        for m in &members {
+            m.end();
+        }
+        // Pairs with the fence in `post`: a job queued after our `closing` store is
+        // drained either here or by its poster.
+        fence(Ordering::SeqCst);
+        g.drain();
+    }
+
+    /// Whether [`end`](Self::end) was called.
+    pub fn is_ended(&self) -> bool {
+        self.link.closing.load(Ordering::SeqCst)
+    }
+
+    fn gone(&self) -> Error {
+        Error::InterpreterGone {
+            interp: self.gone_id(),
+        }
+    }
+
+    /// Queues `job` and wakes one idle member. Returns the caller's spin budget: zero if
+    /// it woke a parked member (which needs a moment to run), else the configured spin.
+    fn post(&self, job: Job, serving: Option<&Owner>) -> Result<Duration> {
+        let g = &*self.link;
+        let full = QueueFull {
+            when_full: g.when_full,
+            gone: || self.gone(),
+            busy: || Error::Busy {
+                interp: self.gone_id(),
+                capacity: g.queue_capacity,
+            },
+        };
+        full.send(&g.tx, job, serving)?;
+        // Pairs with each member's `park_unless` (it stores Parked, fences, re-checks the
+        // group queue) and with `end`'s fence: either a member sees the job, or we see it
+        // Parked and claim it; and either `end` drains the job or we see `closing`.
+        fence(Ordering::SeqCst);
+        if g.closing.load(Ordering::SeqCst) {
+            g.drain();
+            return Err(self.gone());
+        }
+        for m in self.lock_members().iter() {
+            if m.claim_parked() {
+                return Ok(Duration::ZERO);
+            }
+        }
+        Ok(g.caller_spin)
+    }
+
+    /// The interpreter errors name: the first member, or the id the group reserved.
+    fn gone_id(&self) -> crate::InterpreterId {
+        self.lock_members()
+            .first()
+            .map_or(self.link.reserved_id, |m| m.id())
+    }
+
+    fn lock_members(&self) -> std::sync::RwLockReadGuard<'_, Vec<InterpreterHandle>> {
+        self.link.members.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_members_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<InterpreterHandle>> {
+        self.link.members.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl GroupLink {
+    /// Drops every queued job unrun: each completes its caller with InterpreterGone.
+    fn drain(&self) {
+        while let Ok(job) = self.rx.try_recv() {
+            drop(job);
+        }
+    }
+}
+
+impl InterpreterHandle {
+    /// Group posting: if the owner is parked, marks it Running and unparks it; true if
+    /// this call claimed it (no other poster will wake the same sleeper for its job).
+    pub(crate) fn claim_parked(&self) -> bool {
+        let link = self.link();
+        let claimed = link
+            .state
+            .compare_exchange(
+                OwnerState::Parked,
+                OwnerState::Running,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if claimed {
+            link.thread.unpark();
+        }
+        claimed
+    }
+}
