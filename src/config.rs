@@ -134,6 +134,16 @@ pub struct PythonConfig {
     /// When a bundle's queue is full: wait for room (`Block`, default) or fail the call
     /// at once (`Fail`: `AbiError` Generic, "python: bundle busy").
     pub when_full: WhenFull,
+    /// How many own-GIL interpreters serve a bundle, by bundle (manifest) name; absent = 1.
+    ///
+    /// Each replica is a fresh interpreter that runs the bundle's entry module and its own
+    /// `polyplug_init`; a default-instance call runs on whichever replica is free, an
+    /// instance's calls on the replica it was made on. **Module globals are per replica**:
+    /// replicas are for stateless bundles and per-instance state. Bundles that land in
+    /// `shared_gil` or `main` run with one interpreter (a warning names this setting).
+    pub replicas: HashMap<String, Replicas>,
+    /// When an [`Replicas::Elastic`] bundle grows and shrinks.
+    pub elastic: ElasticPolicy,
 }
 
 impl Default for PythonConfig {
@@ -152,11 +162,85 @@ impl Default for PythonConfig {
             bundle_timeouts: HashMap::new(),
             queue_capacity: 1024,
             when_full: WhenFull::Block,
+            replicas: HashMap::new(),
+            elastic: ElasticPolicy::default(),
+        }
+    }
+}
+
+/// How many interpreters serve one bundle (see [`PythonConfig::replicas`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Replicas {
+    /// Exactly this many (at least 1).
+    Fixed(usize),
+    /// One per available core (`std::thread::available_parallelism`).
+    Auto,
+    /// Starts with `min`; adds one (up to `max`) when calls wait because every replica is
+    /// busy, and retires one that stayed idle (never below `min`): see [`ElasticPolicy`].
+    Elastic {
+        /// Replicas kept at all times (at least 1).
+        min: usize,
+        /// Replicas at most (at least `min`).
+        max: usize,
+    },
+}
+
+impl Replicas {
+    /// `(initial, max)` replica counts, or a description of what is wrong with the value.
+    pub(crate) fn bounds(self) -> Result<(usize, usize), String> {
+        match self {
+            Replicas::Fixed(0) => {
+                Err("Replicas::Fixed(0): a bundle needs at least one replica".into())
+            }
+            Replicas::Fixed(k) => Ok((k, k)),
+            Replicas::Auto => {
+                let k = std::thread::available_parallelism().map_or(1, |n| n.get());
+                Ok((k, k))
+            }
+            Replicas::Elastic { max: 0, .. } => {
+                Err("Replicas::Elastic { max: 0 }: max must be at least 1".into())
+            }
+            Replicas::Elastic { min, max } if min > max => Err(format!(
+                "Replicas::Elastic {{ min: {min}, max: {max} }}: min is larger than max"
+            )),
+            Replicas::Elastic { min, max } => Ok((min.max(1), max)),
+        }
+    }
+}
+
+/// When an elastic bundle grows and shrinks (see [`Replicas::Elastic`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElasticPolicy {
+    /// Grow when a call has waited this long in the bundle's queue while every replica was
+    /// busy. Default 2 ms: longer than a typical hand-off, far shorter than creating a
+    /// replica (~15-30 ms), which happens off the callers' threads.
+    pub grow_after: Duration,
+    /// Retire a replica (above `min`, holding no instance) that served nothing for this
+    /// long. Default 30 s.
+    pub idle_retire: Duration,
+    /// How often the bundle's elastic controller looks. Default 1 ms.
+    pub check_every: Duration,
+}
+
+impl Default for ElasticPolicy {
+    fn default() -> Self {
+        Self {
+            grow_after: Duration::from_millis(2),
+            idle_retire: Duration::from_secs(30),
+            check_every: Duration::from_millis(1),
         }
     }
 }
 
 impl PythonConfig {
+    /// The replica setting of a bundle (absent: one).
+    pub(crate) fn replicas_for(&self, bundle: &str) -> Replicas {
+        self.replicas
+            .get(bundle)
+            .copied()
+            .unwrap_or(Replicas::Fixed(1))
+    }
+
     /// The deadline of a bundle's calls.
     pub(crate) fn timeout_for(&self, bundle: &str) -> Option<Duration> {
         self.bundle_timeouts

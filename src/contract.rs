@@ -11,7 +11,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use interp_pool::{Attached, CallOptions, InterpreterHandle, NativeError, Persistent, PyObj};
+use interp_pool::{
+    Attached, CallOptions, InterpreterHandle, InterpreterId, NativeError, Persistent, PyObj,
+};
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::{
     AbiError, AbiErrorCode, CallArena, GuestContractInstance, HostApi, VmLoaderData,
@@ -21,17 +23,66 @@ use polyplug_utils::GuestContractId;
 use crate::error;
 use crate::isolation::{self, BundleKey, Scope};
 use crate::metrics::{Meter, Outcome};
+use crate::replicas::{self, Target};
 use crate::scope;
 
-/// Python objects of one contract. They live in the bundle's interpreter and are only
-/// touched inside its jobs; `None` once the bundle is unloaded.
-pub(crate) struct Objects {
+/// One replica's Python objects of a contract: they live in its interpreter and are only
+/// touched inside its jobs.
+pub(crate) struct ReplicaObjects {
+    pub(crate) interp: InterpreterId,
     pub(crate) functions: Vec<Persistent>,
     pub(crate) factory: Persistent,
     pub(crate) default_impl: Persistent,
     pub(crate) arena_alloc: Persistent,
-    pub(crate) instances: HashMap<u64, Persistent>,
-    pub(crate) next_id: u64,
+}
+
+/// An instance from `create_instance`: it lives on one replica, and so do its calls.
+struct Instance {
+    interp: InterpreterId,
+    obj: Persistent,
+}
+
+/// Python objects of one contract, over its replicas; `None` in `ContractData` once the
+/// bundle is unloaded.
+pub(crate) struct Objects {
+    /// One per replica (in the order the replicas were made).
+    replicas: Vec<ReplicaObjects>,
+    /// By instance id, unique per contract whatever the replica.
+    instances: HashMap<u64, Instance>,
+    next_id: u64,
+}
+
+impl Objects {
+    pub(crate) fn new(replicas: Vec<ReplicaObjects>) -> Self {
+        Self {
+            replicas,
+            instances: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    fn replica(&self, interp: InterpreterId) -> interp_pool::Result<&ReplicaObjects> {
+        self.replicas
+            .iter()
+            .find(|r| r.interp == interp)
+            .ok_or_else(|| interp_pool::Error::Internal(format!("no objects for replica {interp}")))
+    }
+
+    /// The replica holding the fewest instances (the first on a tie).
+    fn least_loaded(&self) -> Option<InterpreterId> {
+        self.replicas
+            .iter()
+            .map(|r| {
+                let n = self
+                    .instances
+                    .values()
+                    .filter(|i| i.interp == r.interp)
+                    .count();
+                (n, r.interp)
+            })
+            .min_by_key(|(n, _)| *n)
+            .map(|(_, id)| id)
+    }
 }
 
 /// What `VmLoaderData.data` points to. Allocated once per registered contract and never
@@ -39,7 +90,8 @@ pub(crate) struct Objects {
 /// pin the registry's epoch), and then it must get `StaleHandle`, not a dangling pointer.
 /// After unload it holds no Python object and only a handle to an ended interpreter.
 pub(crate) struct ContractData {
-    pub(crate) interp: InterpreterHandle,
+    /// Where its calls run: one interpreter, or the bundle's replicas.
+    pub(crate) target: Target,
     /// The bundle's identity in the main interpreter (`main` mode): its code runs inside
     /// an isolation scope, and what it imports is settled after each call.
     pub(crate) scope: Option<BundleKey>,
@@ -68,6 +120,12 @@ enum Dispatched {
     Unloaded,
 }
 
+/// Where one call goes: any replica, or the one holding its instance.
+enum Route {
+    Any,
+    On(InterpreterHandle),
+}
+
 impl ContractData {
     fn objects(&self) -> MutexGuard<'_, Option<Objects>> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
@@ -81,9 +139,27 @@ impl ContractData {
         })
     }
 
-    /// Runs `job` in the bundle's interpreter with this call's options, metered.
+    /// Where a call on `instance` runs: any replica for the default instance (0) or when
+    /// there is one interpreter; else the instance's own. `None`: no such instance, or
+    /// unloaded (the job then finds out and reports which).
+    fn route(&self, instance: u64) -> Route {
+        if instance == 0 || !self.target.is_replicated() {
+            return Route::Any;
+        }
+        let interp = self
+            .objects()
+            .as_ref()
+            .and_then(|o| o.instances.get(&instance).map(|i| i.interp));
+        match interp.and_then(|id| replicas::find(&self.target.members(), id).cloned()) {
+            Some(h) => Route::On(h),
+            None => Route::Any,
+        }
+    }
+
+    /// Runs `job` on `route` with this call's options, metered.
     fn metered<R: Send>(
         &self,
+        route: Route,
         job: impl FnOnce(&Attached<'_>) -> interp_pool::Result<R> + Send,
     ) -> interp_pool::Result<R> {
         // Off unless TRACE is enabled for this target: then one span per call.
@@ -94,7 +170,8 @@ impl ContractData {
         m.start();
         // Latencies of a sample of calls (see `metrics::sampled`); counters see every call.
         let t0 = crate::metrics::sampled().then(Instant::now);
-        let r = self.interp.call_with(&self.options(), |py| {
+        let opts = self.options();
+        let timed = |py: &Attached<'_>| {
             let t1 = t0.map(|t0| {
                 let t1 = Instant::now();
                 m.queue_wait.record(t1 - t0);
@@ -106,7 +183,11 @@ impl ContractData {
                 m.run.record(t1.elapsed());
             }
             r
-        });
+        };
+        let r = match route {
+            Route::Any => self.target.call_with(&opts, timed),
+            Route::On(h) => h.call_with(&opts, timed),
+        };
         m.finish(match &r {
             Ok(_) => Outcome::Ok,
             Err(interp_pool::Error::Timeout { .. }) => Outcome::Timeout,
@@ -131,10 +212,36 @@ impl ContractData {
         out
     }
 
-    /// Drops every Python object; must run inside a job of this interpreter.
-    pub(crate) fn release_objects(&self, _att: &Attached<'_>) {
-        let taken = self.objects().take();
-        drop(taken);
+    /// Drops the Python objects that live in `py`'s interpreter (one replica's, with its
+    /// instances); once no replica has any left, the contract answers StaleHandle.
+    pub(crate) fn release_objects(&self, py: &Attached<'_>) {
+        let here = py.id();
+        let (replica, instances) = {
+            let mut guard = self.objects();
+            let Some(o) = guard.as_mut() else { return };
+            let replica: Vec<ReplicaObjects> = {
+                let (gone, kept) = std::mem::take(&mut o.replicas)
+                    .into_iter()
+                    .partition(|r| r.interp == here);
+                o.replicas = kept;
+                gone
+            };
+            let ids: Vec<u64> = o
+                .instances
+                .iter()
+                .filter(|(_, i)| i.interp == here)
+                .map(|(id, _)| *id)
+                .collect();
+            let instances: Vec<Instance> =
+                ids.iter().filter_map(|id| o.instances.remove(id)).collect();
+            if o.replicas.is_empty() {
+                *guard = None;
+            }
+            (replica, instances)
+        };
+        // Dropped after the lock: a finalizer may call back into this contract.
+        drop(replica);
+        drop(instances);
     }
 
     fn dispatch(
@@ -152,7 +259,7 @@ impl ContractData {
                 b"python: fn_id out of range",
             );
         }
-        let r = self.metered(|py| {
+        let r = self.metered(self.route(instance), |py| {
             // Take our own references, then release the lock before running Python:
             // the call may re-enter this contract (nested dispatch, create_instance).
             let (f, imp, alloc) = {
@@ -160,18 +267,21 @@ impl ContractData {
                 let Some(o) = guard.as_ref() else {
                     return Ok(Dispatched::Unloaded);
                 };
+                let Ok(r) = o.replica(py.id()) else {
+                    return Ok(Dispatched::Unloaded); // this replica is being retired
+                };
                 let imp = if instance == 0 {
-                    &o.default_impl
+                    &r.default_impl
                 } else {
                     match o.instances.get(&instance) {
-                        Some(i) => i,
+                        Some(i) => &i.obj,
                         None => return Ok(Dispatched::NoInstance),
                     }
                 };
                 (
-                    o.functions[fn_id].bind(py)?,
+                    r.functions[fn_id].bind(py)?,
                     imp.bind(py)?,
-                    o.arena_alloc.bind(py)?,
+                    r.arena_alloc.bind(py)?,
                 )
             };
             let (a, o, ar) = (
@@ -209,10 +319,20 @@ impl ContractData {
     }
 
     fn create_instance(&self, host: usize) -> Option<u64> {
-        let r = self.metered(|py| {
-            let factory = match self.objects().as_ref() {
-                Some(o) => o.factory.bind(py)?,
-                None => return Ok(None),
+        // On the replica holding the fewest instances; its calls will all run there.
+        let route = match self.objects().as_ref().and_then(Objects::least_loaded) {
+            Some(id) if self.target.is_replicated() => {
+                match replicas::find(&self.target.members(), id) {
+                    Some(h) => Route::On(h.clone()),
+                    None => Route::Any,
+                }
+            }
+            _ => Route::Any,
+        };
+        let r = self.metered(route, |py| {
+            let factory = match self.objects().as_ref().map(|o| o.replica(py.id())) {
+                Some(Ok(r)) => r.factory.bind(py)?,
+                _ => return Ok(None),
             };
             let host = py.uint(host as u64)?;
             let obj = self.guest(py, || factory.call(py, &[&host]))?;
@@ -223,7 +343,8 @@ impl ContractData {
             };
             let id = o.next_id;
             o.next_id += 1;
-            o.instances.insert(id, obj);
+            let interp = py.id();
+            o.instances.insert(id, Instance { interp, obj });
             Ok(Some(id))
         });
         r.unwrap_or_else(|e| {
@@ -234,15 +355,20 @@ impl ContractData {
     }
 
     fn destroy_instance(&self, id: u64) {
-        // The removed object is dropped inside the job, with its interpreter attached.
-        let _ = self.interp.call(|_py| {
+        // The removed object is dropped inside a job of its own replica, attached.
+        let job = |_py: &Attached<'_>| {
             let removed = self
                 .objects()
                 .as_mut()
                 .and_then(|o| o.instances.remove(&id));
             drop(removed);
             Ok(())
-        });
+        };
+        let plain = CallOptions::default();
+        let _ = match self.route(id) {
+            Route::On(h) => h.call(job),
+            Route::Any => self.target.call_with(&plain, job),
+        };
     }
 }
 

@@ -31,6 +31,7 @@ mod lifecycle;
 mod load;
 mod metrics;
 mod output;
+mod replicas;
 mod rss;
 mod scope;
 mod spare;
@@ -43,10 +44,11 @@ use polyplug::runtime::Runtime;
 use polyplug_abi::SupportedLanguage;
 use polyplug_utils::BundleId;
 
-pub use config::{InterpreterMode, PythonConfig};
+pub use config::{ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use interp_pool::{CallOptions, CancelToken, WhenFull};
 pub use metrics::BundleMetrics;
+pub use replicas::ReplicaStats;
 pub use rss::rss_bytes;
 pub use scope::with_call_options;
 
@@ -71,8 +73,11 @@ pub struct BundleInfo {
     pub contracts: Vec<(String, usize)>,
     /// How the bundle's interpreter runs: `"own_gil"`, `"shared_gil"` or `"main"`.
     pub mode: &'static str,
-    /// CPython's id of the bundle's interpreter.
+    /// CPython's id of the bundle's (first) interpreter.
     pub python_interp_id: i64,
+    /// How many interpreters serve it now (`PythonConfig::replicas`; 1 in `shared_gil`
+    /// and `main`).
+    pub replicas: usize,
 }
 
 impl PythonLoader {
@@ -98,14 +103,14 @@ impl PythonLoader {
                 .map(|c| (c.contract.clone(), c.fn_count))
                 .collect(),
             mode: b.mode.as_str(),
-            python_interp_id: b.interp.python_id(),
+            python_interp_id: b.target.primary().map_or(0, |h| h.python_id()),
+            replicas: b.target.members().len(),
         })
     }
 
     /// Call metrics of the bundle's most recent load.
     pub fn metrics(&self, bundle_id: u64) -> Option<BundleMetrics> {
-        self.inner
-            .latest(bundle_id, |b| b.meter.snapshot(b.interp.queue_len()))
+        self.inner.latest(bundle_id, |b| b.stats())
     }
 }
 

@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use interp_pool::InterpreterHandle;
+use interp_pool::{InterpreterGroup, InterpreterHandle};
 use polyplug::error::LoaderError;
 use polyplug::loader::{BundleSource, ManifestData};
 use polyplug::runtime::Runtime;
+use polyplug_abi::types::LogLevel;
 
 use crate::config::{self, InterpreterMode, PythonConfig};
 use crate::contract::ContractData;
@@ -19,14 +20,18 @@ use crate::isolation::{self, BundleKey};
 use crate::load::{self, Entry, LoadFailure, Plan};
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
+use crate::replicas::{self, Target};
 use crate::spare;
 
 /// The state behind every clone of a `PythonLoader`: its settings and what is loaded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Loader {
     config: PythonConfig,
     /// By bundle id; several entries only while a reload retires the old version.
     bundles: Mutex<HashMap<u64, Vec<LoadedBundle>>>,
+    /// Set once the `replicas` names were checked against the bundles beside the first
+    /// one loaded from a directory.
+    replica_names_checked: std::sync::Once,
 }
 
 /// What one successful load owns.
@@ -35,7 +40,8 @@ pub(crate) struct LoadedBundle {
     name: String,
     /// Unique per load in the process: tells a reload's new load from the ones it retires.
     serial: u64,
-    pub(crate) interp: InterpreterHandle,
+    /// Its interpreter, or its replicas.
+    pub(crate) target: Target,
     pub(crate) contracts: Vec<&'static ContractData>,
     pub(crate) mode: InterpreterMode,
     /// Its identity in the main interpreter (`Main` mode only).
@@ -52,7 +58,7 @@ impl std::fmt::Debug for LoadedBundle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedBundle")
             .field("name", &self.name)
-            .field("interp", &self.interp)
+            .field("target", &self.target)
             .field(
                 "contracts",
                 &self
@@ -65,11 +71,27 @@ impl std::fmt::Debug for LoadedBundle {
     }
 }
 
+impl LoadedBundle {
+    /// Its metrics now, with every replica's queue and state.
+    pub(crate) fn stats(&self) -> crate::BundleMetrics {
+        let members = self.target.members();
+        let replicas = members.iter().map(crate::ReplicaStats::of).collect();
+        self.meter.snapshot(self.target.queue_len(), replicas)
+    }
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Self::new(PythonConfig::default())
+    }
+}
+
 impl Loader {
     pub(crate) fn new(config: PythonConfig) -> Self {
         Self {
             config,
             bundles: Mutex::new(HashMap::new()),
+            replica_names_checked: std::sync::Once::new(),
         }
     }
 
@@ -135,10 +157,10 @@ impl Loader {
                     let _ = c.successor.set(n);
                 }
             }
-            release(&b.interp, &b.contracts, b.key);
+            release(&b.target, &b.contracts, b.key);
             tracing::info!(
                 bundle = %manifest.name,
-                interp = %b.interp.id(),
+                replicas = b.target.members().len(),
                 mode = %b.mode,
                 "bundle version retired after reload"
             );
@@ -150,11 +172,11 @@ impl Loader {
     pub(crate) fn unload(&self, bundle_id: u64) {
         let removed = self.lock().remove(&bundle_id).unwrap_or_default();
         for b in removed {
-            let m = b.meter.snapshot(0);
-            release(&b.interp, &b.contracts, b.key);
+            let m = b.meter.snapshot(0, Vec::new());
+            release(&b.target, &b.contracts, b.key);
             tracing::info!(
                 bundle = %b.name,
-                interp = %b.interp.id(),
+                replicas = b.target.members().len(),
                 mode = %b.mode,
                 calls = m.calls,
                 errors = m.errors,
@@ -218,6 +240,7 @@ impl Loader {
         runtime: &Runtime,
     ) -> Result<u64, LoaderError> {
         self.check_version()?;
+        self.check_replica_names(manifest, runtime);
         let config = &self.config;
         let mut mode = config.mode_for(&manifest.name);
         loop {
@@ -256,9 +279,9 @@ impl Loader {
         }
     }
 
-    /// One load attempt in `mode`: create the interpreter, run the bundle's init there,
-    /// register its contracts. Any failure ends the interpreter and leaves nothing behind.
-    /// Returns the new load's serial.
+    /// One load attempt in `mode`: create the interpreter(s), run the bundle's init in
+    /// each, register its contracts once. Any failure ends every interpreter it made and
+    /// leaves nothing behind. Returns the new load's serial.
     fn load_in(
         &self,
         manifest: &ManifestData,
@@ -267,23 +290,66 @@ impl Loader {
         mode: InterpreterMode,
     ) -> Result<u64, LoadFailure> {
         let bundle = manifest.name.as_str();
+        let (wanted, max) = self.replica_bounds(bundle)?;
+        // Replicas are own-GIL interpreters; other modes have one.
+        let replicated = mode == InterpreterMode::OwnGil && max > 1;
+        let count = if mode == InterpreterMode::OwnGil {
+            wanted
+        } else {
+            if max > 1 {
+                replicas::warn_unreplicated(&runtime.logger(), bundle, mode.as_str(), max);
+            }
+            1
+        };
         let rss0 = crate::rss_bytes().unwrap_or(0);
         let t0 = std::time::Instant::now();
-        let interp = self.interpreter(bundle, mode).map_err(|e| {
+        let first = self.interpreter(bundle, mode).map_err(|e| {
             error::init_failed(bundle, "cannot create the bundle's interpreter", &e)
         })?;
         let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
         let sink = OutputSink::register(runtime.logger(), bundle, key);
-        let declared = interp
-            .call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
-            .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()));
-        let declared = match declared {
-            Ok(d) => d,
+        let init = |h: &InterpreterHandle| {
+            h.call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
+                .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()))
+        };
+        let mut members = vec![first];
+        let mut declared = Vec::with_capacity(count);
+        for i in 0..count {
+            if i > 0 {
+                let config = self.config.interpreter(&format!("{bundle}#{i}"), mode);
+                match InterpreterHandle::spawn(config) {
+                    Ok(h) => members.push(h),
+                    Err(e) => {
+                        discard(&members, declared, key);
+                        let doing = format!("cannot create replica {i} of {count}");
+                        return Err(error::init_failed(bundle, &doing, &e).into());
+                    }
+                }
+            }
+            let d = match init(&members[i]) {
+                Ok(d) => d,
+                Err(e) => {
+                    discard(&members, declared, key);
+                    return Err(e);
+                }
+            };
+            if let Some(why) = declared
+                .first()
+                .and_then(|d0| load::same_registrations(d0, &d).err())
+            {
+                declared.push(d);
+                discard(&members, declared, key);
+                return Err(error::init_failed_msg(bundle, why).into());
+            }
+            declared.push(d);
+        }
+        let target = match self.target(bundle, mode, &members, replicated) {
+            Ok(t) => t,
             Err(e) => {
-                release(&interp, &[], key);
-                return Err(e);
+                discard(&members, declared, key);
+                return Err(error::init_failed(bundle, "cannot group the replicas", &e).into());
             }
         };
         let t_init = t0.elapsed() - t_spawn;
@@ -294,16 +360,17 @@ impl Loader {
             timeout: self.config.timeout_for(bundle),
         };
         let (contracts, registered) =
-            load::register_all(declared, &interp, bundle, plan.bundle_id, settings, runtime);
+            load::register_all(declared, &target, bundle, plan.bundle_id, settings, runtime);
         if let Err(e) = registered {
-            release(&interp, &contracts, key);
+            release(&target, &contracts, key);
             return Err(e.into());
         }
         meter.set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
         tracing::info!(
             bundle,
-            interp = %interp.id(),
+            interp = %members[0].id(),
             mode = %mode,
+            replicas = members.len(),
             contracts = contracts.len(),
             create_ms = t_spawn.as_secs_f64() * 1e3,
             init_ms = t_init.as_secs_f64() * 1e3,
@@ -318,7 +385,7 @@ impl Loader {
             .push(LoadedBundle {
                 name: bundle.to_owned(),
                 serial,
-                interp,
+                target,
                 contracts,
                 mode,
                 key,
@@ -327,6 +394,64 @@ impl Loader {
                 _output: sink,
             });
         Ok(serial)
+    }
+
+    /// Warns (once per loader) about `replicas` entries that name no bundle of the plugin
+    /// directory the first path bundle came from: a misspelt name would silently mean 1.
+    fn check_replica_names(&self, manifest: &ManifestData, runtime: &Runtime) {
+        if self.config.replicas.is_empty() || manifest.path.as_os_str().is_empty() {
+            return;
+        }
+        let Some(plugin_dir) = manifest.path.parent() else {
+            return;
+        };
+        self.replica_names_checked.call_once(|| {
+            let names: std::collections::HashSet<String> = std::fs::read_dir(plugin_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| polyplug::loader::parse_manifest(&e.path()).ok())
+                .map(|m| m.name)
+                .collect();
+            for name in self.config.replicas.keys().filter(|n| !names.contains(*n)) {
+                let msg = format!(
+                    "PythonConfig::replicas names \"{name}\", but no bundle in {} has that \
+                     name: the setting has no effect there",
+                    plugin_dir.display()
+                );
+                tracing::warn!(bundle = %name, "{msg}");
+                runtime.logger().log(LogLevel::Warn, name, || msg.clone());
+            }
+        });
+    }
+
+    /// `(initial, max)` replicas of `bundle`, or the load's error for a bad setting.
+    fn replica_bounds(&self, bundle: &str) -> Result<(usize, usize), LoadFailure> {
+        self.config.replicas_for(bundle).bounds().map_err(|why| {
+            error::init_failed_msg(
+                bundle,
+                format!("invalid PythonConfig::replicas[\"{bundle}\"]: {why}"),
+            )
+            .into()
+        })
+    }
+
+    /// Where the bundle's calls go: its one interpreter, or a group of its replicas.
+    fn target(
+        &self,
+        bundle: &str,
+        mode: InterpreterMode,
+        members: &[InterpreterHandle],
+        replicated: bool,
+    ) -> interp_pool::Result<Target> {
+        if !replicated {
+            return Ok(Target::One(members[0].clone()));
+        }
+        let group = InterpreterGroup::new(&self.config.interpreter(bundle, mode));
+        for m in members {
+            group.add(m.clone())?;
+        }
+        Ok(Target::Group(group))
     }
 
     fn load_path(&self, manifest: &ManifestData, runtime: &Runtime) -> Result<u64, LoaderError> {
@@ -402,33 +527,52 @@ impl Drop for Loader {
     fn drop(&mut self) {
         let all: Vec<LoadedBundle> = self.lock().drain().flat_map(|(_, v)| v).collect();
         for b in all {
-            release(&b.interp, &b.contracts, b.key);
+            release(&b.target, &b.contracts, b.key);
         }
     }
 }
 
-/// Emits a last unterminated output line, drops the contracts' Python objects inside
-/// their interpreter, then ends it (waiting for calls already running in it). In the main
-/// interpreter, which never ends, it drops the bundle's modules from `sys.modules`
-/// instead.
-fn release(
-    interp: &InterpreterHandle,
-    contracts: &[&'static ContractData],
+/// For every replica: emits a last unterminated output line and drops the contracts'
+/// Python objects inside it; then ends them all (waiting for calls already running). In
+/// the main interpreter, which never ends, it drops the bundle's modules from
+/// `sys.modules` instead.
+fn release(target: &Target, contracts: &[&'static ContractData], key: Option<BundleKey>) {
+    for m in target.members() {
+        let _ = m.call(|py| {
+            if let Err(e) = output::flush_partial_lines(py, key) {
+                tracing::debug!(interp = %m.id(), error = %e, "could not flush guest output");
+            }
+            for c in contracts {
+                c.release_objects(py);
+            }
+            match key {
+                Some(key) => isolation::forget(py, key),
+                None => Ok(()),
+            }
+        });
+    }
+    target.end();
+}
+
+/// A load that failed before registering: drops each replica's declared objects inside
+/// it, then ends the interpreters (the main interpreter forgets the bundle's modules).
+fn discard(
+    members: &[InterpreterHandle],
+    declared: Vec<Vec<load::Declared>>,
     key: Option<BundleKey>,
 ) {
-    let _ = interp.call(|py| {
-        if let Err(e) = output::flush_partial_lines(py, key) {
-            tracing::debug!(interp = %interp.id(), error = %e, "could not flush guest output");
-        }
-        for c in contracts {
-            c.release_objects(py);
-        }
-        match key {
-            Some(key) => isolation::forget(py, key),
-            None => Ok(()),
-        }
-    });
-    interp.end();
+    let mut declared = declared.into_iter();
+    for m in members {
+        let objects = declared.next();
+        let _ = m.call(move |py| {
+            drop(objects);
+            match key {
+                Some(key) => isolation::forget(py, key),
+                None => Ok(()),
+            }
+        });
+        m.end();
+    }
 }
 
 /// `manifest.name` as a Python module name: non-`[A-Za-z0-9_]` → `_`, no leading digit.

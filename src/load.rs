@@ -1,11 +1,10 @@
 //! Loading a bundle: run its entry module and `polyplug_init` in a fresh interpreter,
 //! parse the registration dicts, then register one VM-dispatch interface per contract.
 
-use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use interp_pool::{Attached, InterpreterHandle, Persistent, PyObj};
+use interp_pool::{Attached, Persistent, PyObj};
 use polyplug::error::LoaderError;
 use polyplug::runtime::Runtime;
 use polyplug_abi::dispatch::dispatch_mechanisms::DispatchMechanisms;
@@ -17,11 +16,12 @@ use polyplug_abi::{
 };
 use polyplug_utils::GuestContractId;
 
-use crate::contract::{self, ContractData, Objects};
+use crate::contract::{self, ContractData, Objects, ReplicaObjects};
 use crate::error::{init_failed, init_failed_msg};
 use crate::isolation::{self, BundleKey};
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
+use crate::replicas::Target;
 
 /// Run into a fresh namespace once per load, before the bundle, in this order: the
 /// output writer (`install_output`, used by `output::install`), the import helpers both
@@ -139,7 +139,36 @@ pub(crate) struct Declared {
     name: String,
     major: u32,
     plugin_name: String,
-    objects: Objects,
+    objects: ReplicaObjects,
+}
+
+impl Declared {
+    /// `name@major (N functions)`: what replicas must agree on.
+    fn shape(&self) -> String {
+        format!(
+            "{}@{} ({} functions)",
+            self.name,
+            self.major,
+            self.objects.functions.len()
+        )
+    }
+}
+
+/// `Err` with a description if two replicas' `polyplug_init` registered different
+/// contracts or function counts (they ran the same code, so the bundle's init depends on
+/// something else: state, randomness, the environment).
+pub(crate) fn same_registrations(first: &[Declared], other: &[Declared]) -> Result<(), String> {
+    let shape = |d: &[Declared]| d.iter().map(Declared::shape).collect::<Vec<_>>();
+    let (a, b) = (shape(first), shape(other));
+    if a == b {
+        Ok(())
+    } else {
+        Err(format!(
+            "replicas registered different contracts: the first registered [{}], another [{}]",
+            a.join(", "),
+            b.join(", ")
+        ))
+    }
 }
 
 /// Pushes a bundle id on the runtime's init stack for the current thread; pops on drop,
@@ -356,13 +385,12 @@ fn registration(
         name,
         major,
         plugin_name,
-        objects: Objects {
+        objects: ReplicaObjects {
+            interp: py.id(),
             functions,
             factory: Persistent::new(py, factory),
             default_impl: Persistent::new(py, default_impl),
             arena_alloc: Persistent::new(py, arena_alloc.clone_ref()),
-            instances: HashMap::new(),
-            next_id: 1,
         },
     })
 }
@@ -446,33 +474,48 @@ pub(crate) struct BundleCallSettings {
 }
 
 /// Pins every declared contract's loader data (see `ContractData` for why it is never
-/// freed) and registers it with the host, inside an init window on this thread so the
-/// registry attributes the contracts to the bundle (`bundle`: its manifest name). On
-/// failure the caller releases the Python objects of all of them (those already
-/// registered then answer `StaleHandle`).
+/// freed) and registers it with the host once, whatever the number of replicas, inside an
+/// init window on this thread so the registry attributes the contracts to the bundle
+/// (`bundle`: its manifest name). `declared` has one list per replica, in the same order
+/// (checked by `same_registrations`). On failure the caller releases the Python objects of
+/// all of them (those already registered then answer `StaleHandle`).
 pub(crate) fn register_all(
-    declared: Vec<Declared>,
-    interp: &InterpreterHandle,
+    declared: Vec<Vec<Declared>>,
+    target: &Target,
     bundle: &str,
     bundle_id: u64,
     settings: BundleCallSettings,
     runtime: &Runtime,
 ) -> (Vec<&'static ContractData>, Result<(), LoaderError>) {
     let host: *const HostApi = runtime.as_context_ptr();
-    let mut entries = Vec::with_capacity(declared.len());
-    let mut datas = Vec::with_capacity(declared.len());
-    for d in declared {
+    // Per contract: its declaration on the first replica, and every replica's objects.
+    let mut per_contract: Vec<(Declared, Vec<ReplicaObjects>)> = Vec::new();
+    for (r, list) in declared.into_iter().enumerate() {
+        for (i, d) in list.into_iter().enumerate() {
+            if r == 0 {
+                per_contract.push((d, Vec::new()));
+            } else if let Some((_, others)) = per_contract.get_mut(i) {
+                others.push(d.objects);
+            }
+        }
+    }
+    let mut entries = Vec::with_capacity(per_contract.len());
+    let mut datas = Vec::with_capacity(per_contract.len());
+    for (d, others) in per_contract {
         let contract = format!("{}@{}", d.name, d.major);
+        let fn_count = d.objects.functions.len();
+        let mut replicas = vec![d.objects];
+        replicas.extend(others);
         let data: &'static ContractData = Box::leak(Box::new(ContractData {
-            interp: interp.clone(),
+            target: target.clone(),
             scope: settings.key,
             meter: Arc::clone(&settings.meter),
             timeout: settings.timeout,
             bundle: bundle.to_owned(),
             contract_id: GuestContractId::new(&d.name, d.major),
-            fn_count: d.objects.functions.len(),
+            fn_count,
             logger: runtime.logger(),
-            objects: Mutex::new(Some(d.objects)),
+            objects: Mutex::new(Some(Objects::new(replicas))),
             successor: OnceLock::new(),
             contract,
         }));

@@ -37,6 +37,9 @@ pub struct BundleMetrics {
     /// concurrent loads and allocator reuse blur it; 0 where [`rss_bytes`](crate::rss_bytes)
     /// is `None`).
     pub rss_at_load: u64,
+    /// Each replica's own queue, busy state and calls served (one entry without
+    /// replicas). The counters above add up over all replicas.
+    pub replicas: Vec<crate::ReplicaStats>,
 }
 
 /// One call in this many, per calling thread, has its latencies recorded (the first one on
@@ -181,7 +184,11 @@ impl Meter {
         }
     }
 
-    pub(crate) fn snapshot(&self, queue_depth: usize) -> BundleMetrics {
+    pub(crate) fn snapshot(
+        &self,
+        queue_depth: usize,
+        replicas: Vec<crate::ReplicaStats>,
+    ) -> BundleMetrics {
         let calls = self.calls.load(Relaxed);
         BundleMetrics {
             calls,
@@ -197,6 +204,7 @@ impl Meter {
             run_p99: self.run.percentile(0.99),
             max_depth: self.max_depth.load(Relaxed),
             rss_at_load: self.rss_at_load.load(Relaxed),
+            replicas,
         }
     }
 }

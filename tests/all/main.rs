@@ -36,4 +36,5 @@ mod protocol;
 mod real_bundles;
 mod reentry;
 mod reload;
+mod replicas;
 mod support;

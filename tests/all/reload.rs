@@ -106,12 +106,35 @@ fn reload_runs_new_code_and_ends_the_old_interpreter() {
 
 #[test]
 fn calls_from_four_threads_during_reloads_see_old_or_new_code_only() {
-    let loader = PythonLoader::default();
+    calls_during_reloads(PythonLoader::default(), "busy");
+}
+
+/// The same with three replicas per version: calls in flight on several replicas of the
+/// old version finish (or forward) while the new version's replicas take over.
+#[test]
+fn replicated_bundles_reload_with_calls_in_flight_on_several_replicas() {
+    let loader = PythonLoader::new(PythonConfig {
+        replicas: [("busyrep".to_owned(), polyplug_subinterp::Replicas::Fixed(3))].into(),
+        ..PythonConfig::default()
+    });
+    calls_during_reloads(loader.clone(), "busyrep");
+    let want = if own_gil_runs_ctypes() { 3 } else { 1 };
+    let info = loader.bundle_info(BundleId::new("busyrep").id()).unwrap();
+    assert_eq!(
+        info.replicas, want,
+        "the reloaded version has its replicas too"
+    );
+}
+
+/// Four threads call `name` (a `versioned` bundle) while it is reloaded three times: each
+/// call answers the old or the new version, never an error.
+fn calls_during_reloads(loader: PythonLoader, name: &str) {
+    let contract = format!("{name}@1");
     let (rt, _) = reload_runtime(loader.clone());
-    let (_, dir) = write_bundle("busy", &versioned("busy@1", 1), &[]);
+    let (_, dir) = write_bundle(name, &versioned(&contract, 1), &[]);
     rt.load_bundle(&dir).unwrap();
     // SAFETY: as in the test above.
-    let cached: GuestContractInterface = unsafe { *resolve(&rt, "busy", 1) };
+    let cached: GuestContractInterface = unsafe { *resolve(&rt, name, 1) };
     let stop = AtomicBool::new(false);
     let calls = AtomicU64::new(0);
     let failure = std::sync::Mutex::new(None::<String>);
@@ -129,7 +152,7 @@ fn calls_from_four_threads_during_reloads_see_old_or_new_code_only() {
                         let r = if t % 2 == 0 {
                             call_cached(&cached, 0, 0)
                         } else {
-                            call_i64(rt, "busy", 0, 0)
+                            call_i64(rt, name, 0, 0)
                         };
                         match r {
                             Ok(v @ (1 | 2)) => last = v,
@@ -152,7 +175,7 @@ fn calls_from_four_threads_during_reloads_see_old_or_new_code_only() {
             };
             wait_calls(200);
             for v in [2, 1, 2] {
-                rewrite(&dir, "busy", &versioned("busy@1", v));
+                rewrite(&dir, name, &versioned(&contract, v));
                 if let Err(e) = rt.reload_bundle(&dir) {
                     *failure.lock().unwrap() = Some(format!("reload to {v} failed: {e}"));
                     break;
@@ -166,7 +189,7 @@ fn calls_from_four_threads_during_reloads_see_old_or_new_code_only() {
     if let Some(f) = failure.into_inner().unwrap() {
         panic!("{f}");
     }
-    assert_eq!(call_i64(&rt, "busy", 0, 0), Ok(2));
+    assert_eq!(call_i64(&rt, name, 0, 0), Ok(2));
 }
 
 #[test]

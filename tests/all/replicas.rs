@@ -1,0 +1,346 @@
+//! Replicas (`PythonConfig::replicas`): one bundle served by several own-GIL interpreters.
+//! Real fixture bundles through the polyplugc host callers, every answer checked.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use polyplug_abi::{AbiErrorCode, StringView};
+use polyplug_subinterp::{PythonConfig, PythonLoader, Replicas};
+use polyplug_utils::BundleId;
+
+use crate::core_api::host::host_callers::{CalculatorContract, CounterContract, PipelineContract};
+use crate::support::*;
+
+fn replicated(names: &[(&str, Replicas)]) -> PythonLoader {
+    PythonLoader::new(PythonConfig {
+        replicas: names
+            .iter()
+            .map(|(n, r)| (n.to_string(), *r))
+            .collect::<HashMap<_, _>>(),
+        ..PythonConfig::default()
+    })
+}
+
+/// The replica count `bundle` got: `k` on 3.13+, one on 3.12 (shared_gil by default).
+fn expect_replicas(loader: &PythonLoader, bundle: &str, k: usize) {
+    let info = loader
+        .bundle_info(BundleId::new(bundle).id())
+        .expect("loaded");
+    if own_gil_runs_ctypes() {
+        assert_eq!(info.replicas, k, "{bundle}");
+        let m = loader.metrics(BundleId::new(bundle).id()).unwrap();
+        assert_eq!(m.replicas.len(), k);
+        let ids: HashSet<i64> = m.replicas.iter().map(|r| r.python_interp_id).collect();
+        assert_eq!(ids.len(), k, "distinct interpreters");
+    } else {
+        assert_eq!(info.replicas, 1, "{bundle}: shared_gil has one interpreter");
+        note(bundle, "shared_gil on 3.12: one interpreter, not replicas");
+    }
+}
+
+fn view(s: &str) -> StringView {
+    StringView {
+        ptr: s.as_ptr(),
+        len: s.len(),
+    }
+}
+
+#[test]
+fn three_replicas_of_every_fixture_answer_from_eight_threads() {
+    within("replicas k=3", || {
+        let k3 = Replicas::Fixed(3);
+        let loader = replicated(&[
+            ("py_calculator", k3),
+            ("py_counter", k3),
+            ("py_pipeline", k3),
+        ]);
+        let (rt, _logs) = runtime_with(loader.clone(), &[fixtures()]);
+        for b in ["py_calculator", "py_counter", "py_pipeline"] {
+            expect_replicas(&loader, b, 3);
+        }
+        let host = host(&rt) as usize;
+        std::thread::scope(|s| {
+            for t in 0..8i64 {
+                let rt = &rt;
+                s.spawn(move || {
+                    let host = host as *const polyplug_abi::HostApi;
+                    let mut calc = CalculatorContract::new(find(rt, "calculator"), host).unwrap();
+                    let mut counter = CounterContract::new(find(rt, "counter"), host).unwrap();
+                    let mut pipe = PipelineContract::new(find(rt, "pipeline"), host).unwrap();
+                    for i in 0..(stress(200) as i64) {
+                        assert_eq!(calc.add(i, t).unwrap(), i + t);
+                        assert_eq!(calc.mul(i, 3).unwrap(), i * 3);
+                        assert_eq!(counter.increment(1).unwrap(), i + 1, "thread {t}");
+                        assert_eq!(pipe.run(i, t).unwrap(), (i + t) * 2);
+                    }
+                    let greeting = calc.greet(view("replica")).unwrap();
+                    assert_eq!(text(greeting), "Hello, replica!");
+                });
+            }
+        });
+        let m = loader.metrics(BundleId::new("py_calculator").id()).unwrap();
+        assert_eq!(m.errors, 0);
+        let served: u64 = m.replicas.iter().map(|r| r.calls_served).sum();
+        assert!(served >= m.calls, "{m:?}");
+    });
+}
+
+#[test]
+fn counter_instances_keep_their_own_counts_across_replicas() {
+    within("replica instances", || {
+        let loader = replicated(&[("py_counter", Replicas::Fixed(3))]);
+        let (rt, _logs) = runtime_with(loader.clone(), &[fixtures()]);
+        expect_replicas(&loader, "py_counter", 3);
+        let host = host(&rt) as usize;
+        std::thread::scope(|s| {
+            for t in 0..4i64 {
+                let rt = &rt;
+                s.spawn(move || {
+                    let host = host as *const polyplug_abi::HostApi;
+                    let mut counters: Vec<CounterContract> = (0..3)
+                        .map(|_| CounterContract::new(find(rt, "counter"), host).unwrap())
+                        .collect();
+                    for round in 1..=(stress(100) as i64) {
+                        for (c, by) in counters.iter_mut().zip([1i64, 10, 100]) {
+                            assert_eq!(c.increment(by).unwrap(), round * by, "thread {t}");
+                        }
+                    }
+                    for (c, by) in counters.iter_mut().zip([1i64, 10, 100]) {
+                        assert_eq!(c.get().unwrap(), (stress(100) as i64) * by);
+                        c.clear().unwrap();
+                        assert_eq!(c.get().unwrap(), 0);
+                    }
+                });
+            }
+        });
+        // 12 instances over 3 replicas, each placed on the least loaded one.
+        if own_gil_runs_ctypes() {
+            let m = loader.metrics(BundleId::new("py_counter").id()).unwrap();
+            assert!(m.replicas.iter().all(|r| r.calls_served > 0), "{m:?}");
+        }
+    });
+}
+
+#[test]
+fn pipeline_calls_a_replicated_calculator_from_four_threads() {
+    within("replicated peer", || {
+        let loader = replicated(&[("py_calculator", Replicas::Fixed(2))]);
+        let (rt, _logs) = runtime_with(loader.clone(), &[fixtures()]);
+        expect_replicas(&loader, "py_calculator", 2);
+        expect_replicas(&loader, "py_pipeline", 1);
+        let host = host(&rt) as usize;
+        std::thread::scope(|s| {
+            for t in 0..4i64 {
+                let rt = &rt;
+                s.spawn(move || {
+                    let host = host as *const polyplug_abi::HostApi;
+                    let mut pipe = PipelineContract::new(find(rt, "pipeline"), host).unwrap();
+                    for i in 0..(stress(100) as i64) {
+                        assert_eq!(pipe.run(i, t).unwrap(), (i + t) * 2);
+                        assert_eq!(
+                            text(pipe.describe(view("peer")).unwrap()),
+                            "pipeline: Hello, peer!"
+                        );
+                    }
+                });
+            }
+        });
+    });
+}
+
+/// A→B→A with B replicated, from several threads at once: every replica of B may be
+/// waiting on A while A calls back into B, which its nested loops serve.
+#[test]
+fn a_b_a_where_b_is_replicated_never_deadlocks() {
+    within("replicated ping-pong", || {
+        let loader = replicated(&[("pp_pb", Replicas::Fixed(2))]);
+        let (rt, _) = runtime_with(loader.clone(), &[]);
+        crate::reentry::ping_pong(&loader, &rt);
+        expect_replicas(&loader, "pp_pb", 2);
+        std::thread::scope(|s| {
+            for t in 0..4i64 {
+                let rt = &rt;
+                s.spawn(move || {
+                    for i in 0..(stress(60) as i64) {
+                        let n = (i * 7 + t) % 12;
+                        let root = if (i + t) % 2 == 0 { "pa" } else { "pb" };
+                        assert_eq!(call_i64(rt, root, 0, n), Ok(n));
+                    }
+                });
+            }
+        });
+    });
+}
+
+#[test]
+fn unload_with_calls_in_flight_on_several_replicas_answers_or_goes_stale() {
+    within("replica unload", || {
+        let loader = replicated(&[("busy_replicas", Replicas::Fixed(3))]);
+        let (rt, _logs) = runtime_with(loader.clone(), &[fixtures()]);
+        let (_, dir) = write_bundle(
+            "busy_replicas",
+            &plugin_source(
+                "busyreplicas@1",
+                "import time\ndef f(impl, args, out, arena, alloc):\n    time.sleep(0.001)\n    put_i64(out, i64_at(args) + 1)\n",
+                "f",
+            ),
+            &[],
+        );
+        rt.load_bundle(&dir).unwrap();
+        expect_replicas(&loader, "busy_replicas", 3);
+        let iface = resolve(&rt, "busyreplicas", 1) as usize;
+        let (answers, stale) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for t in 0..6i64 {
+                let (answers, stale) = (&answers, &stale);
+                s.spawn(move || {
+                    let iface = iface as *const polyplug_abi::GuestContractInterface;
+                    for i in 0..200 {
+                        let arg = t * 1000 + i;
+                        match call_on(iface, null_instance(iface), 0, arg) {
+                            Ok(out) => {
+                                assert_eq!(out, arg + 1);
+                                answers.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                assert_eq!(e.code, AbiErrorCode::StaleHandle as u32);
+                                stale.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                });
+            }
+            // Several replicas are busy: the sleeping calls overlap.
+            wait_until(|| answers.load(Ordering::Relaxed) > 20);
+            rt.unload_bundle(BundleId::new("busy_replicas")).unwrap();
+        });
+        assert_eq!(answers.into_inner() + stale.into_inner(), 1200);
+        assert!(loader
+            .bundle_info(BundleId::new("busy_replicas").id())
+            .is_none());
+        // Loads again, fresh, with its replicas.
+        rt.load_bundle(&dir).unwrap();
+        expect_replicas(&loader, "busy_replicas", 3);
+        assert_eq!(call_i64(&rt, "busyreplicas", 0, 41), Ok(42));
+        assert_eq!(call_abi_add(&rt, 20, 22), 42);
+    });
+}
+
+fn call_abi_add(rt: &polyplug::runtime::Runtime, a: i64, b: i64) -> i64 {
+    let mut calc = CalculatorContract::new(find(rt, "calculator"), host(rt)).unwrap();
+    calc.add(a, b).unwrap()
+}
+
+#[test]
+fn a_bundle_that_lands_in_another_mode_runs_with_one_interpreter_and_warns() {
+    const MAIN_ONLY: &str =
+        "import _tracemalloc\ndef tracing(impl, args, out, arena, alloc):\n    put_i64(out, 7)\n";
+    let loader = replicated(&[("tracer", Replicas::Fixed(3))]);
+    let (rt, logs) = runtime_with(loader.clone(), &[]);
+    let (_, dir) = write_bundle(
+        "tracer",
+        &plugin_source("tracer@1", MAIN_ONLY, "tracing"),
+        &[],
+    );
+    load_dir(&loader, &rt, &dir).unwrap();
+    let info = loader.bundle_info(BundleId::new("tracer").id()).unwrap();
+    assert_ne!(info.mode, "own_gil");
+    assert_eq!(info.replicas, 1);
+    assert_eq!(call_i64(&rt, "tracer", 0, 0), Ok(7));
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, scope, m)| scope == "tracer"
+                && m.contains("PythonConfig::replicas[\"tracer\"]")
+                && m.contains("runs with one")),
+        "a warning names the setting"
+    );
+}
+
+#[test]
+fn bad_replica_settings_are_load_errors_naming_bundle_and_value() {
+    for (value, needle) in [
+        (Replicas::Fixed(0), "Fixed(0)"),
+        (
+            Replicas::Elastic { min: 3, max: 2 },
+            "min is larger than max",
+        ),
+        (
+            Replicas::Elastic { min: 0, max: 0 },
+            "max must be at least 1",
+        ),
+    ] {
+        let loader = replicated(&[("badrep", value)]);
+        let (rt, _) = runtime_with(loader.clone(), &[]);
+        let (_, dir) = write_bundle(
+            "badrep",
+            &plugin_source(
+                "badrep@1",
+                "def f(impl, args, out, arena, alloc):\n    put_i64(out, 1)\n",
+                "f",
+            ),
+            &[],
+        );
+        let err = load_dir(&loader, &rt, &dir).unwrap_err().to_string();
+        assert!(
+            err.contains("badrep")
+                && err.contains("PythonConfig::replicas")
+                && err.contains(needle),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn registrations_that_differ_between_replicas_fail_the_load() {
+    if !own_gil_runs_ctypes() {
+        return note("replicas differ", "needs own-GIL replicas (3.13+)");
+    }
+    // The second replica's init sees a file the first one created, and registers more.
+    let marker = scratch("flaky-marker").join("seen");
+    let defs = format!(
+        "import os\nMARK = {marker:?}\nEXTRA = os.path.exists(MARK)\nopen(MARK, 'w').close()\n\
+         def f(impl, args, out, arena, alloc):\n    put_i64(out, 1)\n"
+    );
+    let src = plugin_source("flaky@1", &defs, "f").replace(
+        "\"functions\": [f]",
+        "\"functions\": [f, f] if EXTRA else [f]",
+    );
+    assert!(src.contains("if EXTRA"), "the fixture edit applied");
+    let loader = replicated(&[("flaky", Replicas::Fixed(2))]);
+    let (rt, _) = runtime_with(loader.clone(), &[]);
+    let (_, dir) = write_bundle("flaky", &src, &[]);
+    let before = interp_pool::live_interpreters();
+    let err = load_dir(&loader, &rt, &dir).unwrap_err().to_string();
+    assert!(
+        err.contains("replicas registered different contracts"),
+        "{err}"
+    );
+    assert!(
+        err.contains("flaky@1 (1 functions)") && err.contains("flaky@1 (2 functions)"),
+        "{err}"
+    );
+    wait_until(|| interp_pool::live_interpreters() <= before);
+    let _ = Arc::clone(&rt);
+}
+
+#[test]
+fn a_replicas_name_that_matches_no_bundle_is_a_warning() {
+    let loader = replicated(&[("py_calculater", Replicas::Fixed(2))]);
+    let (rt, logs) = runtime_with(loader.clone(), &[fixtures()]);
+    assert!(loader
+        .bundle_info(BundleId::new("py_calculator").id())
+        .is_some());
+    let _ = rt;
+    assert!(
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|(_, scope, m)| scope == "py_calculater"
+                && m.contains("no bundle")
+                && m.contains("PythonConfig::replicas")),
+        "the misspelt name is reported"
+    );
+}
