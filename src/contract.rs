@@ -212,6 +212,27 @@ impl ContractData {
         out
     }
 
+    /// A new replica's objects (an elastic bundle grew); it must not serve calls before.
+    pub(crate) fn add_replica(&self, objects: ReplicaObjects) {
+        let mut guard = self.objects();
+        match guard.as_mut() {
+            Some(o) => o.replicas.push(objects),
+            // Unloaded meanwhile: drop them in their interpreter's job instead.
+            None => {
+                drop(guard);
+                tracing::debug!(bundle = %self.bundle, "a replica grew after unload; its objects leak");
+                std::mem::forget(objects);
+            }
+        }
+    }
+
+    /// How many instances live on replica `interp`.
+    pub(crate) fn instances_on(&self, interp: InterpreterId) -> usize {
+        self.objects().as_ref().map_or(0, |o| {
+            o.instances.values().filter(|i| i.interp == interp).count()
+        })
+    }
+
     /// Drops the Python objects that live in `py`'s interpreter (one replica's, with its
     /// instances); once no replica has any left, the contract answers StaleHandle.
     pub(crate) fn release_objects(&self, py: &Attached<'_>) {

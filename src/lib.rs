@@ -23,6 +23,7 @@
 
 mod config;
 mod contract;
+mod elastic;
 mod error;
 #[cfg(feature = "c-exports")]
 pub mod ffi;

@@ -13,8 +13,9 @@ use polyplug::loader::{BundleSource, ManifestData};
 use polyplug::runtime::Runtime;
 use polyplug_abi::types::LogLevel;
 
-use crate::config::{self, InterpreterMode, PythonConfig};
+use crate::config::{self, InterpreterMode, PythonConfig, Replicas};
 use crate::contract::ContractData;
+use crate::elastic::{self, Controller};
 use crate::error;
 use crate::isolation::{self, BundleKey};
 use crate::load::{self, Entry, LoadFailure, Plan};
@@ -49,9 +50,21 @@ pub(crate) struct LoadedBundle {
     pub(crate) meter: Arc<Meter>,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
-    /// Where its `sys.stdout` / `sys.stderr` lines go; unregistered when dropped, after
-    /// `release`.
-    _output: OutputSink,
+    /// Where its `sys.stdout` / `sys.stderr` lines go; unregistered when the last holder
+    /// (this load, its elastic controller) drops it, after `release`.
+    _output: Arc<OutputSink>,
+    /// Grows and shrinks an elastic bundle's replicas; stopped before `release`.
+    elastic: Option<Controller>,
+}
+
+impl LoadedBundle {
+    /// Stops its elastic controller, then releases its objects and interpreters.
+    fn release(&mut self) {
+        if let Some(mut c) = self.elastic.take() {
+            c.stop();
+        }
+        release(&self.target, &self.contracts, self.key);
+    }
 }
 
 impl std::fmt::Debug for LoadedBundle {
@@ -151,16 +164,17 @@ impl Loader {
             let contracts = list.iter().flat_map(|b| b.contracts.clone()).collect();
             (old, contracts)
         };
-        for b in old {
+        for mut b in old {
             for c in &b.contracts {
                 if let Some(n) = new.iter().find(|n| n.contract_id == c.contract_id) {
                     let _ = c.successor.set(n);
                 }
             }
-            release(&b.target, &b.contracts, b.key);
+            let replicas = b.target.members().len();
+            b.release();
             tracing::info!(
                 bundle = %manifest.name,
-                replicas = b.target.members().len(),
+                replicas,
                 mode = %b.mode,
                 "bundle version retired after reload"
             );
@@ -171,12 +185,12 @@ impl Loader {
     /// `BundleLoader::unload`: releases every load of `bundle_id`.
     pub(crate) fn unload(&self, bundle_id: u64) {
         let removed = self.lock().remove(&bundle_id).unwrap_or_default();
-        for b in removed {
-            let m = b.meter.snapshot(0, Vec::new());
-            release(&b.target, &b.contracts, b.key);
+        for mut b in removed {
+            let m = b.stats();
+            b.release();
             tracing::info!(
                 bundle = %b.name,
-                replicas = b.target.members().len(),
+                replicas = m.replicas.len(),
                 mode = %b.mode,
                 calls = m.calls,
                 errors = m.errors,
@@ -309,7 +323,7 @@ impl Loader {
         let t_spawn = t0.elapsed();
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
-        let sink = OutputSink::register(runtime.logger(), bundle, key);
+        let sink = Arc::new(OutputSink::register(runtime.logger(), bundle, key));
         let init = |h: &InterpreterHandle| {
             h.call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
                 .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()))
@@ -353,6 +367,7 @@ impl Loader {
             }
         };
         let t_init = t0.elapsed() - t_spawn;
+        let shapes = load::shapes(&declared[0]);
         let meter = Arc::new(Meter::new());
         let settings = load::BundleCallSettings {
             key,
@@ -366,6 +381,21 @@ impl Loader {
             return Err(e.into());
         }
         meter.set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
+        let elastic = match (&target, self.config.replicas_for(bundle)) {
+            (Target::Group(group), Replicas::Elastic { .. }) => Controller::start(elastic::Spec {
+                plan: elastic::OwnedPlan::of(plan),
+                group: group.clone(),
+                contracts: contracts.clone(),
+                shapes,
+                host,
+                output: Arc::clone(&sink),
+                config: self.config.interpreter(bundle, mode),
+                min: wanted,
+                max,
+                policy: self.config.elastic,
+            }),
+            _ => None,
+        };
         tracing::info!(
             bundle,
             interp = %members[0].id(),
@@ -392,6 +422,7 @@ impl Loader {
                 meter,
                 _ctx_path: plan.ctx_path.into(),
                 _output: sink,
+                elastic,
             });
         Ok(serial)
     }
@@ -526,8 +557,8 @@ impl Loader {
 impl Drop for Loader {
     fn drop(&mut self) {
         let all: Vec<LoadedBundle> = self.lock().drain().flat_map(|(_, v)| v).collect();
-        for b in all {
-            release(&b.target, &b.contracts, b.key);
+        for mut b in all {
+            b.release();
         }
     }
 }

@@ -133,6 +133,13 @@ impl Plan<'_> {
     }
 }
 
+impl Declared {
+    /// Its objects in the replica that declared it.
+    pub(crate) fn into_objects(self) -> ReplicaObjects {
+        self.objects
+    }
+}
+
 /// A contract as `polyplug_init` declared it, its Python objects still pinned in the
 /// bundle's interpreter.
 pub(crate) struct Declared {
@@ -158,9 +165,18 @@ impl Declared {
 /// contracts or function counts (they ran the same code, so the bundle's init depends on
 /// something else: state, randomness, the environment).
 pub(crate) fn same_registrations(first: &[Declared], other: &[Declared]) -> Result<(), String> {
-    let shape = |d: &[Declared]| d.iter().map(Declared::shape).collect::<Vec<_>>();
-    let (a, b) = (shape(first), shape(other));
-    if a == b {
+    same_shapes(&shapes(first), other)
+}
+
+/// What replicas must agree on, per declared contract in order.
+pub(crate) fn shapes(declared: &[Declared]) -> Vec<String> {
+    declared.iter().map(Declared::shape).collect()
+}
+
+/// `same_registrations` against the first replica's `shapes`.
+pub(crate) fn same_shapes(first: &[String], other: &[Declared]) -> Result<(), String> {
+    let (a, b) = (first, shapes(other));
+    if a == b.as_slice() {
         Ok(())
     } else {
         Err(format!(

@@ -120,18 +120,27 @@ impl InterpreterGroup {
         Ok(())
     }
 
-    /// Takes `member` out of the group and ends it (its running calls finish first; calls
-    /// queued on the group go to the other members). No-op if it is not a member.
-    pub fn remove(&self, member: &InterpreterHandle) {
-        let removed = {
+    /// Takes `member` out of the group: once this returns it takes no more of the group's
+    /// calls (one it is running finishes) and is no longer listed; it keeps serving its
+    /// own queue, so the caller can still release what it holds there, then
+    /// [`end`](InterpreterHandle::end) it. No-op if it is not a member.
+    pub fn remove(&self, member: &InterpreterHandle) -> Result<()> {
+        let listed = {
             let mut members = self.lock_members_mut();
             let before = members.len();
             members.retain(|m| m.id() != member.id());
             members.len() != before
         };
-        if removed {
-            member.end();
+        if !listed {
+            return Ok(());
         }
+        member.call(|_| match activation::owner() {
+            Some(owner) => {
+                owner.leave_group();
+                Ok(())
+            }
+            None => Err(Error::Internal("group leave ran off its owner".into())),
+        })
     }
 
     /// The members, in the order they joined.

@@ -1,6 +1,7 @@
 //! The owner thread: creates its interpreter, serves the interpreter's queue (also while
 //! it waits on another interpreter), and ends the interpreter on the same thread.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, Thread};
@@ -173,6 +174,8 @@ pub(crate) struct Owner {
     rx: Receiver<Job>,
     /// The queue of the group this interpreter joined (`group.rs`), served after its own.
     group_rx: OnceLock<Receiver<Job>>,
+    /// Set when the interpreter leaves its group: it stops taking the group's jobs.
+    left_group: Cell<bool>,
     server_spin: Duration,
 }
 
@@ -228,6 +231,7 @@ impl Owner {
             ts: created.ts,
             rx,
             group_rx: OnceLock::new(),
+            left_group: Cell::new(false),
             server_spin: config.wait.server_spin,
         })
     }
@@ -431,7 +435,7 @@ impl Owner {
         let defer = || wait_on.is_some_and(|(_, target_nested)| target_nested());
         // Read on every turn: the interpreter may join a group while this loop runs (the
         // join is a job of this very loop).
-        let group = || self.group_rx.get();
+        let group = || self.group_rx.get().filter(|_| !self.left_group.get());
         let queued = || !self.rx.is_empty() || group().is_some_and(|g| !g.is_empty());
         sh.state.store(waiting, Ordering::Relaxed);
         loop {
@@ -470,6 +474,12 @@ impl Owner {
         group.and_then(|g| g.try_recv().ok())
     }
 
+    /// Stops serving the group's queue (its own goes on). Runs on the owner, inside a job:
+    /// once that job returns, no group job starts here any more.
+    pub(crate) fn leave_group(&self) {
+        self.left_group.set(true);
+    }
+
     /// Makes this owner a member of a group: from now on it also serves `rx`. Runs on the
     /// owner thread (inside a job), once.
     pub(crate) fn join_group(&self, id: GroupId, rx: Receiver<Job>) -> Result<()> {
@@ -485,7 +495,7 @@ impl Owner {
     /// Runs whatever is queued now, without waiting (a caller waiting for room in a full
     /// queue elsewhere). Detached, like every serving loop.
     pub(crate) fn run_queued(&self) {
-        let group = self.group_rx.get();
+        let group = self.group_rx.get().filter(|_| !self.left_group.get());
         while let Some(job) = self.next_job(group) {
             let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
             self.run_posted(job);

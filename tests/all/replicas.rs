@@ -344,3 +344,54 @@ fn a_replicas_name_that_matches_no_bundle_is_a_warning() {
         "the misspelt name is reported"
     );
 }
+
+#[test]
+fn an_elastic_bundle_grows_under_load_and_shrinks_when_idle() {
+    if !own_gil_runs_ctypes() {
+        return note("elastic", "needs own-GIL replicas (3.13+)");
+    }
+    within("elastic", || {
+        let loader = PythonLoader::new(PythonConfig {
+            replicas: [("stretchy".to_owned(), Replicas::Elastic { min: 1, max: 3 })].into(),
+            elastic: polyplug_subinterp::ElasticPolicy {
+                grow_after: std::time::Duration::from_millis(2),
+                idle_retire: std::time::Duration::from_millis(300),
+                check_every: std::time::Duration::from_millis(1),
+            },
+            ..PythonConfig::default()
+        });
+        let (rt, _) = runtime_with(loader.clone(), &[]);
+        let (_, dir) = write_bundle(
+            "stretchy",
+            &plugin_source(
+                "stretchy@1",
+                "import time\ndef f(impl, args, out, arena, alloc):\n    time.sleep(0.01)\n    put_i64(out, i64_at(args) * 3)\n",
+                "f",
+            ),
+            &[],
+        );
+        load_dir(&loader, &rt, &dir).unwrap();
+        let id = BundleId::new("stretchy").id();
+        let replicas = || loader.bundle_info(id).unwrap().replicas;
+        assert_eq!(replicas(), 1, "starts at min");
+        let peak = AtomicUsize::new(1);
+        std::thread::scope(|s| {
+            for t in 0..4i64 {
+                let (rt, peak, replicas) = (&rt, &peak, &replicas);
+                s.spawn(move || {
+                    for i in 0..60 {
+                        let n = t * 100 + i;
+                        assert_eq!(call_i64(rt, "stretchy", 0, n), Ok(n * 3));
+                        peak.fetch_max(replicas(), Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let peak = peak.into_inner();
+        assert!(peak > 1 && peak <= 3, "grew within max: peak {peak}");
+        // Idle now: back to min, and still answering.
+        wait_until(|| replicas() == 1);
+        assert_eq!(call_i64(&rt, "stretchy", 0, 5), Ok(15));
+        assert_eq!(loader.metrics(id).unwrap().errors, 0);
+    });
+}
