@@ -169,3 +169,44 @@ fn check_shows_numpy_and_orjson_bundles_in_main() {
     );
     assert!(!stderr.contains("to=shared_gil module=rpds"), "{stderr}");
 }
+
+#[test]
+fn check_and_bench_take_replicas_per_bundle() {
+    let want = if interp_pool::python_version() >= (3, 13) {
+        "2"
+    } else {
+        note("check --replicas", "shared_gil on 3.12: one interpreter");
+        "1"
+    };
+    let (ok, stdout, stderr) = cli(&["check", "fixtures/bundles", "--replicas", "py_cruncher=2"]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("py_cruncher"))
+        .unwrap_or_else(|| panic!("no cruncher row:\n{stdout}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells.get(5), Some(&want), "replicas column: {row}");
+    let (ok, stdout, stderr) = cli(&[
+        "bench",
+        "fixtures/bundles",
+        "--replicas",
+        "py_cruncher=2",
+        "--seconds",
+        "1",
+    ]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("py_cruncher") && l.trim_end().ends_with(want)),
+        "{stdout}"
+    );
+    for bad in ["py_cruncher=0", "=2", "py_cruncher=3..2", "py_cruncher"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_polyplug-subinterp"))
+            .args(["check", "fixtures/bundles", "--replicas", bad])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+}

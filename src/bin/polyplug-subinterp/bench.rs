@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use polyplug::runtime::Runtime;
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_abi::{GuestContractHandle, HostApi};
-use polyplug_subinterp::PythonLoader;
+use polyplug_subinterp::{PythonConfig, PythonLoader};
 use polyplug_utils::GuestContractId;
 
 use crate::core_api::host::host_callers::{
@@ -52,8 +52,8 @@ fn one_call(
     }
 }
 
-pub fn run(dir: &Path, threads: usize, seconds: u64) -> Result<bool, String> {
-    let loader = PythonLoader::default();
+pub fn run(dir: &Path, config: PythonConfig, threads: usize, seconds: u64) -> Result<bool, String> {
+    let loader = PythonLoader::new(config);
     let rt = RuntimeBuilder::new()
         .loader(loader.clone())
         .plugin_dir(dir.to_path_buf())
@@ -134,8 +134,9 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             "run p50us",
             "run p99us",
             "max depth",
+            "replicas",
         ],
-        &[1, 2, 3, 4, 5, 6],
+        &[1, 2, 3, 4, 5, 6, 7],
     );
     for (name, id) in bundles {
         let Some(m) = loader.metrics(*id) else {
@@ -149,6 +150,7 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             us(m.run_p50),
             us(m.run_p99),
             m.max_depth.to_string(),
+            m.replicas.len().to_string(),
         ]);
     }
     println!();

@@ -7,20 +7,20 @@ use std::time::Instant;
 use polyplug::loader::ManifestData;
 use polyplug::runtime::Runtime;
 use polyplug::runtime_builder::RuntimeBuilder;
-use polyplug_subinterp::PythonLoader;
+use polyplug_subinterp::{PythonConfig, PythonLoader};
 
 /// What loading one bundle did.
 struct Row {
     bundle: String,
-    /// `Ok((contracts, functions, mode))`, or the error with its causes.
-    outcome: Result<(String, String, String), String>,
+    /// `Ok((contracts, functions, mode, replicas))`, or the error with its causes.
+    outcome: Result<(String, String, String, String), String>,
     load_ms: f64,
     rss_mib: f64,
 }
 
 /// Loads every bundle under `dir` into one runtime and prints a row per bundle.
 /// `Ok(false)` when one failed to load; `Err` when there was nothing to check.
-pub fn run(dir: &Path) -> Result<bool, String> {
+pub fn run(dir: &Path, config: PythonConfig) -> Result<bool, String> {
     let bundles = bundle_dirs(dir);
     if bundles.is_empty() {
         return Err(format!(
@@ -28,7 +28,7 @@ pub fn run(dir: &Path) -> Result<bool, String> {
             dir.display()
         ));
     }
-    let loader = PythonLoader::default();
+    let loader = PythonLoader::new(config);
     let rt = RuntimeBuilder::new()
         .loader(loader.clone())
         .build()
@@ -75,7 +75,8 @@ fn load_one(rt: &Runtime, loader: &PythonLoader, path: &Path, manifest: &Manifes
             Ok((
                 list(|c| c.0.clone()),
                 list(|c| c.1.to_string()),
-                info.map_or("?", |i| i.mode).to_owned(),
+                info.as_ref().map_or("?", |i| i.mode).to_owned(),
+                info.map_or("?".into(), |i| i.replicas.to_string()),
             ))
         }
         Err(e) => {
@@ -104,14 +105,15 @@ fn print_rows(rows: &[Row]) {
             "contracts",
             "functions",
             "mode",
+            "replicas",
             "load ms",
             "RSS MiB",
             "error",
         ],
-        &[5, 6],
+        &[5, 6, 7],
     );
     for r in rows {
-        let (status, (contracts, functions, mode), error) = match &r.outcome {
+        let (status, (contracts, functions, mode, replicas), error) = match &r.outcome {
             Ok(found) => ("ok", found.clone(), ""),
             Err(e) => ("FAILED", Default::default(), e.as_str()),
         };
@@ -122,6 +124,7 @@ fn print_rows(rows: &[Row]) {
             contracts,
             functions,
             mode,
+            replicas,
             format!("{:.1}", r.load_ms),
             format!("{:.1}", r.rss_mib),
             error.into(),

@@ -1,8 +1,8 @@
 //! `polyplug-subinterp`: load and exercise Python bundles with the subinterpreter loader.
 //!
 //! ```text
-//! polyplug-subinterp check <plugin-dir>                       one row per bundle
-//! polyplug-subinterp bench <plugin-dir> [--threads N] [--seconds S]
+//! polyplug-subinterp check <plugin-dir> [--replicas NAME=K]...   one row per bundle
+//! polyplug-subinterp bench <plugin-dir> [--replicas NAME=K]... [--threads N] [--seconds S]
 //! ```
 //! Logs go to stderr through `tracing-subscriber`; set `RUST_LOG` (e.g. `RUST_LOG=debug`).
 //! Exit codes: 0 everything loaded (and ran without errors), 1 a bundle failed, 2 a usage
@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use polyplug_subinterp::{PythonConfig, Replicas};
 
 /// Load and exercise Python plugin bundles with the subinterpreter loader.
 ///
@@ -59,12 +60,52 @@ enum Command {
     Bench(BenchArgs),
 }
 
-/// What every subcommand loads.
+/// What every subcommand loads, and how.
 #[derive(Debug, Args)]
 struct LoadArgs {
     /// Directory of bundle directories (each with a manifest.toml).
     #[arg(value_name = "PLUGIN_DIR", value_parser = plugin_dir)]
     dir: PathBuf,
+    /// Serve bundle NAME with K own-GIL interpreters (repeatable). K is a count, `auto`
+    /// (one per core) or MIN..MAX (elastic). Replicas keep separate module globals.
+    #[arg(long = "replicas", value_name = "NAME=K", value_parser = replicas_arg)]
+    replicas: Vec<(String, Replicas)>,
+}
+
+impl LoadArgs {
+    /// The loader settings these arguments ask for.
+    fn config(&self) -> PythonConfig {
+        PythonConfig {
+            replicas: self.replicas.iter().cloned().collect(),
+            ..PythonConfig::default()
+        }
+    }
+}
+
+/// `NAME=K`, `NAME=auto` or `NAME=MIN..MAX`.
+fn replicas_arg(arg: &str) -> Result<(String, Replicas), String> {
+    let (name, k) = arg
+        .split_once('=')
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| format!("expected NAME=K, got {arg:?}"))?;
+    let count = |s: &str| {
+        s.parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{s:?} is not a replica count (a whole number from 1)"))
+    };
+    let replicas = match k.split_once("..") {
+        _ if k == "auto" => Replicas::Auto,
+        Some((min, max)) => {
+            let (min, max) = (count(min)?, count(max)?);
+            if min > max {
+                return Err(format!("{k}: MIN is larger than MAX"));
+            }
+            Replicas::Elastic { min, max }
+        }
+        None => Replicas::Fixed(count(k)?),
+    };
+    Ok((name.to_owned(), replicas))
 }
 
 #[derive(Debug, Args)]
@@ -107,8 +148,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Check(a) => check::run(&a.load.dir),
-        Command::Bench(a) => bench::run(&a.load.dir, a.threads, a.seconds),
+        Command::Check(a) => check::run(&a.load.dir, a.load.config()),
+        Command::Bench(a) => bench::run(&a.load.dir, a.load.config(), a.threads, a.seconds),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
