@@ -17,7 +17,7 @@ mod common;
 use std::time::Duration;
 
 use criterion::Criterion;
-use polyplug_subinterp::{PythonConfig, PythonLoader};
+use polyplug_subinterp::{PythonConfig, PythonLoader, Replicas};
 
 /// Without the pre-warmed spare: every load creates its interpreter on the spot.
 fn cold() -> PythonLoader {
@@ -28,6 +28,69 @@ fn cold() -> PythonLoader {
 }
 
 const LOADER: &str = "ours";
+
+/// The fixtures with `replicas` of the driven bundles (cruncher, calculator).
+fn with_replicas(replicas: Replicas) -> std::sync::Arc<polyplug::runtime::Runtime> {
+    let loader = PythonLoader::new(PythonConfig {
+        replicas: [
+            ("py_cruncher".to_owned(), replicas),
+            ("py_calculator".to_owned(), replicas),
+        ]
+        .into(),
+        ..PythonConfig::default()
+    });
+    polyplug::runtime_builder::RuntimeBuilder::new()
+        .loader(loader)
+        .plugin_dir(common::fixtures())
+        .build()
+        .expect("fixture runtime builds")
+}
+
+/// Load time of py_calculator with K replicas (median of `n` fresh loads) and the RSS
+/// each replica adds, for K = 1, 2, 4 and Auto.
+fn replica_loads(n: usize) {
+    let calc = common::fixtures().join("py_calculator");
+    let mut obj = common::serde_like::Obj::default();
+    for (label, replicas) in [
+        ("1", Replicas::Fixed(1)),
+        ("2", Replicas::Fixed(2)),
+        ("4", Replicas::Fixed(4)),
+        ("auto", Replicas::Auto),
+    ] {
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..n {
+            std::thread::sleep(Duration::from_millis(100));
+            let loader = PythonLoader::new(PythonConfig {
+                replicas: [("py_calculator".to_owned(), replicas)].into(),
+                ..PythonConfig::default()
+            });
+            let rt = polyplug::runtime_builder::RuntimeBuilder::new()
+                .loader(loader.clone())
+                .build()
+                .unwrap();
+            let before = common::rss();
+            let t = std::time::Instant::now();
+            rt.load_bundle(&calc).unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let k = loader
+                .bundle_info(polyplug_utils::BundleId::new("py_calculator").id())
+                .unwrap()
+                .replicas;
+            rss.push(common::rss().saturating_sub(before) as f64 / (1 << 20) as f64 / k as f64);
+            held.push(rt);
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        obj = obj
+            .num(&format!("load_ms_k{label}"), median(times))
+            .num(&format!("rss_mib_per_replica_k{label}"), median(rss));
+    }
+    obj.write("ours-replica-load");
+}
 
 fn main() {
     let mut c = Criterion::default()
@@ -40,6 +103,8 @@ fn main() {
     common::nested(&mut c, LOADER, &rt);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);
+    common::replicas(&mut c, LOADER, &|k| with_replicas(Replicas::Fixed(k)));
+    replica_loads(if common::quick() { 1 } else { 5 });
     common::extras(LOADER, &rt, PythonLoader::default, "ok");
     let cycles = if common::quick() { 5 } else { 50 };
     common::load_and_memory(cold, cycles).write("ours-cold-load");

@@ -55,6 +55,8 @@ fn main() {
     common::latency(&mut c, LOADER, &rt);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);
+    // No replicas here: T threads on one bundle, every call on the callers' shared GIL.
+    common::replicas(&mut c, LOADER, &|_| common::runtime(PythonLoader::default));
     common::extras(LOADER, &rt, PythonLoader::default, &pipeline);
     c.final_summary();
 }

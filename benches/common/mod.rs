@@ -212,6 +212,28 @@ pub fn scaling<L: BundleLoader + 'static>(c: &mut Criterion, loader: &str, make:
     }
 }
 
+/// One bundle driven by T host threads, with K replicas where the loader has them
+/// (`runtime_for(k)`; the reference ignores k): T = K = 1, 2, 4, for the CPU-heavy
+/// cruncher and for trivial calls. One iteration = one call per thread.
+pub fn replicas(c: &mut Criterion, loader: &str, runtime_for: &dyn Fn(usize) -> Arc<Runtime>) {
+    for op in [Op::Crunch, Op::Add] {
+        let mut g = c.benchmark_group(format!("replicas/{}", op.name()));
+        if op == Op::Crunch {
+            g.sample_size(10);
+        }
+        for k in [1usize, 2, 4] {
+            let rt = runtime_for(k);
+            let shared: Vec<_> = (0..k).map(|_| Arc::clone(&rt)).collect();
+            let crew = Crew::new(&shared, op);
+            g.throughput(Throughput::Elements(k as u64));
+            g.bench_function(BenchmarkId::new(loader, k), |b| {
+                b.iter_custom(|iters| crew.round(iters))
+            });
+        }
+        g.finish();
+    }
+}
+
 /// Four host threads hammering one bundle.
 pub fn contention(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
     let shared: Vec<_> = (0..4).map(|_| Arc::clone(rt)).collect();
