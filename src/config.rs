@@ -129,10 +129,12 @@ pub struct PythonConfig {
     pub mode: InterpreterMode,
     /// Per-bundle mode, by bundle (manifest) name; wins over `mode`.
     pub bundle_modes: HashMap<String, InterpreterMode>,
-    /// When a bundle's import fails because an extension module refuses its mode ("does not
-    /// support loading in subinterpreters"), end that interpreter and retry in the next
-    /// mode, logging a warning that names the module. Off: the load fails with that error.
-    /// Default `true`.
+    /// When an extension module refuses the bundle's mode ("does not support loading in
+    /// subinterpreters", or Cython's "Interpreter change detected") during its load, raised
+    /// or caught by the importing package (see `caught_refusals`), end that interpreter and
+    /// retry in the next mode, logging a warning that names the module; the mode that
+    /// worked is remembered for the next load of the same files in this process. Off: the
+    /// load fails with an error naming the module. Default `true`.
     pub auto_downgrade: bool,
     /// A refusal the importing package caught (seen by the loader's import hook): retry
     /// in the next mode like a raised one (`Downgrade`, default) or keep the mode and run
