@@ -375,10 +375,16 @@ fn judge(
     } else {
         "caught by the importing package"
     };
+    let why = if first.message.contains("Interpreter change detected") {
+        ": a Cython module loads in one interpreter per process, and another one imported it \
+         first (pin every bundle using it to the same mode, e.g. main)"
+    } else {
+        ""
+    };
     failure.error = init_failed_msg(
         plan.name,
         format!(
-            "{error} (extension module {} refuses {mode} interpreters, {how})",
+            "{error} (extension module {} refuses {mode} interpreters, {how}{why})",
             first.module
         ),
     );
