@@ -295,7 +295,7 @@ fn init_bundle(
 ///   error says what was caught.
 /// - It succeeded after a caught refusal: `Downgrade` fails this attempt with it (the
 ///   declared objects are dropped here, inside the job), `KeepMode` keeps it and reports
-///   the module as a fallback.
+///   the module as a fallback; so does `main`, which has no next mode.
 ///
 /// Ignored modules (`ignored_refusals`) count for nothing but the fallback list.
 fn judge(
@@ -320,13 +320,16 @@ fn judge(
                     fallback: ignored.into_iter().map(|s| s.module).collect(),
                 });
             };
-            if policy.caught == CaughtRefusals::Downgrade {
+            // `main` is the last mode: there, a caught refusal (Cython's, of a module
+            // another interpreter took first) can only be run without.
+            if policy.caught == CaughtRefusals::Downgrade && mode != InterpreterMode::Main {
                 drop(declared);
                 return Err(LoadFailure {
                     error: init_failed_msg(
                         plan.name,
                         format!(
-                            "extension module {} refuses {mode} interpreters; the importing package                              caught the ImportError and went on without it",
+                            "extension module {} refuses {mode} interpreters; the importing package \
+                    caught the ImportError and went on without it",
                             first.module
                         ),
                     ),
@@ -339,7 +342,9 @@ fn judge(
             }
             for s in &seen {
                 tracing::warn!(bundle = plan.name, module = %s.module, mode = %mode,
-                    "extension module refuses this interpreter mode; the importing package caught it                      and the bundle runs its fallback (PythonConfig::caught_refusals = KeepMode)");
+                    kept_by = if mode == InterpreterMode::Main { "no mode left" } else { "KeepMode" },
+                    "extension module refuses this interpreter mode; the importing package caught it \
+                     and the bundle runs its fallback");
             }
             let fallback = seen.into_iter().chain(ignored).map(|s| s.module).collect();
             return Ok(Initialized { declared, fallback });
@@ -364,7 +369,9 @@ fn judge(
         failure.error = init_failed_msg(
             plan.name,
             format!(
-                "{error} (extension module {} refused {mode} interpreters and the importing package                  caught it; PythonConfig::caught_refusals is KeepMode, so the bundle ran the package's                  fallback)",
+                "{error} (extension module {} refused {mode} interpreters and the importing package \
+                    caught it; PythonConfig::caught_refusals is KeepMode, so the bundle ran the package's \
+                    fallback)",
                 first.module
             ),
         );

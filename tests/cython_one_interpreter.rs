@@ -2,7 +2,9 @@
 //! change detected - this module can only be loaded into one interpreter per process").
 //! Once a bundle pinned to shared_gil has PyYAML's `yaml._yaml`, a second bundle using it
 //! cannot have it anywhere: its load fails with an error that names the module and says
-//! why, and the first bundle keeps working. Own binary: the binding lasts for the process.
+//! why, and the first bundle keeps working; a bundle for which it is optional loads in
+//! `main` on PyYAML's pure-Python code, reported as a fallback. Own binary: the binding
+//! lasts for the process.
 
 use std::path::{Path, PathBuf};
 
@@ -64,5 +66,23 @@ fn a_second_interpreter_cannot_have_a_cython_module_and_the_error_says_why() {
         loader.bundle_info(id).is_some(),
         "the first bundle is still loaded"
     );
+
+    // A bundle for which libyaml is optional: own_gil refuses it (caught), main refuses it
+    // too (another interpreter has it): it loads in main, on PyYAML's pure-Python code,
+    // and says so.
+    let optional = write_bundle_in(
+        &root,
+        "yaml_optional",
+        "import yaml\nclass Ok:\n    code = 0\nclass Impl:\n    def __init__(self, host):\n        pass\ndef f(*a):\n    pass\ndef polyplug_init(h, c):\n    assert yaml.safe_load('a: 1') == {'a': 1}\n    return ([{'contract': 'yaml_optional@1', 'factory': Impl, 'functions': [f]}], Ok())\n",
+        &[],
+    );
+    std::os::unix::fs::symlink(first.join("site-packages"), optional.join("site-packages"))
+        .unwrap();
+    rt.load_bundle(&optional).unwrap();
+    let info = loader
+        .bundle_info(polyplug_utils::BundleId::new("yaml_optional").id())
+        .unwrap();
+    assert_eq!(info.mode, "main");
+    assert_eq!(info.reason.fallback, ["yaml._yaml"], "{}", info.reason);
     let _ = std::fs::remove_dir_all(&root);
 }
