@@ -127,7 +127,8 @@ pub struct PythonConfig {
     /// [`InterpreterMode::default_for_this_python`]: `OwnGil` on CPython 3.13+,
     /// `SharedGil` on 3.12.
     pub mode: InterpreterMode,
-    /// Per-bundle mode, by bundle (manifest) name; wins over `mode`.
+    /// Per-bundle mode, by bundle (manifest) name; wins over `mode` and over a mode
+    /// remembered from an earlier load of the bundle in this process.
     pub bundle_modes: HashMap<String, InterpreterMode>,
     /// When an extension module refuses the bundle's mode ("does not support loading in
     /// subinterpreters", or Cython's "Interpreter change detected") during its load, raised
