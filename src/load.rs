@@ -352,7 +352,8 @@ fn judge(
         Err(f) => f,
     };
     if let Some(r) = &mut failure.refusal {
-        if let Some(s) = seen.iter().find(|s| s.module == r.module) {
+        // Ignored or not, a raised refusal fails the import: it moves the bundle.
+        if let Some(s) = seen.iter().chain(&ignored).find(|s| s.module == r.module) {
             r.binding = Binding::sniff(&s.origin);
         }
         return Err(failure);
