@@ -49,13 +49,13 @@ impl InterpreterMode {
 
     /// The next, more permissive mode to try when an extension refuses this one.
     ///
-    /// A PyO3 module skips `SharedGil`: CPython would let it load in a shared-GIL
-    /// subinterpreter, but PyO3 binds the module to the first interpreter that imports it
-    /// and refuses (or breaks in) every other one, main included, for the rest of the
-    /// process.
-    pub(crate) fn fallback(self, pyo3: bool) -> Option<Self> {
+    /// A PyO3 or Cython module (`one_per_process`) skips `SharedGil`: CPython would let
+    /// it load in a shared-GIL subinterpreter, but it binds itself to the first
+    /// interpreter that imports it and refuses (or breaks in) every other one, main
+    /// included, for the rest of the process.
+    pub(crate) fn fallback(self, one_per_process: bool) -> Option<Self> {
         match self {
-            InterpreterMode::OwnGil if pyo3 => Some(InterpreterMode::Main),
+            InterpreterMode::OwnGil if one_per_process => Some(InterpreterMode::Main),
             InterpreterMode::OwnGil => Some(InterpreterMode::SharedGil),
             InterpreterMode::SharedGil => Some(InterpreterMode::Main),
             InterpreterMode::Main => None,
@@ -79,6 +79,21 @@ impl std::fmt::Display for InterpreterMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What a load does when an extension module refuses the bundle's interpreter but the
+/// importing package catches the ImportError and goes on without it (PyYAML without
+/// `yaml._yaml`, msgpack on `msgpack.fallback`). See `PythonConfig::caught_refusals`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CaughtRefusals {
+    /// Count it like a raised refusal: retry the load in the next mode (with
+    /// `auto_downgrade`), warning that the importing package caught it. The default: a
+    /// refused module is in the bundle's path, so the bundle is taken to want it.
+    #[default]
+    Downgrade,
+    /// Keep the mode and run the package's fallback, with a warning naming the module;
+    /// `BundleInfo::reason` reports it as `fallback`.
+    KeepMode,
 }
 
 /// Settings for [`PythonLoader`](crate::PythonLoader).
@@ -112,13 +127,25 @@ pub struct PythonConfig {
     /// [`InterpreterMode::default_for_this_python`]: `OwnGil` on CPython 3.13+,
     /// `SharedGil` on 3.12.
     pub mode: InterpreterMode,
-    /// Per-bundle mode, by bundle (manifest) name; wins over `mode`.
+    /// Per-bundle mode, by bundle (manifest) name; wins over `mode` and over a mode
+    /// remembered from an earlier load of the bundle in this process.
     pub bundle_modes: HashMap<String, InterpreterMode>,
-    /// When a bundle's import fails because an extension module refuses its mode ("does not
-    /// support loading in subinterpreters"), end that interpreter and retry in the next
-    /// mode, logging a warning that names the module. Off: the load fails with that error.
-    /// Default `true`.
+    /// When an extension module refuses the bundle's mode ("does not support loading in
+    /// subinterpreters", or Cython's "Interpreter change detected") during its load, raised
+    /// or caught by the importing package (see `caught_refusals`), end that interpreter and
+    /// retry in the next mode, logging a warning that names the module; the mode that
+    /// worked is remembered for the next load of the same files in this process. Off: the
+    /// load fails with an error naming the module. Default `true`.
     pub auto_downgrade: bool,
+    /// A refusal the importing package caught (seen by the loader's import hook): retry
+    /// in the next mode like a raised one (`Downgrade`, default) or keep the mode and run
+    /// the package's pure-Python fallback (`KeepMode`). Either way it is logged.
+    pub caught_refusals: CaughtRefusals,
+    /// Per bundle (manifest) name, extension modules whose refusal the bundle ignores:
+    /// an optional accelerator it does not need. Neither a caught nor a call-time
+    /// refusal of these moves or reports the bundle (a raised one still fails the
+    /// import, so it still downgrades). Default empty.
+    pub ignored_refusals: HashMap<String, Vec<String>>,
     /// Keep one fresh interpreter ready (created, common stdlib modules imported) so a load
     /// skips ~20 ms of start-up; it costs one idle interpreter (~3 MiB) per process.
     /// Default `true`.
@@ -158,6 +185,8 @@ impl Default for PythonConfig {
             mode: InterpreterMode::default(),
             bundle_modes: HashMap::new(),
             auto_downgrade: true,
+            caught_refusals: CaughtRefusals::Downgrade,
+            ignored_refusals: HashMap::new(),
             call_timeout: None,
             bundle_timeouts: HashMap::new(),
             queue_capacity: 1024,
@@ -249,9 +278,17 @@ impl PythonConfig {
             .or(self.call_timeout)
     }
 
-    /// The mode a bundle starts in.
-    pub(crate) fn mode_for(&self, bundle: &str) -> InterpreterMode {
-        self.bundle_modes.get(bundle).copied().unwrap_or(self.mode)
+    /// The mode a bundle starts in, and whether `bundle_modes` pinned it.
+    pub(crate) fn mode_for(&self, bundle: &str) -> (InterpreterMode, bool) {
+        match self.bundle_modes.get(bundle) {
+            Some(&m) => (m, true),
+            None => (self.mode, false),
+        }
+    }
+
+    /// The modules whose refusal `bundle` ignores.
+    pub(crate) fn ignored_for(&self, bundle: &str) -> &[String] {
+        self.ignored_refusals.get(bundle).map_or(&[], Vec::as_slice)
     }
 
     pub(crate) fn interpreter(

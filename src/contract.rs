@@ -23,6 +23,7 @@ use polyplug_utils::GuestContractId;
 use crate::error;
 use crate::isolation::{self, BundleKey, Scope};
 use crate::metrics::{Meter, Outcome};
+use crate::refusals::{self, CallWatch};
 use crate::replicas::{self, Target};
 use crate::scope;
 
@@ -107,6 +108,9 @@ pub(crate) struct ContractData {
     pub(crate) meter: Arc<Meter>,
     /// The bundle's configured deadline (`with_call_options` overrides it).
     pub(crate) timeout: Option<Duration>,
+    /// What a refusal seen during a call does (`refusals::CallWatch`), shared by the
+    /// bundle's contracts.
+    pub(crate) watch: Arc<CallWatch>,
     /// The same contract in the version that replaced this one by a hot reload. Set
     /// before this version's objects are released, so a host still holding this
     /// interface gets the new code for the default instance instead of `StaleHandle`.
@@ -181,6 +185,11 @@ impl ContractData {
             let r = job(py);
             if let Some(t1) = t1 {
                 m.run.record(t1.elapsed());
+            }
+            // A lazy import refused this interpreter (one thread-local read when not).
+            if refusals::pending() {
+                let failed = r.as_ref().err().map(ToString::to_string);
+                self.watch.at_call(py, m, &self.logger, failed);
             }
             r
         };

@@ -24,7 +24,7 @@ use interp_pool::{InterpreterConfig, InterpreterGroup, InterpreterHandle, Interp
 use polyplug::runtime::Runtime;
 use polyplug_abi::HostApi;
 
-use crate::config::ElasticPolicy;
+use crate::config::{CaughtRefusals, ElasticPolicy, InterpreterMode};
 use crate::contract::ContractData;
 use crate::load::{self, Entry, Plan};
 use crate::output::OutputSink;
@@ -90,6 +90,9 @@ pub(crate) struct Spec {
     pub(crate) host: usize,
     pub(crate) output: Arc<OutputSink>,
     pub(crate) config: InterpreterConfig,
+    /// The load's refusal settings, for the new replicas' inits.
+    pub(crate) caught: CaughtRefusals,
+    pub(crate) ignored: Vec<String>,
     pub(crate) min: usize,
     pub(crate) max: usize,
     pub(crate) policy: ElasticPolicy,
@@ -201,6 +204,11 @@ fn grow(spec: &Spec, n: usize) -> Result<(), String> {
     // `polyplug::runtime::Runtime` (which is how polyplug itself reads it).
     let runtime = unsafe { &*runtime };
     let plan = spec.plan.plan();
+    let policy = load::RefusalPolicy {
+        mode: InterpreterMode::OwnGil,
+        caught: spec.caught,
+        ignored: &spec.ignored,
+    };
     let declared = member
         .call(|py| {
             Ok(load::run_init(
@@ -210,10 +218,11 @@ fn grow(spec: &Spec, n: usize) -> Result<(), String> {
                 spec.host,
                 None,
                 &spec.output,
+                &policy,
             ))
         })
         .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|f| f.error.to_string()));
+        .and_then(|r| r.map(|i| i.declared).map_err(|f| f.error.to_string()));
     let declared = match declared.and_then(|d| load::same_shapes(&spec.shapes, &d).map(|()| d)) {
         Ok(d) => d,
         Err(e) => {

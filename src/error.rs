@@ -9,10 +9,25 @@ use polyplug_abi::{AbiError, AbiErrorCode, StringView};
 /// `InitFailed` for `bundle`, with what was being done and the cause. Python exceptions
 /// show as `Type: message`; the full traceback goes to the log.
 pub(crate) fn init_failed(bundle: &str, doing: &str, err: &Error) -> LoaderError {
+    init_failed_as(bundle, doing, err, false)
+}
+
+/// `init_failed`, for a failure that followed a recorded refusal (see `refusals.rs`):
+/// usually retried in another mode, so its traceback is only logged at debug level.
+pub(crate) fn init_failed_after_refusal(bundle: &str, doing: &str, err: &Error) -> LoaderError {
+    init_failed_as(bundle, doing, err, true)
+}
+
+fn init_failed_as(bundle: &str, doing: &str, err: &Error, refused: bool) -> LoaderError {
     match err {
         // Usually followed by a retry in another mode (see `load_plan`): not an error yet.
         Error::Unsupported { exception, .. } => {
             tracing::debug!(bundle, "{doing}:\n{}", exception.traceback)
+        }
+        _ if refused => {
+            if let Some(exc) = err.python_exception() {
+                tracing::debug!(bundle, "{doing} after a refusal:\n{}", exc.traceback);
+            }
         }
         _ => {
             if let Some(exc) = err.python_exception() {

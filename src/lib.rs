@@ -32,6 +32,8 @@ mod lifecycle;
 mod load;
 mod metrics;
 mod output;
+mod refusals;
+mod remembered;
 mod replicas;
 mod rss;
 mod scope;
@@ -45,10 +47,11 @@ use polyplug::runtime::Runtime;
 use polyplug_abi::SupportedLanguage;
 use polyplug_utils::BundleId;
 
-pub use config::{ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
+pub use config::{CaughtRefusals, ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use interp_pool::{CallOptions, CancelToken, WhenFull};
 pub use metrics::BundleMetrics;
+pub use refusals::{Binding, ModeCause, ModeReason, RefusalHow};
 pub use replicas::ReplicaStats;
 pub use rss::rss_bytes;
 pub use scope::with_call_options;
@@ -74,6 +77,13 @@ pub struct BundleInfo {
     pub contracts: Vec<(String, usize)>,
     /// How the bundle's interpreter runs: `"own_gil"`, `"shared_gil"` or `"main"`.
     pub mode: &'static str,
+    /// Why it runs in `mode`: configured, pinned, or the extension module that refused
+    /// the previous mode (raised or caught), whether that was remembered from an earlier
+    /// load, and the modules it runs without (a package's fallback).
+    pub reason: ModeReason,
+    /// Extension modules that refused the bundle's interpreter during a call, since the
+    /// load (each also counted in `BundleMetrics::refusals_at_call` and logged).
+    pub call_refusals: Vec<String>,
     /// CPython's id of the bundle's (first) interpreter.
     pub python_interp_id: i64,
     /// How many interpreters serve it now (`PythonConfig::replicas`; 1 in `shared_gil`
@@ -104,6 +114,8 @@ impl PythonLoader {
                 .map(|c| (c.contract.clone(), c.fn_count))
                 .collect(),
             mode: b.mode.as_str(),
+            reason: b.reason.clone(),
+            call_refusals: b.watch.refused(),
             python_interp_id: b.target.primary().map_or(0, |h| h.python_id()),
             replicas: b.target.members().len(),
         })

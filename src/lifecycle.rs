@@ -13,14 +13,16 @@ use polyplug::loader::{BundleSource, ManifestData};
 use polyplug::runtime::Runtime;
 use polyplug_abi::types::LogLevel;
 
-use crate::config::{self, InterpreterMode, PythonConfig, Replicas};
+use crate::config::{self, CaughtRefusals, InterpreterMode, PythonConfig, Replicas};
 use crate::contract::ContractData;
 use crate::elastic::{self, Controller};
 use crate::error;
 use crate::isolation::{self, BundleKey};
-use crate::load::{self, Entry, LoadFailure, Plan};
+use crate::load::{self, Entry, LoadFailure, Plan, RefusalPolicy};
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
+use crate::refusals::{CallWatch, ModeCause, ModeReason, RefusalHow};
+use crate::remembered;
 use crate::replicas::{self, Target};
 use crate::spare;
 
@@ -45,6 +47,10 @@ pub(crate) struct LoadedBundle {
     pub(crate) target: Target,
     pub(crate) contracts: Vec<&'static ContractData>,
     pub(crate) mode: InterpreterMode,
+    /// Why it runs in `mode`.
+    pub(crate) reason: ModeReason,
+    /// Refusals seen at call time (`BundleInfo::call_refusals`).
+    pub(crate) watch: Arc<CallWatch>,
     /// Its identity in the main interpreter (`Main` mode only).
     key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
@@ -244,9 +250,12 @@ impl Loader {
         InterpreterHandle::spawn(config)
     }
 
-    /// Loads in the bundle's configured mode; if an extension module refuses that kind of
-    /// interpreter and `auto_downgrade` is on, retries in the next mode, with a warning
-    /// that names the module.
+    /// Loads in the bundle's mode: `bundle_modes`, else a mode remembered from an earlier
+    /// load of the same files (see `remembered.rs`) if more permissive, else `mode`. If an
+    /// extension module refuses that kind of interpreter (raised, or caught by the
+    /// importing package: `CaughtRefusals::Downgrade`) and `auto_downgrade` is on,
+    /// retries in the next mode, with a warning that names the module and how it was
+    /// seen; the mode it lands in is remembered.
     fn load_plan(
         &self,
         manifest: &ManifestData,
@@ -256,40 +265,114 @@ impl Loader {
         self.check_version()?;
         self.check_replica_names(manifest, runtime);
         let config = &self.config;
-        let mut mode = config.mode_for(&manifest.name);
+        let bundle = manifest.name.as_str();
+        let (mut mode, pinned) = config.mode_for(bundle);
+        let mut reason = ModeReason::new(if pinned {
+            ModeCause::Pinned
+        } else {
+            ModeCause::Configured
+        });
+        let remember = match &plan.entry {
+            Entry::Path { file, .. } if !pinned && config.auto_downgrade => {
+                Some(remembered::Key::of(plan.ctx_path, file))
+            }
+            _ => None,
+        };
+        if let Some((m, r)) = remember.as_ref().and_then(remembered::lookup) {
+            if remembered::rank(m) > remembered::rank(mode) && self.honours(bundle, &r) {
+                tracing::info!(
+                    bundle,
+                    mode = %m,
+                    reason = %r,
+                    "using the mode an earlier load of the same files needed"
+                );
+                mode = m;
+                reason = ModeReason {
+                    remembered: true,
+                    ..r
+                };
+            }
+        }
+        let start = mode;
         loop {
-            let (err, refusal) = match self.load_in(manifest, &plan, runtime, mode) {
-                Ok(serial) => return Ok(serial),
-                Err(LoadFailure {
-                    error,
-                    refusal: Some(refusal),
-                }) => (error, refusal),
-                Err(LoadFailure {
-                    error,
-                    refusal: None,
-                }) => return Err(error),
-            };
-            let (module, Some(next)) = (refusal.module, mode.fallback(refusal.pyo3)) else {
+            let (err, refusal) =
+                match self.load_in(manifest, &plan, runtime, mode, &reason, &remember) {
+                    Ok(serial) => {
+                        if let (Some(key), true) = (&remember, mode != start) {
+                            remembered::store(key, mode, reason);
+                        }
+                        return Ok(serial);
+                    }
+                    Err(LoadFailure {
+                        error,
+                        refusal: Some(refusal),
+                    }) => (error, refusal),
+                    Err(LoadFailure {
+                        error,
+                        refusal: None,
+                    }) => return Err(error),
+                };
+            let one_per_process = refusal.binding.one_interpreter_per_process();
+            let Some(next) = mode.fallback(one_per_process) else {
                 return Err(err);
+            };
+            let module = &refusal.module;
+            let how = match refusal.how {
+                RefusalHow::Caught => "caught by the importing package",
+                _ => "raised",
             };
             if !config.auto_downgrade {
                 return Err(error::init_failed_msg(
-                    &manifest.name,
+                    bundle,
                     format!(
-                        "extension module {module} refuses {mode} interpreters and automatic downgrade is off; \
-                         set PythonConfig::bundle_modes[\"{}\"] = {next:?} to run it ({err})",
-                        manifest.name
+                        "extension module {module} refuses {mode} interpreters ({how}) and automatic \
+                         downgrade is off; set PythonConfig::bundle_modes[\"{bundle}\"] = {next:?} to run it ({err})"
                     ),
                 ));
             }
-            tracing::warn!(
-                bundle = %manifest.name,
-                module = %module,
-                from = %mode,
-                to = %next,
-                "extension module refuses this interpreter mode; retrying the load"
-            );
+            if refusal.how == RefusalHow::Caught {
+                tracing::warn!(
+                    bundle,
+                    module = %module,
+                    binding = refusal.binding.as_str(),
+                    from = %mode,
+                    to = %next,
+                    "extension module refuses this interpreter mode and the importing package caught it; \
+                     retrying the load (PythonConfig::caught_refusals = KeepMode would keep the mode and \
+                     run the package's fallback)"
+                );
+            } else {
+                tracing::warn!(
+                    bundle,
+                    module = %module,
+                    binding = refusal.binding.as_str(),
+                    from = %mode,
+                    to = %next,
+                    "extension module refuses this interpreter mode; retrying the load"
+                );
+            }
+            reason = ModeReason::new(ModeCause::Refused {
+                module: refusal.module,
+                from: mode,
+                how: refusal.how,
+                binding: refusal.binding,
+            });
             mode = next;
+        }
+    }
+
+    /// Whether a remembered outcome still applies under this loader's settings: not if
+    /// it came from a module this bundle ignores, or from a caught refusal this loader
+    /// would keep the mode for.
+    fn honours(&self, bundle: &str, r: &ModeReason) -> bool {
+        match &r.cause {
+            ModeCause::Refused { module, how, .. } => {
+                let ignored = self.config.ignored_for(bundle).contains(module);
+                let kept = *how == RefusalHow::Caught
+                    && self.config.caught_refusals == CaughtRefusals::KeepMode;
+                !ignored && !kept
+            }
+            _ => true,
         }
     }
 
@@ -302,6 +385,8 @@ impl Loader {
         plan: &Plan<'_>,
         runtime: &Runtime,
         mode: InterpreterMode,
+        reason: &ModeReason,
+        remember: &Option<remembered::Key>,
     ) -> Result<u64, LoadFailure> {
         let bundle = manifest.name.as_str();
         let (wanted, max) = self.replica_bounds(bundle)?;
@@ -324,12 +409,20 @@ impl Loader {
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
         let sink = Arc::new(OutputSink::register(runtime.logger(), bundle, key));
+        let ignored = self.config.ignored_for(bundle);
+        let policy = RefusalPolicy {
+            mode,
+            caught: self.config.caught_refusals,
+            ignored,
+        };
         let init = |h: &InterpreterHandle| {
-            h.call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
+            h.call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink, &policy)))
                 .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()))
         };
         let mut members = vec![first];
         let mut declared = Vec::with_capacity(count);
+        // Replicas run the same code: the first one's fallback modules are the bundle's.
+        let mut fallback = Vec::new();
         for i in 0..count {
             if i > 0 {
                 let config = self.config.interpreter(&format!("{bundle}#{i}"), mode);
@@ -343,7 +436,12 @@ impl Loader {
                 }
             }
             let d = match init(&members[i]) {
-                Ok(d) => d,
+                Ok(initialized) => {
+                    if i == 0 {
+                        fallback = initialized.fallback;
+                    }
+                    initialized.declared
+                }
                 Err(e) => {
                     discard(&members, declared, key);
                     return Err(e);
@@ -369,10 +467,12 @@ impl Loader {
         let t_init = t0.elapsed() - t_spawn;
         let shapes = load::shapes(&declared[0]);
         let meter = Arc::new(Meter::new());
+        let watch = CallWatch::new(bundle, mode, ignored.to_vec(), remember.clone());
         let settings = load::BundleCallSettings {
             key,
             meter: Arc::clone(&meter),
             timeout: self.config.timeout_for(bundle),
+            watch: Arc::clone(&watch),
         };
         let (contracts, registered) =
             load::register_all(declared, &target, bundle, plan.bundle_id, settings, runtime);
@@ -390,17 +490,24 @@ impl Loader {
                 host,
                 output: Arc::clone(&sink),
                 config: self.config.interpreter(bundle, mode),
+                caught: self.config.caught_refusals,
+                ignored: ignored.to_vec(),
                 min: wanted,
                 max,
                 policy: self.config.elastic,
             }),
             _ => None,
         };
+        let reason = ModeReason {
+            fallback,
+            ..reason.clone()
+        };
         tracing::info!(
             bundle,
             interp = %members[0].id(),
             mode = %mode,
             replicas = members.len(),
+            reason = %reason,
             contracts = contracts.len(),
             create_ms = t_spawn.as_secs_f64() * 1e3,
             init_ms = t_init.as_secs_f64() * 1e3,
@@ -418,6 +525,8 @@ impl Loader {
                 target,
                 contracts,
                 mode,
+                reason,
+                watch,
                 key,
                 meter,
                 _ctx_path: plan.ctx_path.into(),

@@ -16,20 +16,22 @@ use polyplug_abi::{
 };
 use polyplug_utils::GuestContractId;
 
+use crate::config::{CaughtRefusals, InterpreterMode};
 use crate::contract::{self, ContractData, Objects, ReplicaObjects};
-use crate::error::{init_failed, init_failed_msg};
+use crate::error::{init_failed, init_failed_after_refusal, init_failed_msg};
 use crate::isolation::{self, BundleKey};
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
+use crate::refusals::{self, Binding, CallWatch, RefusalHow};
 use crate::replicas::Target;
 
 /// Run into a fresh namespace once per load, before the bundle, in this order: the
-/// output writer (`install_output`, used by `output::install`), the import helpers both
-/// source kinds use (`load_path`, `load_code`) and the PyO3 probe (`refused_by_pyo3`).
-const BOOTSTRAP: [&str; 3] = [
+/// output writer (`install_output`, used by `output::install`) and the import helpers
+/// both source kinds use (`load_path`, `load_code`). The refusal recorder
+/// (`refusals::install`) follows, once per interpreter.
+const BOOTSTRAP: [&str; 2] = [
     include_str!("python/guest_output.py"),
     include_str!("python/bootstrap.py"),
-    include_str!("python/pyo3_probe.py"),
 ];
 
 /// Where the entry module comes from.
@@ -59,14 +61,17 @@ pub(crate) struct Plan<'a> {
 #[derive(Debug)]
 pub(crate) struct Refusal {
     pub(crate) module: String,
-    /// Built with PyO3, which binds a module to the first interpreter importing it.
-    pub(crate) pyo3: bool,
+    /// How it was built (PyO3 and Cython bind a module to the first interpreter
+    /// importing it); read from the `.so` the import hook recorded.
+    pub(crate) binding: Binding,
+    /// Whether the ImportError reached the loader or the importing package caught it.
+    pub(crate) how: RefusalHow,
 }
 
 /// Why one load attempt failed: the error for the host and, if an extension module
-/// refusing this kind of interpreter caused it, that refusal (the caller may retry the
-/// load in another mode). A refusal that did not fail the load (caught by the importing
-/// package) would travel in the success value instead, next to the declared contracts.
+/// refusing this kind of interpreter caused it (raised, or caught by the importing
+/// package and counted as a refusal, see `judge`), that refusal: the caller may retry the
+/// load in another mode.
 #[derive(Debug)]
 pub(crate) struct LoadFailure {
     pub(crate) error: LoaderError,
@@ -83,48 +88,25 @@ impl From<LoaderError> for LoadFailure {
 }
 
 impl Plan<'_> {
-    /// `InitFailed` for this bundle, with the refusing extension module if that was it.
+    /// `InitFailed` for this bundle, with the refusing extension module if that was it
+    /// (its binding is filled in by `judge`, from the import hook's record).
     pub(crate) fn failed(&self, doing: &str, err: &interp_pool::Error) -> LoadFailure {
-        self.failed_as(doing, err, |_| false)
-    }
-
-    /// Like `failed`, and finds out whether a refusing module is a PyO3 build, with the
-    /// bootstrap's probe in the interpreter that refused it.
-    fn failed_probing(
-        &self,
-        py: &Attached<'_>,
-        boot: &PyObj<'_>,
-        doing: &str,
-        err: &interp_pool::Error,
-    ) -> LoadFailure {
-        self.failed_as(doing, err, |module| {
-            let probe = || {
-                let Some(probe) = boot.get(py, "refused_by_pyo3")? else {
-                    return Ok(0);
-                };
-                probe.call(py, &[&py.str(module)?])?.extract_i64(py)
-            };
-            probe().unwrap_or(0) == 1
-        })
-    }
-
-    fn failed_as(
-        &self,
-        doing: &str,
-        err: &interp_pool::Error,
-        is_pyo3: impl FnOnce(&str) -> bool,
-    ) -> LoadFailure {
         let refusal = match err {
             interp_pool::Error::Unsupported { module, .. } => Some(Refusal {
                 module: module.clone(),
-                pyo3: is_pyo3(module),
+                binding: Binding::C,
+                how: RefusalHow::Raised,
             }),
             _ => None,
         };
-        LoadFailure {
-            error: init_failed(self.name, doing, err),
-            refusal,
-        }
+        // After a recorded refusal the failure is usually its consequence (a package
+        // without its accelerator), retried in another mode: not an error yet.
+        let error = if refusals::pending() {
+            init_failed_after_refusal(self.name, doing, err)
+        } else {
+            init_failed(self.name, doing, err)
+        };
+        LoadFailure { error, refusal }
     }
 
     /// `InitFailed` for this bundle with a message of the loader's own.
@@ -187,6 +169,21 @@ pub(crate) fn same_shapes(first: &[String], other: &[Declared]) -> Result<(), St
     }
 }
 
+/// What a successful init produced: the declared contracts, and the modules whose
+/// caught refusal the bundle runs without (`CaughtRefusals::KeepMode`, ignored ones).
+pub(crate) struct Initialized {
+    pub(crate) declared: Vec<Declared>,
+    pub(crate) fallback: Vec<String>,
+}
+
+/// How the load treats refusals it sees (from `PythonConfig`, for this bundle).
+pub(crate) struct RefusalPolicy<'a> {
+    /// The mode this attempt runs in (for messages).
+    pub(crate) mode: InterpreterMode,
+    pub(crate) caught: CaughtRefusals,
+    pub(crate) ignored: &'a [String],
+}
+
 /// Pushes a bundle id on the runtime's init stack for the current thread; pops on drop,
 /// so every path (error, panic) leaves the stack balanced.
 pub(crate) struct InitWindow<'r>(&'r Runtime);
@@ -216,8 +213,25 @@ pub(crate) fn run_init(
     host: usize,
     main: Option<BundleKey>,
     output: &OutputSink,
-) -> Result<Vec<Declared>, LoadFailure> {
+    policy: &RefusalPolicy<'_>,
+) -> Result<Initialized, LoadFailure> {
     let _window = InitWindow::enter(runtime, plan.bundle_id);
+    let out = init_in(py, plan, host, main, output);
+    let seen = refusals::take(py).unwrap_or_else(|e| {
+        tracing::debug!(bundle = plan.name, error = %e, "could not read recorded refusals");
+        Vec::new()
+    });
+    judge(plan, policy, out, seen)
+}
+
+/// The init itself; in the main interpreter inside the bundle's isolation scope.
+fn init_in(
+    py: &Attached<'_>,
+    plan: &Plan<'_>,
+    host: usize,
+    main: Option<BundleKey>,
+    output: &OutputSink,
+) -> Result<Vec<Declared>, LoadFailure> {
     let Some(key) = main else {
         return init_bundle(py, plan, host, false, output);
     };
@@ -250,6 +264,7 @@ fn init_bundle(
             py.run_in(src, &ns)?;
         }
         output::install(py, &ns, output)?;
+        refusals::install(py)?;
         Ok(ns)
     })()
     .map_err(|e| plan.failed("interpreter bootstrap failed", &e))?;
@@ -272,8 +287,7 @@ fn init_bundle(
             load_path
                 .call(py, &[&name, &path, &dirs_list])
                 .map_err(|e| {
-                    let doing = format!("failed to import Python module at {file}");
-                    plan.failed_probing(py, &boot, &doing, &e)
+                    plan.failed(&format!("failed to import Python module at {file}"), &e)
                 })?
         }
         Entry::Code { src } => {
@@ -307,12 +321,136 @@ fn init_bundle(
     );
     let ret = init
         .call(py, &[&host_arg, &ctx_arg])
-        .map_err(|e| plan.failed_probing(py, &boot, "polyplug_init call failed", &e))?;
+        .map_err(|e| plan.failed("polyplug_init call failed", &e))?;
     let declared = parse_registrations(py, &ret, plan, host)?;
     if declared.is_empty() {
         return Err(plan.invalid("polyplug_init returned no contracts (empty registrations list)"));
     }
     Ok(declared)
+}
+
+/// Weighs the refusals the import hook recorded during an init against its outcome.
+///
+/// - The init failed on a raised refusal (`Error::Unsupported`): that refusal, its
+///   binding read from the recorded `.so`.
+/// - It failed otherwise, after a recorded refusal: Cython's "Interpreter change
+///   detected" raised (CPython does not name the module in it), or a package that caught
+///   the refusal and then failed on what it lacks (PyYAML's missing `CSafeLoader`). It
+///   counts as that refusal, unless `KeepMode` keeps the mode for caught ones: then the
+///   error says what was caught.
+/// - It succeeded after a caught refusal: `Downgrade` fails this attempt with it (the
+///   declared objects are dropped here, inside the job), `KeepMode` keeps it and reports
+///   the module as a fallback; so does `main`, which has no next mode.
+///
+/// Ignored modules (`ignored_refusals`) count for nothing but the fallback list.
+fn judge(
+    plan: &Plan<'_>,
+    policy: &RefusalPolicy<'_>,
+    out: Result<Vec<Declared>, LoadFailure>,
+    seen: Vec<refusals::Seen>,
+) -> Result<Initialized, LoadFailure> {
+    let (ignored, seen): (Vec<_>, Vec<_>) = seen
+        .into_iter()
+        .partition(|s| policy.ignored.contains(&s.module));
+    for s in &ignored {
+        tracing::info!(bundle = plan.name, module = %s.module, mode = %policy.mode,
+            "extension module refused this interpreter; ignored (PythonConfig::ignored_refusals)");
+    }
+    let mode = policy.mode;
+    let mut failure = match out {
+        Ok(declared) => {
+            let Some(first) = seen.first() else {
+                return Ok(Initialized {
+                    declared,
+                    fallback: ignored.into_iter().map(|s| s.module).collect(),
+                });
+            };
+            // `main` is the last mode: there, a caught refusal (Cython's, of a module
+            // another interpreter took first) can only be run without.
+            if policy.caught == CaughtRefusals::Downgrade && mode != InterpreterMode::Main {
+                drop(declared);
+                return Err(LoadFailure {
+                    error: init_failed_msg(
+                        plan.name,
+                        format!(
+                            "extension module {} refuses {mode} interpreters; the importing package \
+                    caught the ImportError and went on without it",
+                            first.module
+                        ),
+                    ),
+                    refusal: Some(Refusal {
+                        module: first.module.clone(),
+                        binding: Binding::sniff(&first.origin),
+                        how: RefusalHow::Caught,
+                    }),
+                });
+            }
+            for s in &seen {
+                tracing::warn!(bundle = plan.name, module = %s.module, mode = %mode,
+                    kept_by = if mode == InterpreterMode::Main { "no mode left" } else { "KeepMode" },
+                    "extension module refuses this interpreter mode; the importing package caught it \
+                     and the bundle runs its fallback");
+            }
+            let fallback = seen.into_iter().chain(ignored).map(|s| s.module).collect();
+            return Ok(Initialized { declared, fallback });
+        }
+        Err(f) => f,
+    };
+    if let Some(r) = &mut failure.refusal {
+        // Ignored or not, a raised refusal fails the import: it moves the bundle.
+        if let Some(s) = seen.iter().chain(&ignored).find(|s| s.module == r.module) {
+            r.binding = Binding::sniff(&s.origin);
+        }
+        return Err(failure);
+    }
+    let Some(first) = seen.into_iter().next() else {
+        return Err(failure);
+    };
+    let error = match &failure.error {
+        LoaderError::InitFailed { error, .. } => error.clone(),
+        other => other.to_string(),
+    };
+    let raised = error.contains(&first.message);
+    if !raised && policy.caught == CaughtRefusals::KeepMode {
+        failure.error = init_failed_msg(
+            plan.name,
+            format!(
+                "{error} (extension module {} refused {mode} interpreters and the importing package \
+                    caught it; PythonConfig::caught_refusals is KeepMode, so the bundle ran the package's \
+                    fallback)",
+                first.module
+            ),
+        );
+        return Err(failure);
+    }
+    let how = if raised {
+        "raised"
+    } else {
+        "caught by the importing package"
+    };
+    let why = if first.message.contains("Interpreter change detected") {
+        ": a Cython module loads in one interpreter per process, and another one imported it \
+         first (pin every bundle using it to the same mode, e.g. main)"
+    } else {
+        ""
+    };
+    failure.error = init_failed_msg(
+        plan.name,
+        format!(
+            "{error} (extension module {} refuses {mode} interpreters, {how}{why})",
+            first.module
+        ),
+    );
+    failure.refusal = Some(Refusal {
+        binding: Binding::sniff(&first.origin),
+        how: if raised {
+            RefusalHow::Raised
+        } else {
+            RefusalHow::Caught
+        },
+        module: first.module,
+    });
+    Err(failure)
 }
 
 /// `polyplug_init`'s `(registrations, AbiError)` → one `Declared` per registration,
@@ -487,6 +625,8 @@ pub(crate) struct BundleCallSettings {
     pub(crate) key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) timeout: Option<std::time::Duration>,
+    /// Refusals seen at call time.
+    pub(crate) watch: Arc<CallWatch>,
 }
 
 /// Pins every declared contract's loader data (see `ContractData` for why it is never
@@ -527,6 +667,7 @@ pub(crate) fn register_all(
             scope: settings.key,
             meter: Arc::clone(&settings.meter),
             timeout: settings.timeout,
+            watch: Arc::clone(&settings.watch),
             bundle: bundle.to_owned(),
             contract_id: GuestContractId::new(&d.name, d.major),
             fn_count,

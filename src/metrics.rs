@@ -31,6 +31,9 @@ pub struct BundleMetrics {
     pub run_p50: Duration,
     /// See `run_p50`.
     pub run_p99: Duration,
+    /// Extension-module refusals seen during calls (a lazy import refused the bundle's
+    /// interpreter; see `PythonConfig::caught_refusals`), caught by the package or not.
+    pub refusals_at_call: u64,
     /// Deepest plugin→plugin nesting a call of this bundle ran at (1 = called by the host).
     pub max_depth: usize,
     /// Growth of the process's resident memory across the load, in bytes (approximate:
@@ -123,6 +126,7 @@ pub(crate) struct Meter {
     timeouts: AtomicU64,
     cancelled: AtomicU64,
     busy: AtomicU64,
+    refusals_at_call: AtomicU64,
     started: AtomicU64,
     max_depth: AtomicUsize,
     pub(crate) queue_wait: Histogram,
@@ -147,6 +151,7 @@ impl Meter {
             timeouts: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             busy: AtomicU64::new(0),
+            refusals_at_call: AtomicU64::new(0),
             started: AtomicU64::new(0),
             max_depth: AtomicUsize::new(0),
             queue_wait: Histogram::new(),
@@ -157,6 +162,10 @@ impl Meter {
 
     pub(crate) fn set_rss_at_load(&self, bytes: u64) {
         self.rss_at_load.store(bytes, Relaxed);
+    }
+
+    pub(crate) fn refusal_at_call(&self) {
+        self.refusals_at_call.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn start(&self) {
@@ -196,6 +205,7 @@ impl Meter {
             timeouts: self.timeouts.load(Relaxed),
             cancelled: self.cancelled.load(Relaxed),
             busy: self.busy.load(Relaxed),
+            refusals_at_call: self.refusals_at_call.load(Relaxed),
             in_flight: self.started.load(Relaxed).saturating_sub(calls),
             queue_depth,
             queue_wait_p50: self.queue_wait.percentile(0.50),

@@ -210,3 +210,67 @@ fn check_and_bench_take_replicas_per_bundle() {
         assert_eq!(out.status.code(), Some(2), "{bad}");
     }
 }
+
+#[test]
+fn check_shows_why_each_ext_bundle_got_its_mode_and_json_says_the_same() {
+    let (ok, table, stderr) = cli(&["check", "fixtures/ext-bundles"]);
+    assert!(ok, "stdout:\n{table}\nstderr:\n{stderr}");
+    let (ok, json, stderr) = cli(&["check", "--json", "fixtures/ext-bundles"]);
+    assert!(ok, "stdout:\n{json}\nstderr:\n{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("check --json prints JSON");
+    assert_eq!(doc["failed"], 0, "{json}");
+    let bundles = doc["bundles"].as_array().expect("bundles");
+    assert_eq!(bundles.len(), 5, "{json}");
+    // The table and the JSON tell the same story, bundle by bundle.
+    for b in bundles {
+        let name = b["bundle"].as_str().unwrap();
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"));
+        let mode = b["mode"].as_str().unwrap();
+        let why = b["reason"]["text"].as_str().unwrap();
+        assert!(
+            row.contains(&format!(" {mode} ")) && row.contains(why),
+            "{row}\n{b}"
+        );
+    }
+    if !polyplug_subinterp::InterpreterMode::default()
+        .eq(&polyplug_subinterp::InterpreterMode::OwnGil)
+    {
+        note(
+            "check --json",
+            "modes not asserted (before 3.13 shared_gil cannot refuse extension modules)",
+        );
+        return;
+    }
+    let expect = [
+        (
+            "py_msgpack",
+            "main",
+            "caught",
+            "msgpack._cmsgpack",
+            "cython",
+        ),
+        (
+            "py_numpy",
+            "main",
+            "raised",
+            "numpy._core._multiarray_umath",
+            "c",
+        ),
+        ("py_orjson", "main", "raised", "rpds.rpds", "pyo3"),
+        ("py_pillow", "shared_gil", "raised", "PIL._imaging", "c"),
+        ("py_yaml", "main", "caught", "yaml._yaml", "cython"),
+    ];
+    for (name, mode, how, module, binding) in expect {
+        let b = bundles
+            .iter()
+            .find(|b| b["bundle"] == name)
+            .unwrap_or_else(|| panic!("{name} missing:\n{json}"));
+        assert_eq!(b["mode"], mode, "{b}");
+        assert_eq!(b["reason"]["how"], how, "{b}");
+        assert_eq!(b["reason"]["module"], module, "{b}");
+        assert_eq!(b["reason"]["binding"], binding, "{b}");
+    }
+}

@@ -38,6 +38,11 @@ fn ext_loader() -> PythonLoader {
     })
 }
 
+/// The numpy and orjson bundles only (the other ext fixtures are tests/all/accelerators.rs's).
+fn numpy_and_orjson() -> std::path::PathBuf {
+    ext_fixtures_only(&["py_numpy", "py_orjson"])
+}
+
 fn expected_json(n: i64) -> String {
     let squares: Vec<String> = (0..n).map(|i| (i * i).to_string()).collect();
     format!("{{\"n\":{n},\"squares\":[{}]}}", squares.join(","))
@@ -47,7 +52,7 @@ fn expected_json(n: i64) -> String {
 fn numpy_and_orjson_bundles_run_in_main_and_answer_from_8_threads() {
     within("numpy/orjson from 8 threads", || {
         let loader = ext_loader();
-        let (rt, _logs) = runtime_with(loader.clone(), &[ext_fixtures()]);
+        let (rt, _logs) = runtime_with(loader.clone(), &[numpy_and_orjson()]);
         // Both refuse own-GIL and shared-GIL subinterpreters: downgraded twice.
         assert_eq!(mode_of(&loader, "py_numpy"), "main");
         assert_eq!(mode_of(&loader, "py_orjson"), "main");
@@ -81,7 +86,7 @@ fn numpy_and_orjson_bundles_run_in_main_and_answer_from_8_threads() {
 fn main_mode_bundles_keep_their_modules_and_paths_to_themselves() {
     within("main-mode isolation", || {
         let loader = ext_loader();
-        let (rt, _logs) = runtime_with(loader.clone(), &[ext_fixtures()]);
+        let (rt, _logs) = runtime_with(loader.clone(), &[numpy_and_orjson()]);
         let mut json = JsonifyContract::new(find(&rt, "jsonify"), host(&rt)).unwrap();
         assert_eq!(text(json.encode(2).unwrap()), expected_json(2));
         // Both bundles ship a `guest` package: each has its own, under its own prefix.

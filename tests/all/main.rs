@@ -26,6 +26,7 @@ mod core_api;
 #[rustfmt::skip]
 mod ext_api;
 
+mod accelerators;
 mod ext_modules;
 mod guest_output;
 mod hardening;

@@ -29,12 +29,16 @@ pub fn fixtures() -> PathBuf {
     dir
 }
 
-/// The bundles that need C extensions from PyPI (numpy, orjson): they run in `main`.
+/// The bundles that need C extensions from PyPI: numpy, orjson + rpds (they run in
+/// `main`), PyYAML and msgpack (Cython: `main`), Pillow (`shared_gil`).
 pub fn ext_fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ext-bundles");
     for b in [
         "py_numpy/site-packages/numpy",
         "py_orjson/site-packages/orjson",
+        "py_yaml/site-packages/yaml",
+        "py_msgpack/site-packages/msgpack",
+        "py_pillow/site-packages/PIL",
     ] {
         assert!(
             dir.join(b).is_dir(),
@@ -42,6 +46,16 @@ pub fn ext_fixtures() -> PathBuf {
         );
     }
     dir
+}
+
+/// A fresh plugin dir holding only the named `ext_fixtures()` bundles (symlinked): a
+/// runtime over it loads exactly those.
+pub fn ext_fixtures_only(bundles: &[&str]) -> PathBuf {
+    let root = scratch("ext-only");
+    for b in bundles {
+        std::os::unix::fs::symlink(ext_fixtures().join(b), root.join(b)).unwrap();
+    }
+    root
 }
 
 /// Log lines the runtime's logger received.

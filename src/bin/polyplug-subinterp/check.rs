@@ -7,20 +7,22 @@ use std::time::Instant;
 use polyplug::loader::ManifestData;
 use polyplug::runtime::Runtime;
 use polyplug::runtime_builder::RuntimeBuilder;
-use polyplug_subinterp::{PythonConfig, PythonLoader};
+use polyplug_subinterp::{BundleInfo, ModeCause, PythonConfig, PythonLoader};
+use serde_json::{json, Value};
 
 /// What loading one bundle did.
 struct Row {
     bundle: String,
-    /// `Ok((contracts, functions, mode, replicas))`, or the error with its causes.
-    outcome: Result<(String, String, String, String), String>,
+    /// What the loader reports of the loaded bundle, or the error with its causes.
+    outcome: Result<BundleInfo, String>,
     load_ms: f64,
     rss_mib: f64,
 }
 
-/// Loads every bundle under `dir` into one runtime and prints a row per bundle.
-/// `Ok(false)` when one failed to load; `Err` when there was nothing to check.
-pub fn run(dir: &Path, config: PythonConfig) -> Result<bool, String> {
+/// Loads every bundle under `dir` into one runtime and prints a row per bundle (or, with
+/// `json`, one JSON document). `Ok(false)` when one failed to load; `Err` when there was
+/// nothing to check.
+pub fn run(dir: &Path, config: PythonConfig, json: bool) -> Result<bool, String> {
     let bundles = bundle_dirs(dir);
     if bundles.is_empty() {
         return Err(format!(
@@ -37,6 +39,10 @@ pub fn run(dir: &Path, config: PythonConfig) -> Result<bool, String> {
         .iter()
         .map(|(path, manifest)| load_one(&rt, &loader, path, manifest))
         .collect();
+    if json {
+        println!("{:#}", to_json(&rows));
+        return Ok(rows.iter().all(|r| r.outcome.is_ok()));
+    }
     print_rows(&rows);
     Ok(print_summary(&rows))
 }
@@ -66,19 +72,9 @@ fn load_one(rt: &Runtime, loader: &PythonLoader, path: &Path, manifest: &Manifes
         .unwrap_or(0)
         .saturating_sub(before);
     let outcome = match result {
-        Ok(()) => {
-            let info = loader.bundle_info(manifest.id);
-            let contracts = info.as_ref().map(|i| &i.contracts[..]).unwrap_or(&[]);
-            let list = |f: fn(&(String, usize)) -> String| {
-                contracts.iter().map(f).collect::<Vec<_>>().join(", ")
-            };
-            Ok((
-                list(|c| c.0.clone()),
-                list(|c| c.1.to_string()),
-                info.as_ref().map_or("?", |i| i.mode).to_owned(),
-                info.map_or("?".into(), |i| i.replicas.to_string()),
-            ))
-        }
+        Ok(()) => loader
+            .bundle_info(manifest.id)
+            .ok_or_else(|| "loaded, but the loader has no record of it".to_owned()),
         Err(e) => {
             let mut detail = e.to_string();
             let mut src = e.source();
@@ -106,31 +102,104 @@ fn print_rows(rows: &[Row]) {
             "functions",
             "mode",
             "replicas",
+            "why",
             "load ms",
             "RSS MiB",
             "error",
         ],
-        &[5, 6, 7],
+        &[5, 7, 8],
     );
     for r in rows {
-        let (status, (contracts, functions, mode, replicas), error) = match &r.outcome {
-            Ok(found) => ("ok", found.clone(), ""),
-            Err(e) => ("FAILED", Default::default(), e.as_str()),
+        let (status, contracts, functions, mode, replicas, why, error) = match &r.outcome {
+            Ok(info) => {
+                let list = |f: fn(&(String, usize)) -> String| {
+                    info.contracts.iter().map(f).collect::<Vec<_>>().join(", ")
+                };
+                let mut why = info.reason.to_string();
+                if !info.call_refusals.is_empty() {
+                    why.push_str(&format!(
+                        "; refused at call: {}",
+                        info.call_refusals.join(", ")
+                    ));
+                }
+                let contracts = list(|c| c.0.clone());
+                let functions = list(|c| c.1.to_string());
+                let replicas = info.replicas.to_string();
+                ("ok", contracts, functions, info.mode, replicas, why, "")
+            }
+            Err(e) => (
+                "FAILED",
+                String::new(),
+                String::new(),
+                "-",
+                "-".into(),
+                "-".into(),
+                e.as_str(),
+            ),
         };
-        let mode = if r.outcome.is_ok() { mode } else { "-".into() };
         t.add_row(vec![
             r.bundle.clone(),
             status.into(),
             contracts,
             functions,
-            mode,
+            mode.into(),
             replicas,
+            why,
             format!("{:.1}", r.load_ms),
             format!("{:.1}", r.rss_mib),
             error.into(),
         ]);
     }
     println!("{}", crate::table::render(&t));
+}
+
+/// The rows as `check --json` prints them: per bundle its status, contracts, mode and the
+/// reason (`how`: configured, pinned, raised, caught, at_call or fallback; `module`;
+/// `from`; `binding`; `remembered`; `fallback` modules), load time and RSS growth.
+fn to_json(rows: &[Row]) -> Value {
+    let bundles: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "bundle": r.bundle,
+                "status": if r.outcome.is_ok() { "ok" } else { "failed" },
+                "load_ms": (r.load_ms * 10.0).round() / 10.0,
+                "rss_mib": (r.rss_mib * 10.0).round() / 10.0,
+            });
+            match &r.outcome {
+                Ok(info) => {
+                    let reason = &info.reason;
+                    let (from, binding) = match &reason.cause {
+                        ModeCause::Refused { from, binding, .. } => {
+                            (Some(from.as_str()), Some(binding.as_str()))
+                        }
+                        _ => (None, None),
+                    };
+                    v["contracts"] = info
+                        .contracts
+                        .iter()
+                        .map(|(c, n)| json!({ "contract": c, "functions": n }))
+                        .collect();
+                    v["mode"] = json!(info.mode);
+                    v["replicas"] = json!(info.replicas);
+                    v["reason"] = json!({
+                        "how": reason.how(),
+                        "module": reason.module(),
+                        "from": from,
+                        "binding": binding,
+                        "remembered": reason.remembered,
+                        "fallback": reason.fallback,
+                        "text": reason.to_string(),
+                    });
+                    v["call_refusals"] = json!(info.call_refusals);
+                }
+                Err(e) => v["error"] = json!(e),
+            }
+            v
+        })
+        .collect();
+    let failed = rows.iter().filter(|r| r.outcome.is_err()).count();
+    json!({ "bundles": bundles, "loaded": rows.len() - failed, "failed": failed })
 }
 
 /// Prints the counts; true when every bundle loaded.

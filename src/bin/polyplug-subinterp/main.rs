@@ -1,7 +1,7 @@
 //! `polyplug-subinterp`: load and exercise Python bundles with the subinterpreter loader.
 //!
 //! ```text
-//! polyplug-subinterp check <plugin-dir> [--replicas NAME=K]...   one row per bundle
+//! polyplug-subinterp check <plugin-dir> [--json] [--replicas NAME=K]...   one row per bundle
 //! polyplug-subinterp bench <plugin-dir> [--replicas NAME=K]... [--threads N] [--seconds S]
 //! ```
 //! Logs go to stderr through `tracing-subscriber`; set `RUST_LOG` (e.g. `RUST_LOG=debug`).
@@ -47,7 +47,10 @@ enum Command {
     ///
     /// Loads each bundle directory (one level deep, with a manifest.toml) with the
     /// subinterpreter loader and prints one row per bundle: contracts, functions,
-    /// interpreter mode, load time and memory, or the error and its cause.
+    /// interpreter mode and why (the extension module that refused the previous mode,
+    /// raised or caught by its package, or "fallback" when the bundle kept its mode and
+    /// runs a package's pure-Python fallback), load time and memory, or the error and
+    /// its cause. --json prints the same as one JSON document.
     Check(CheckArgs),
     /// Call the fixture contracts calculator.add, counter.increment, cruncher.crunch and
     /// pipeline.run from N host threads; report calls/s and latency.
@@ -112,6 +115,9 @@ fn replicas_arg(arg: &str) -> Result<(String, Replicas), String> {
 struct CheckArgs {
     #[command(flatten)]
     load: LoadArgs,
+    /// Print one JSON document (bundles, modes and reasons) instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -148,7 +154,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Check(a) => check::run(&a.load.dir, a.load.config()),
+        Command::Check(a) => check::run(&a.load.dir, a.load.config(), a.json),
         Command::Bench(a) => bench::run(&a.load.dir, a.load.config(), a.threads, a.seconds),
     };
     match result {
