@@ -4,7 +4,7 @@
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -12,9 +12,11 @@ use crate::activation::{DepthGuard, OwnerRegistration};
 use crate::attach::{self, AttachGuard, Attached};
 use crate::cancel::InterruptClasses;
 use crate::config::{InterpreterConfig, WhenFull};
+use crate::cpu::OwnerClock;
 use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
 use crate::job::Job;
+use crate::memory::{self, MemoryAccount};
 use crate::runtime::Runtime;
 use crate::wait::{spin_until, state, ReplySlot};
 use crate::InterpreterId;
@@ -55,6 +57,10 @@ pub(crate) struct OwnerLink {
     /// Held while an interrupter has a thread state in this interpreter, and by the owner
     /// before it ends the interpreter (which must then have no other thread state).
     pub(crate) interrupt_lock: Mutex<()>,
+    /// The owner thread's CPU clock and spin time (`cpu.rs`).
+    pub(crate) clock: OwnerClock,
+    /// What the interpreter allocates (`memory.rs`): current on the owner thread.
+    pub(crate) memory: Arc<MemoryAccount>,
     /// Set by the owner thread as its last act, after `Py_EndInterpreter`.
     ended: Mutex<bool>,
     ended_cv: Condvar,
@@ -167,10 +173,15 @@ impl Owner {
         if crate::runtime::is_shut_down() {
             return Err(Error::ShutDown);
         }
+        // Everything this thread allocates from here on, creation included, is the
+        // interpreter's (for main: the unattributed work of its owner thread).
+        let memory = MemoryAccount::new();
+        memory.make_current();
         let created = match origin {
-            Origin::New => create_interpreter(id, config)?,
-            Origin::Main => main_thread_state(id)?,
+            Origin::New => create_interpreter(id, config),
+            Origin::Main => main_thread_state(id),
         };
+        let created = created.inspect_err(|_| memory::clear_current())?;
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let link = Arc::new(OwnerLink {
             id,
@@ -191,6 +202,8 @@ impl Owner {
             running: AtomicU64::new(0),
             async_pending: AtomicBool::new(false),
             interrupt_lock: Mutex::new(()),
+            clock: OwnerClock::current_thread(),
+            memory,
             ended: Mutex::new(false),
             ended_cv: Condvar::new(),
         });
@@ -227,6 +240,7 @@ impl Owner {
             Origin::Main => unsafe { attach::delete_thread_state(ts, link.id, release) },
         }
         rt.unregister(link.id);
+        link.clock.end();
         // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
         link.mark_ended();
         tracing::debug!(interp = %link.id, "interpreter ended");
@@ -284,6 +298,7 @@ fn owner_main(
         }
     }
     owner.retire(rt);
+    memory::clear_current();
     drop(ended);
 }
 
@@ -296,6 +311,7 @@ impl Drop for EndedOnExit {
             if thread::panicking() {
                 tracing::error!(interp = %link.id, "interpreter owner thread panicked (bug)");
             }
+            link.clock.end();
             link.mark_ended();
         }
     }
@@ -404,7 +420,10 @@ impl Owner {
             if finished() {
                 break;
             }
-            if spin_until(spin, || finished() || !self.rx.is_empty(), defer) {
+            let spun = Instant::now();
+            let ready = spin_until(spin, || finished() || !self.rx.is_empty(), defer);
+            sh.clock.add_spin(spun.elapsed());
+            if ready {
                 continue;
             }
             // Nested: the reply's completer must know to unpark us.

@@ -3,11 +3,13 @@
 
 mod basics;
 mod concurrency;
+mod cpu;
 mod deadlines;
 mod errors;
 mod isolation;
 mod lifecycle;
 mod main_interp;
+mod memory;
 mod native;
 mod own_gil;
 mod reentry;
