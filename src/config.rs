@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use interp_pool::{GilMode, WaitPolicy, WhenFull};
 
+use crate::failure_log::FailureLogPolicy;
+
 /// How a bundle's interpreter relates to the others.
 ///
 /// `InterpreterMode::default()` is [`InterpreterMode::default_for_this_python`].
@@ -134,6 +136,21 @@ pub struct PythonConfig {
     /// When a bundle's queue is full: wait for room (`Block`, default) or fail the call
     /// at once (`Fail`: `AbiError` Generic, "python: bundle busy").
     pub when_full: WhenFull,
+    /// How many failing calls per bundle get their full traceback logged; the others are
+    /// counted and summed up in one line per interval (see [`FailureLogPolicy`]: by
+    /// default the first 3 of each kind and 20 in all per 10 s). Metrics count every one.
+    pub failure_log: FailureLogPolicy,
+    /// Count what each bundle's interpreter allocates (`BundleMetrics::memory_bytes`) and
+    /// enforce `memory_limit`, with a wrapping allocator installed before CPython is
+    /// initialised (so: decided by the first loader of the process; off when the host
+    /// initialised Python or `PYTHONMALLOC` is set). Default `true`.
+    pub memory_accounting: bool,
+    /// Most bytes a bundle's interpreter may hold in CPython's MEM and OBJ domains (its
+    /// interpreter's own start-up included: ~2–4 MiB); an allocation past it raises
+    /// `MemoryError` in the plugin. Default `None`: no limit.
+    pub memory_limit: Option<usize>,
+    /// Per-bundle limit, by bundle (manifest) name; wins over `memory_limit`.
+    pub bundle_memory_limits: HashMap<String, usize>,
 }
 
 impl Default for PythonConfig {
@@ -152,6 +169,10 @@ impl Default for PythonConfig {
             bundle_timeouts: HashMap::new(),
             queue_capacity: 1024,
             when_full: WhenFull::Block,
+            failure_log: FailureLogPolicy::default(),
+            memory_accounting: true,
+            memory_limit: None,
+            bundle_memory_limits: HashMap::new(),
         }
     }
 }
@@ -163,6 +184,14 @@ impl PythonConfig {
             .get(bundle)
             .copied()
             .or(self.call_timeout)
+    }
+
+    /// The memory limit of a bundle.
+    pub(crate) fn memory_limit_for(&self, bundle: &str) -> Option<usize> {
+        self.bundle_memory_limits
+            .get(bundle)
+            .copied()
+            .or(self.memory_limit)
     }
 
     /// The mode a bundle starts in.

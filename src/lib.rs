@@ -24,11 +24,13 @@
 mod config;
 mod contract;
 mod error;
+mod failure_log;
 #[cfg(feature = "c-exports")]
 pub mod ffi;
 mod isolation;
 mod lifecycle;
 mod load;
+mod memory_limits;
 mod metrics;
 mod output;
 mod rss;
@@ -45,7 +47,8 @@ use polyplug_utils::BundleId;
 
 pub use config::{InterpreterMode, PythonConfig};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
-pub use interp_pool::{CallOptions, CancelToken, WhenFull};
+pub use failure_log::FailureLogPolicy;
+pub use interp_pool::{memory_accounting, CallOptions, CancelToken, WhenFull};
 pub use metrics::BundleMetrics;
 pub use rss::rss_bytes;
 pub use scope::with_call_options;
@@ -73,11 +76,21 @@ pub struct BundleInfo {
     pub mode: &'static str,
     /// CPython's id of the bundle's interpreter.
     pub python_interp_id: i64,
+    /// Whether its memory is counted (`BundleMetrics::memory_bytes`) and limited: off when
+    /// the host initialised Python, `PYTHONMALLOC` is set, or
+    /// `PythonConfig::memory_accounting` was off when Python started.
+    pub memory_accounting: bool,
+    /// Its memory limit, bytes (`PythonConfig::memory_limit` / `bundle_memory_limits`),
+    /// enforced only with `memory_accounting`.
+    pub memory_limit: Option<u64>,
 }
 
 impl PythonLoader {
     /// A loader with the given settings.
     pub fn new(config: PythonConfig) -> Self {
+        if !config.memory_accounting && !interp_pool::set_memory_accounting(false) {
+            tracing::info!("memory accounting stays on: CPython was initialised with it");
+        }
         Self {
             inner: Arc::new(Loader::new(config)),
         }
@@ -99,13 +112,14 @@ impl PythonLoader {
                 .collect(),
             mode: b.mode.as_str(),
             python_interp_id: b.interp.python_id(),
+            memory_accounting: interp_pool::memory_accounting(),
+            memory_limit: b.memory.usage().limit,
         })
     }
 
     /// Call metrics of the bundle's most recent load.
     pub fn metrics(&self, bundle_id: u64) -> Option<BundleMetrics> {
-        self.inner
-            .latest(bundle_id, |b| b.meter.snapshot(b.interp.queue_len()))
+        self.inner.latest(bundle_id, |b| b.metrics())
     }
 }
 

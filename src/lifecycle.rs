@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use interp_pool::InterpreterHandle;
+use interp_pool::{InterpreterHandle, MemoryAccount};
 use polyplug::error::LoaderError;
 use polyplug::loader::{BundleSource, ManifestData};
 use polyplug::runtime::Runtime;
@@ -17,6 +17,7 @@ use crate::contract::ContractData;
 use crate::error;
 use crate::isolation::{self, BundleKey};
 use crate::load::{self, Entry, LoadFailure, Plan};
+use crate::memory_limits;
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
 use crate::spare;
@@ -41,6 +42,8 @@ pub(crate) struct LoadedBundle {
     /// Its identity in the main interpreter (`Main` mode only).
     key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
+    /// What it allocates: its interpreter's account, or (`main`) one of its own.
+    pub(crate) memory: Arc<MemoryAccount>,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
     /// Where its `sys.stdout` / `sys.stderr` lines go; unregistered when dropped, after
@@ -62,6 +65,29 @@ impl std::fmt::Debug for LoadedBundle {
                     .collect::<Vec<_>>(),
             )
             .finish()
+    }
+}
+
+impl LoadedBundle {
+    /// Its metrics now (the owner thread's CPU clock read here, outside `main`).
+    pub(crate) fn metrics(&self) -> crate::BundleMetrics {
+        let owner_cpu = match self.mode {
+            InterpreterMode::Main => None,
+            _ => self.interp.cpu_time(),
+        };
+        let memory = match interp_pool::memory_accounting() {
+            true => self.memory.usage(),
+            false => Default::default(),
+        };
+        self.meter
+            .snapshot(self.interp.queue_len(), owner_cpu, memory)
+    }
+
+    /// Logs the count of failed calls whose tracebacks were not logged yet (at unload).
+    fn flush_failure_log(&self) {
+        if let (Some(summary), Some(c)) = (self.meter.failures.flush(), self.contracts.first()) {
+            crate::error::failures_summary(&c.logger, &self.name, &summary);
+        }
     }
 }
 
@@ -136,6 +162,7 @@ impl Loader {
                 }
             }
             release(&b.interp, &b.contracts, b.key);
+            b.flush_failure_log();
             tracing::info!(
                 bundle = %manifest.name,
                 interp = %b.interp.id(),
@@ -150,8 +177,9 @@ impl Loader {
     pub(crate) fn unload(&self, bundle_id: u64) {
         let removed = self.lock().remove(&bundle_id).unwrap_or_default();
         for b in removed {
-            let m = b.meter.snapshot(0);
             release(&b.interp, &b.contracts, b.key);
+            b.flush_failure_log();
+            let m = b.metrics();
             tracing::info!(
                 bundle = %b.name,
                 interp = %b.interp.id(),
@@ -161,6 +189,7 @@ impl Loader {
                 timeouts = m.timeouts,
                 run_p99_us = m.run_p99.as_secs_f64() * 1e6,
                 max_depth = m.max_depth,
+                cpu_ms = m.cpu_time.as_secs_f64() * 1e3,
                 "bundle unloaded"
             );
         }
@@ -273,22 +302,34 @@ impl Loader {
             error::init_failed(bundle, "cannot create the bundle's interpreter", &e)
         })?;
         let t_spawn = t0.elapsed();
+        let cpu0 = interp.cpu_time();
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
+        let limit = self.config.memory_limit_for(bundle);
+        let memory = match key {
+            Some(_) => MemoryAccount::new(),
+            None => Arc::clone(interp.memory_account()),
+        };
+        memory.set_limit(limit);
         let sink = OutputSink::register(runtime.logger(), bundle, key);
         let declared = interp
-            .call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
+            .call(|py| {
+                let _account = key.map(|_| memory.enter());
+                Ok(load::run_init(py, plan, runtime, host, key, &sink))
+            })
             .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()));
         let declared = match declared {
             Ok(d) => d,
             Err(e) => {
                 release(&interp, &[], key);
-                return Err(e);
+                return Err(memory_limits::at_load(bundle, &memory, e));
             }
         };
         let t_init = t0.elapsed() - t_spawn;
-        let meter = Arc::new(Meter::new());
+        let meter = Arc::new(Meter::new(self.config.failure_log));
+        meter.set_cpu_base(cpu0);
         let settings = load::BundleCallSettings {
+            memory: key.map(|_| Arc::clone(&memory)),
             key,
             meter: Arc::clone(&meter),
             timeout: self.config.timeout_for(bundle),
@@ -323,6 +364,7 @@ impl Loader {
                 mode,
                 key,
                 meter,
+                memory,
                 _ctx_path: plan.ctx_path.into(),
                 _output: sink,
             });
