@@ -142,8 +142,9 @@ pub struct PythonConfig {
     pub failure_log: FailureLogPolicy,
     /// Count what each bundle's interpreter allocates (`BundleMetrics::memory_bytes`) and
     /// enforce `memory_limit`, with a wrapping allocator installed before CPython is
-    /// initialised (so: decided by the first loader of the process; off when the host
-    /// initialised Python or `PYTHONMALLOC` is set). Default `true`.
+    /// initialised: it is off for the whole process if any loader made before the first
+    /// load has it off, and off when the host initialised Python or `PYTHONMALLOC` is set
+    /// (`BundleInfo::memory_accounting` tells). Default `true`.
     pub memory_accounting: bool,
     /// Most bytes a bundle's interpreter may hold in CPython's MEM and OBJ domains (its
     /// interpreter's own start-up included: ~2–4 MiB); an allocation past it raises
