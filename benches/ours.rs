@@ -100,6 +100,7 @@ fn main() {
         .configure_from_args();
     let rt = common::runtime(PythonLoader::default);
     common::latency(&mut c, LOADER, &rt);
+    common::failures(&mut c, LOADER, PythonLoader::default);
     common::nested(&mut c, LOADER, &rt);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);

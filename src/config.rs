@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use interp_pool::{GilMode, WaitPolicy, WhenFull};
 
+use crate::failure_log::FailureLogPolicy;
+
 /// How a bundle's interpreter relates to the others.
 ///
 /// `InterpreterMode::default()` is [`InterpreterMode::default_for_this_python`].
@@ -171,6 +173,22 @@ pub struct PythonConfig {
     pub replicas: HashMap<String, Replicas>,
     /// When an [`Replicas::Elastic`] bundle grows and shrinks.
     pub elastic: ElasticPolicy,
+    /// How many failing calls per bundle get their full traceback logged; the others are
+    /// counted and summed up in one line per interval (see [`FailureLogPolicy`]: by
+    /// default the first 3 of each kind and 20 in all per 10 s). Metrics count every one.
+    pub failure_log: FailureLogPolicy,
+    /// Count what each bundle's interpreter allocates (`BundleMetrics::memory_bytes`) and
+    /// enforce `memory_limit`, with a wrapping allocator installed before CPython is
+    /// initialised: it is off for the whole process if any loader made before the first
+    /// load has it off, and off when the host initialised Python or `PYTHONMALLOC` is set
+    /// (`BundleInfo::memory_accounting` tells). Default `true`.
+    pub memory_accounting: bool,
+    /// Most bytes a bundle's interpreter may hold in CPython's MEM and OBJ domains (its
+    /// interpreter's own start-up included: ~2–4 MiB); an allocation past it raises
+    /// `MemoryError` in the plugin. Default `None`: no limit.
+    pub memory_limit: Option<usize>,
+    /// Per-bundle limit, by bundle (manifest) name; wins over `memory_limit`.
+    pub bundle_memory_limits: HashMap<String, usize>,
 }
 
 impl Default for PythonConfig {
@@ -191,6 +209,10 @@ impl Default for PythonConfig {
             bundle_timeouts: HashMap::new(),
             queue_capacity: 1024,
             when_full: WhenFull::Block,
+            failure_log: FailureLogPolicy::default(),
+            memory_accounting: true,
+            memory_limit: None,
+            bundle_memory_limits: HashMap::new(),
             replicas: HashMap::new(),
             elastic: ElasticPolicy::default(),
         }
@@ -276,6 +298,14 @@ impl PythonConfig {
             .get(bundle)
             .copied()
             .or(self.call_timeout)
+    }
+
+    /// The memory limit of a bundle.
+    pub(crate) fn memory_limit_for(&self, bundle: &str) -> Option<usize> {
+        self.bundle_memory_limits
+            .get(bundle)
+            .copied()
+            .or(self.memory_limit)
     }
 
     /// The mode a bundle starts in, and whether `bundle_modes` pinned it.

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use interp_pool::{
-    Attached, CallOptions, InterpreterHandle, InterpreterId, NativeError, Persistent, PyObj,
+    Attached, CallOptions, Detail, InterpreterHandle, InterpreterId, NativeError, Persistent,
+    PyObj,
 };
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::{
@@ -21,6 +22,7 @@ use polyplug_abi::{
 use polyplug_utils::GuestContractId;
 
 use crate::error;
+use crate::failure_log::Verdict;
 use crate::isolation::{self, BundleKey, Scope};
 use crate::metrics::{Meter, Outcome};
 use crate::refusals::{self, CallWatch};
@@ -96,6 +98,8 @@ pub(crate) struct ContractData {
     /// The bundle's identity in the main interpreter (`main` mode): its code runs inside
     /// an isolation scope, and what it imports is settled after each call.
     pub(crate) scope: Option<BundleKey>,
+    /// `main` mode: the bundle's memory account (its interpreter's otherwise).
+    pub(crate) memory: Option<Arc<interp_pool::MemoryAccount>>,
     /// Bundle name, for logs and errors.
     pub(crate) bundle: String,
     /// `name@major`, for logs.
@@ -116,6 +120,10 @@ pub(crate) struct ContractData {
     /// interface gets the new code for the default instance instead of `StaleHandle`.
     pub(crate) successor: OnceLock<&'static ContractData>,
 }
+
+/// Appended to the last traceback of a kind logged in a failure-log interval.
+const LAST_OF_KIND: &str = "(further failures of this kind are counted, not logged, until the \
+                            interval ends: see PythonConfig::failure_log)\n";
 
 /// Outcome of a call that found no Python error.
 enum Dispatched {
@@ -182,6 +190,10 @@ impl ContractData {
                 t1
             });
             m.depth(interp_pool::current_depth());
+            // `main` bundles share one owner thread: sample their CPU time per call.
+            let cpu0 = t1
+                .filter(|_| self.scope.is_some())
+                .and_then(|_| interp_pool::thread_cpu_time());
             let r = job(py);
             if let Some(t1) = t1 {
                 m.run.record(t1.elapsed());
@@ -190,6 +202,10 @@ impl ContractData {
             if refusals::pending() {
                 let failed = r.as_ref().err().map(ToString::to_string);
                 self.watch.at_call(py, m, &self.logger, failed);
+            }
+            if let (Some(c0), Some(c1)) = (cpu0, cpu0.and_then(|_| interp_pool::thread_cpu_time()))
+            {
+                m.cpu_sample(c1.saturating_sub(c0));
             }
             r
         };
@@ -213,6 +229,7 @@ impl ContractData {
         let Some(key) = self.scope else { return f() };
         let out = {
             let _scope = Scope::enter(key);
+            let _account = self.memory.as_ref().map(|m| m.enter());
             f()
         };
         if let Err(e) = isolation::settle(py) {
@@ -289,6 +306,8 @@ impl ContractData {
                 b"python: fn_id out of range",
             );
         }
+        // What the failure log decided about a Python exception, inside the job.
+        let decided: Mutex<Option<(Verdict, Option<String>)>> = Mutex::new(None);
         let r = self.metered(self.route(instance), |py| {
             // Take our own references, then release the lock before running Python:
             // the call may re-enter this contract (nested dispatch, create_instance).
@@ -319,9 +338,21 @@ impl ContractData {
                 py.uint(out as u64)?,
                 py.uint(arena as u64)?,
             );
-            self.guest(py, || f.call(py, &[&imp, &a, &o, &ar, &alloc]))?;
-            Ok(Dispatched::Done)
+            match self.guest(py, || f.call_or_raised(py, &[&imp, &a, &o, &ar, &alloc])) {
+                Ok(_) => Ok(Dispatched::Done),
+                Err(raised) => {
+                    // Classify cheaply; format the traceback only if it will be logged.
+                    let (verdict, summary) = self.meter.failures.admit(&raised.site(py));
+                    let detail = match verdict {
+                        Verdict::Log { .. } => Detail::Traceback,
+                        Verdict::Count => Detail::Brief,
+                    };
+                    *decided.lock().unwrap_or_else(|e| e.into_inner()) = Some((verdict, summary));
+                    Err(raised.into_error(py, detail))
+                }
+            }
         });
+        let decided = decided.into_inner().unwrap_or_else(|e| e.into_inner());
         match r {
             Ok(Dispatched::Done) => AbiError::ok(),
             Ok(Dispatched::NoInstance) => error::abi(
@@ -342,8 +373,25 @@ impl ContractData {
                 error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded")
             }
             Err(e) => {
+                let verdict = match decided {
+                    Some((verdict, summary)) => {
+                        if let Some(summary) = summary {
+                            error::failures_summary(&self.logger, &self.bundle, &summary);
+                        }
+                        Some(verdict)
+                    }
+                    None => None,
+                };
+                // A Python error counted, not logged (an interrupt's own error still is).
+                if verdict == Some(Verdict::Count) && e.python_exception().is_some() {
+                    return error::raised_unlogged();
+                }
+                let note = match verdict {
+                    Some(Verdict::Log { last: true }) => LAST_OF_KIND,
+                    _ => "",
+                };
                 let what = format!("{}.fn[{fn_id}]", self.contract);
-                error::call_failed(&self.logger, &self.bundle, &what, &e)
+                error::call_failed_noted(&self.logger, &self.bundle, &what, &e, note)
             }
         }
     }

@@ -93,6 +93,8 @@ pub(crate) struct Spec {
     /// The load's refusal settings, for the new replicas' inits.
     pub(crate) caught: CaughtRefusals,
     pub(crate) ignored: Vec<String>,
+    /// Each replica's share of the bundle's memory limit.
+    pub(crate) memory_limit: Option<usize>,
     pub(crate) min: usize,
     pub(crate) max: usize,
     pub(crate) policy: ElasticPolicy,
@@ -195,6 +197,7 @@ fn grow(spec: &Spec, n: usize) -> Result<(), String> {
         ..spec.config.clone()
     };
     let member = InterpreterHandle::spawn(config).map_err(|e| e.to_string())?;
+    member.memory_account().set_limit(spec.memory_limit);
     let host = spec.host as *const HostApi;
     // SAFETY: `host` is the HostApi of the runtime that loaded this bundle, and the bundle
     // is still loaded (the controller is stopped before its load is released), so it is

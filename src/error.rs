@@ -68,6 +68,21 @@ pub const CANCELLED_MESSAGE: &[u8] = b"python: call cancelled";
 /// `AbiError.message` of a call refused because the bundle's queue was full (Generic).
 pub const BUSY_MESSAGE: &[u8] = b"python: bundle busy (queue full)";
 
+/// `AbiError.message` of a call whose Python code raised (code Generic); the traceback
+/// is logged, or counted if the bundle's failure log has logged enough of its kind.
+pub(crate) const RAISED_MESSAGE: &[u8] = b"python: plugin raised an exception (traceback logged)";
+
+/// The `AbiError` of a failure whose traceback the failure log chose not to log.
+pub(crate) fn raised_unlogged() -> AbiError {
+    abi(AbiErrorCode::Generic, RAISED_MESSAGE)
+}
+
+/// Logs the failure log's count of unlogged failures (one line).
+pub(crate) fn failures_summary(logger: &LoggerHandle, bundle: &str, summary: &str) {
+    tracing::warn!(bundle, "{summary}");
+    logger.log(LogLevel::Warn, bundle, || summary.to_owned());
+}
+
 /// The `AbiError` a failed call returns; Python tracebacks go to the runtime's logger
 /// and to `tracing`, never to stderr.
 pub(crate) fn call_failed(
@@ -75,6 +90,17 @@ pub(crate) fn call_failed(
     bundle: &str,
     what: &str,
     err: &Error,
+) -> AbiError {
+    call_failed_noted(logger, bundle, what, err, "")
+}
+
+/// [`call_failed`], with `note` appended to a logged traceback.
+pub(crate) fn call_failed_noted(
+    logger: &LoggerHandle,
+    bundle: &str,
+    what: &str,
+    err: &Error,
+    note: &str,
 ) -> AbiError {
     match err {
         Error::ReentryLimit { depth, limit } => {
@@ -112,14 +138,12 @@ pub(crate) fn call_failed(
                      set PythonConfig::bundle_modes[\"{bundle}\"] = InterpreterMode::Main)\n"
                 ));
             }
+            text.push_str(note);
             tracing::error!(bundle, "{what} failed:\n{text}");
             logger.log(LogLevel::Error, bundle, || {
                 format!("{what} failed:\n{text}")
             });
-            abi(
-                AbiErrorCode::Generic,
-                b"python: plugin raised an exception (traceback logged)",
-            )
+            abi(AbiErrorCode::Generic, RAISED_MESSAGE)
         }
     }
 }

@@ -25,11 +25,13 @@ mod config;
 mod contract;
 mod elastic;
 mod error;
+mod failure_log;
 #[cfg(feature = "c-exports")]
 pub mod ffi;
 mod isolation;
 mod lifecycle;
 mod load;
+mod memory_limits;
 mod metrics;
 mod output;
 mod refusals;
@@ -49,7 +51,8 @@ use polyplug_utils::BundleId;
 
 pub use config::{CaughtRefusals, ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
-pub use interp_pool::{CallOptions, CancelToken, WhenFull};
+pub use failure_log::FailureLogPolicy;
+pub use interp_pool::{memory_accounting, CallOptions, CancelToken, WhenFull};
 pub use metrics::BundleMetrics;
 pub use refusals::{Binding, ModeCause, ModeReason, RefusalHow};
 pub use replicas::ReplicaStats;
@@ -89,11 +92,21 @@ pub struct BundleInfo {
     /// How many interpreters serve it now (`PythonConfig::replicas`; 1 in `shared_gil`
     /// and `main`).
     pub replicas: usize,
+    /// Whether its memory is counted (`BundleMetrics::memory_bytes`) and limited: off when
+    /// the host initialised Python, `PYTHONMALLOC` is set, or
+    /// `PythonConfig::memory_accounting` was off when Python started.
+    pub memory_accounting: bool,
+    /// Its memory limit, bytes (`PythonConfig::memory_limit` / `bundle_memory_limits`),
+    /// enforced only with `memory_accounting`.
+    pub memory_limit: Option<u64>,
 }
 
 impl PythonLoader {
     /// A loader with the given settings.
     pub fn new(config: PythonConfig) -> Self {
+        if !config.memory_accounting && !interp_pool::set_memory_accounting(false) {
+            tracing::info!("memory accounting stays on: CPython was initialised with it");
+        }
         Self {
             inner: Arc::new(Loader::new(config)),
         }
@@ -118,12 +131,14 @@ impl PythonLoader {
             call_refusals: b.watch.refused(),
             python_interp_id: b.target.primary().map_or(0, |h| h.python_id()),
             replicas: b.target.members().len(),
+            memory_accounting: interp_pool::memory_accounting(),
+            memory_limit: b.memory_limit(),
         })
     }
 
     /// Call metrics of the bundle's most recent load.
     pub fn metrics(&self, bundle_id: u64) -> Option<BundleMetrics> {
-        self.inner.latest(bundle_id, |b| b.stats())
+        self.inner.latest(bundle_id, |b| b.metrics())
     }
 }
 

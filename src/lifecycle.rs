@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use interp_pool::{InterpreterGroup, InterpreterHandle};
+use interp_pool::{InterpreterGroup, InterpreterHandle, MemoryAccount};
 use polyplug::error::LoaderError;
 use polyplug::loader::{BundleSource, ManifestData};
 use polyplug::runtime::Runtime;
@@ -19,6 +19,7 @@ use crate::elastic::{self, Controller};
 use crate::error;
 use crate::isolation::{self, BundleKey};
 use crate::load::{self, Entry, LoadFailure, Plan, RefusalPolicy};
+use crate::memory_limits;
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
 use crate::refusals::{CallWatch, ModeCause, ModeReason, RefusalHow};
@@ -54,6 +55,10 @@ pub(crate) struct LoadedBundle {
     /// Its identity in the main interpreter (`Main` mode only).
     key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
+    /// What it allocates: its interpreter's account, or (`main`) one of its own.
+    /// In main, the bundle's own memory account (elsewhere each replica's owner thread
+    /// has its interpreter's: `InterpreterHandle::memory_account`).
+    pub(crate) main_memory: Option<Arc<MemoryAccount>>,
     /// Backing store of `BundleInitContext.bundle_path` handed to the guest.
     _ctx_path: Box<str>,
     /// Where its `sys.stdout` / `sys.stderr` lines go; unregistered when the last holder
@@ -91,11 +96,61 @@ impl std::fmt::Debug for LoadedBundle {
 }
 
 impl LoadedBundle {
-    /// Its metrics now, with every replica's queue and state.
-    pub(crate) fn stats(&self) -> crate::BundleMetrics {
+    /// Its metrics now, with every replica's queue and state; the owner threads' CPU
+    /// clocks (outside `main`) and memory accounts summed over the current replicas.
+    pub(crate) fn metrics(&self) -> crate::BundleMetrics {
         let members = self.target.members();
+        let owner_cpu = match self.mode {
+            InterpreterMode::Main => None,
+            _ => members
+                .iter()
+                .filter_map(InterpreterHandle::cpu_time)
+                .reduce(|a, b| interp_pool::CpuTime {
+                    total: a.total + b.total,
+                    spinning: a.spinning + b.spinning,
+                }),
+        };
+        let memory = match interp_pool::memory_accounting() {
+            true => self.accounts(&members).iter().map(|a| a.usage()).fold(
+                interp_pool::MemoryUsage::default(),
+                |sum, u| interp_pool::MemoryUsage {
+                    live: sum.live + u.live,
+                    peak: sum.peak + u.peak,
+                    denied: sum.denied + u.denied,
+                    limit: match (sum.limit, u.limit) {
+                        (Some(a), Some(b)) => Some(a + b),
+                        (a, b) => a.or(b),
+                    },
+                },
+            ),
+            false => Default::default(),
+        };
         let replicas = members.iter().map(crate::ReplicaStats::of).collect();
-        self.meter.snapshot(self.target.queue_len(), replicas)
+        self.meter
+            .snapshot(self.target.queue_len(), owner_cpu, memory, replicas)
+    }
+
+    /// Its memory accounts: the bundle's own in main, else each replica's.
+    fn accounts(&self, members: &[InterpreterHandle]) -> Vec<Arc<MemoryAccount>> {
+        match &self.main_memory {
+            Some(a) => vec![Arc::clone(a)],
+            None => members.iter().map(|m| Arc::clone(m.memory_account())).collect(),
+        }
+    }
+
+    /// The memory limit over its replicas (each holds its share), if one is set.
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        self.accounts(&self.target.members())
+            .iter()
+            .filter_map(|a| a.usage().limit)
+            .reduce(|a, b| a + b)
+    }
+
+    /// Logs the count of failed calls whose tracebacks were not logged yet (at unload).
+    fn flush_failure_log(&self) {
+        if let (Some(summary), Some(c)) = (self.meter.failures.flush(), self.contracts.first()) {
+            crate::error::failures_summary(&c.logger, &self.name, &summary);
+        }
     }
 }
 
@@ -178,6 +233,7 @@ impl Loader {
             }
             let replicas = b.target.members().len();
             b.release();
+            b.flush_failure_log();
             tracing::info!(
                 bundle = %manifest.name,
                 replicas,
@@ -192,8 +248,9 @@ impl Loader {
     pub(crate) fn unload(&self, bundle_id: u64) {
         let removed = self.lock().remove(&bundle_id).unwrap_or_default();
         for mut b in removed {
-            let m = b.stats();
+            let m = b.metrics();
             b.release();
+            b.flush_failure_log();
             tracing::info!(
                 bundle = %b.name,
                 replicas = m.replicas.len(),
@@ -203,6 +260,7 @@ impl Loader {
                 timeouts = m.timeouts,
                 run_p99_us = m.run_p99.as_secs_f64() * 1e6,
                 max_depth = m.max_depth,
+                cpu_ms = m.cpu_time.as_secs_f64() * 1e3,
                 "bundle unloaded"
             );
         }
@@ -406,6 +464,7 @@ impl Loader {
             error::init_failed(bundle, "cannot create the bundle's interpreter", &e)
         })?;
         let t_spawn = t0.elapsed();
+        let cpu0 = first.cpu_time();
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
         let sink = Arc::new(OutputSink::register(runtime.logger(), bundle, key));
@@ -415,11 +474,29 @@ impl Loader {
             caught: self.config.caught_refusals,
             ignored,
         };
-        let init = |h: &InterpreterHandle| {
-            h.call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink, &policy)))
-                .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()))
+        // Memory: each replica's own account, limited to its share of the bundle's limit;
+        // in main, an account of the bundle's own, entered around its init and calls.
+        let shares = if replicated { max } else { 1 };
+        let limit = self.config.memory_limit_for(bundle).map(|l| l / shares);
+        let main_account = key.map(|_| MemoryAccount::new());
+        let account_of = |h: &InterpreterHandle| -> Arc<MemoryAccount> {
+            let account = match &main_account {
+                Some(a) => Arc::clone(a),
+                None => Arc::clone(h.memory_account()),
+            };
+            account.set_limit(limit);
+            account
+        };
+        let init = |h: &InterpreterHandle, account: &Arc<MemoryAccount>| {
+            h.call(|py| {
+                let _account = main_account.as_ref().map(|a| a.enter());
+                Ok(load::run_init(py, plan, runtime, host, key, &sink, &policy))
+            })
+            .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()))
+            .map_err(|e| memory_limits::at_load(bundle, account, e))
         };
         let mut members = vec![first];
+        let mut accounts = vec![account_of(&members[0])];
         let mut declared = Vec::with_capacity(count);
         // Replicas run the same code: the first one's fallback modules are the bundle's.
         let mut fallback = Vec::new();
@@ -427,7 +504,10 @@ impl Loader {
             if i > 0 {
                 let config = self.config.interpreter(&format!("{bundle}#{i}"), mode);
                 match InterpreterHandle::spawn(config) {
-                    Ok(h) => members.push(h),
+                    Ok(h) => {
+                        accounts.push(account_of(&h));
+                        members.push(h);
+                    }
                     Err(e) => {
                         discard(&members, declared, key);
                         let doing = format!("cannot create replica {i} of {count}");
@@ -435,7 +515,7 @@ impl Loader {
                     }
                 }
             }
-            let d = match init(&members[i]) {
+            let d = match init(&members[i], &accounts[i]) {
                 Ok(initialized) => {
                     if i == 0 {
                         fallback = initialized.fallback;
@@ -466,9 +546,11 @@ impl Loader {
         };
         let t_init = t0.elapsed() - t_spawn;
         let shapes = load::shapes(&declared[0]);
-        let meter = Arc::new(Meter::new());
+        let meter = Arc::new(Meter::new(self.config.failure_log));
+        meter.set_cpu_base(cpu0);
         let watch = CallWatch::new(bundle, mode, ignored.to_vec(), remember.clone());
         let settings = load::BundleCallSettings {
+            memory: main_account.clone(),
             key,
             meter: Arc::clone(&meter),
             timeout: self.config.timeout_for(bundle),
@@ -492,6 +574,7 @@ impl Loader {
                 config: self.config.interpreter(bundle, mode),
                 caught: self.config.caught_refusals,
                 ignored: ignored.to_vec(),
+                memory_limit: limit,
                 min: wanted,
                 max,
                 policy: self.config.elastic,
@@ -529,6 +612,7 @@ impl Loader {
                 watch,
                 key,
                 meter,
+                main_memory: main_account,
                 _ctx_path: plan.ctx_path.into(),
                 _output: sink,
                 elastic,

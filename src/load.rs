@@ -623,6 +623,8 @@ pub(crate) fn parse_contract_string(
 /// What every contract of one load shares.
 pub(crate) struct BundleCallSettings {
     pub(crate) key: Option<BundleKey>,
+    /// `main` mode: the bundle's own memory account, entered around its calls.
+    pub(crate) memory: Option<Arc<interp_pool::MemoryAccount>>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) timeout: Option<std::time::Duration>,
     /// Refusals seen at call time.
@@ -665,6 +667,7 @@ pub(crate) fn register_all(
         let data: &'static ContractData = Box::leak(Box::new(ContractData {
             target: target.clone(),
             scope: settings.key,
+            memory: settings.memory.clone(),
             meter: Arc::clone(&settings.meter),
             timeout: settings.timeout,
             watch: Arc::clone(&settings.watch),

@@ -3,7 +3,12 @@
 //! [`SAMPLE_EVERY`] per calling thread: three clock reads each), read as a snapshot.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Duration;
+
+use interp_pool::{CpuTime, MemoryUsage};
+
+use crate::failure_log::{FailureLog, FailureLogPolicy};
 
 /// What a bundle's calls have done since it was loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +48,31 @@ pub struct BundleMetrics {
     /// Each replica's own queue, busy state and calls served (one entry without
     /// replicas). The counters above add up over all replicas.
     pub replicas: Vec<crate::ReplicaStats>,
+    /// CPU time the bundle's interpreter thread used since the load began (its init
+    /// included). Own-GIL and shared-GIL bundles: the CPU clock of the interpreter's
+    /// owner thread, read when metrics are taken (no per-call cost); it includes the
+    /// owner's spinning for work, reported apart in `spin_time`. `main` bundles share one
+    /// owner thread, so each samples its own calls (the same one in 8 as the latencies:
+    /// two thread-clock reads each) and the sum is scaled to all calls; their init is not
+    /// included, nested waits inside their calls are. Threads a plugin starts itself are
+    /// not counted.
+    pub cpu_time: Duration,
+    /// Wall time the bundle's owner thread spent spinning for work (idle between calls
+    /// for up to `WaitPolicy::server_spin`, or waiting on another interpreter) since the
+    /// load began. That CPU is part of `cpu_time` but is not the bundle's code; wall time
+    /// is an upper bound of it (on a busy machine a spin's `yield_now` can give the core
+    /// away for a while), so `cpu_time - spin_time` is a lower bound of the CPU its code
+    /// used. Zero for `main` bundles (their samples cover their calls only).
+    pub spin_time: Duration,
+    /// Bytes the bundle's interpreter holds now in CPython's MEM and OBJ domains (Python
+    /// objects and their buffers; usable sizes), its start-up included; 0 without memory
+    /// accounting (`BundleInfo::memory_accounting`). Not seen: an extension's own
+    /// `malloc` (numpy array data), `mmap`, CPython's RAW domain, threads a plugin starts.
+    pub memory_bytes: u64,
+    /// The highest `memory_bytes` since the interpreter started.
+    pub memory_peak_bytes: u64,
+    /// Allocations refused because of the bundle's memory limit (each a `MemoryError`).
+    pub memory_denied: u64,
 }
 
 /// One call in this many, per calling thread, has its latencies recorded (the first one on
@@ -132,6 +162,13 @@ pub(crate) struct Meter {
     pub(crate) queue_wait: Histogram,
     pub(crate) run: Histogram,
     rss_at_load: AtomicU64,
+    /// The owner's clock when the load began (subinterpreter modes).
+    cpu_base: Mutex<Option<CpuTime>>,
+    /// `main` mode: CPU time of the sampled calls, and how many there were.
+    cpu_sampled_ns: AtomicU64,
+    cpu_samples: AtomicU64,
+    /// Which failing calls get their traceback logged.
+    pub(crate) failures: FailureLog,
 }
 
 /// How a metered call ended.
@@ -144,7 +181,7 @@ pub(crate) enum Outcome {
 }
 
 impl Meter {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(failure_log: FailureLogPolicy) -> Self {
         Self {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -157,6 +194,50 @@ impl Meter {
             queue_wait: Histogram::new(),
             run: Histogram::new(),
             rss_at_load: AtomicU64::new(0),
+            cpu_base: Mutex::new(None),
+            cpu_sampled_ns: AtomicU64::new(0),
+            cpu_samples: AtomicU64::new(0),
+            failures: FailureLog::new(failure_log),
+        }
+    }
+
+    /// The owner thread's CPU clock when the load began: `cpu_time` counts from there
+    /// (a pre-warmed spare's start-up is not the bundle's).
+    pub(crate) fn set_cpu_base(&self, at: Option<CpuTime>) {
+        *self.cpu_base.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    /// `main` mode: one sampled call's CPU time.
+    pub(crate) fn cpu_sample(&self, d: Duration) {
+        self.cpu_sampled_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.cpu_samples.fetch_add(1, Relaxed);
+    }
+
+    /// `(cpu_time, spin_time)`: from the owner's clock `owner` (subinterpreter modes), or
+    /// scaled from the samples (`owner == None`, `main` mode).
+    fn cpu(&self, owner: Option<CpuTime>, calls: u64) -> (Duration, Duration) {
+        match owner {
+            Some(now) => {
+                let base = self
+                    .cpu_base
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_default();
+                (
+                    now.total.saturating_sub(base.total),
+                    now.spinning.saturating_sub(base.spinning),
+                )
+            }
+            None => {
+                let samples = self.cpu_samples.load(Relaxed);
+                if samples == 0 {
+                    return (Duration::ZERO, Duration::ZERO);
+                }
+                let ns = self.cpu_sampled_ns.load(Relaxed) as f64;
+                let scaled = ns * calls.max(samples) as f64 / samples as f64;
+                (Duration::from_nanos(scaled as u64), Duration::ZERO)
+            }
         }
     }
 
@@ -193,12 +274,16 @@ impl Meter {
         }
     }
 
+    /// A snapshot; `owner_cpu` is the owner threads' clocks summed (`None` in `main`).
     pub(crate) fn snapshot(
         &self,
         queue_depth: usize,
+        owner_cpu: Option<CpuTime>,
+        memory: MemoryUsage,
         replicas: Vec<crate::ReplicaStats>,
     ) -> BundleMetrics {
         let calls = self.calls.load(Relaxed);
+        let (cpu_time, spin_time) = self.cpu(owner_cpu, calls);
         BundleMetrics {
             calls,
             errors: self.errors.load(Relaxed),
@@ -215,6 +300,11 @@ impl Meter {
             max_depth: self.max_depth.load(Relaxed),
             rss_at_load: self.rss_at_load.load(Relaxed),
             replicas,
+            cpu_time,
+            spin_time,
+            memory_bytes: memory.live,
+            memory_peak_bytes: memory.peak,
+            memory_denied: memory.denied,
         }
     }
 }

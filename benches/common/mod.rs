@@ -256,6 +256,61 @@ pub fn nested(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
     g.finish();
 }
 
+/// A runtime over the fixture bundles whose logger only counts the lines it gets (the
+/// default logger would print every traceback to stderr).
+pub fn counting_runtime<L: BundleLoader + 'static>(
+    make: fn() -> L,
+) -> (Arc<Runtime>, Arc<std::sync::atomic::AtomicU64>) {
+    let lines = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = Arc::clone(&lines);
+    let rt = RuntimeBuilder::new()
+        .loader(make())
+        .plugin_dir(fixtures())
+        .logger(move |_, _, _| {
+            sink.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })
+        .build()
+        .expect("fixture runtime builds");
+    (rt, lines)
+}
+
+/// Failing calls: `calculator.add(i64::MAX, 1)` overflows the i64 the glue packs, so the
+/// guest raises `struct.error` on every call. Criterion times one failing call; then a
+/// burst of `n` failing calls gives calls/s and how many log lines the logger got.
+pub fn failures<L: BundleLoader + 'static>(c: &mut Criterion, loader: &str, make: fn() -> L) {
+    let (rt, lines) = counting_runtime(make);
+    let host = rt.as_context_ptr();
+    let mut calc = CalculatorContract::new(handle(&rt, "calculator"), host).unwrap();
+    let mut g = c.benchmark_group("failures");
+    g.bench_function(BenchmarkId::new("calculator.add overflow", loader), |b| {
+        b.iter(|| assert!(calc.add(i64::MAX, 1).is_err()))
+    });
+    g.finish();
+    let n: u32 = if quick() { 10_000 } else { 100_000 };
+    let before = lines.load(std::sync::atomic::Ordering::Relaxed);
+    let t = Instant::now();
+    for _ in 0..n {
+        assert!(calc.add(i64::MAX, 1).is_err());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let logged = lines.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert_eq!(
+        calc.add(2, 3).unwrap(),
+        5,
+        "the bundle answers after the burst"
+    );
+    println!(
+        "failures/{loader}: {n} failing calls in {secs:.3} s = {:.0} calls/s, {logged} log lines",
+        f64::from(n) / secs
+    );
+    serde_like::Obj::default()
+        .num("failing_calls", f64::from(n))
+        .num("failing_calls_per_s", f64::from(n) / secs)
+        .num("log_lines", logged as f64)
+        .num("burst_s", secs)
+        .write(&format!("{loader}-failures"));
+}
+
 /// Per-call latency percentiles of 4 threads on one bundle (criterion gives means only).
 pub fn contention_percentiles(rt: &Arc<Runtime>, calls_per_thread: usize) -> (f64, f64, f64) {
     let start = Instant::now();

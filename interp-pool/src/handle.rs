@@ -125,6 +125,21 @@ impl InterpreterHandle {
         self.link.state.load(Ordering::Relaxed) != crate::wait::OwnerState::Parked
     }
 
+    /// CPU time of the interpreter's owner thread so far (the last reading once it has
+    /// ended), with its spinning apart; `None` where the clock cannot be read. One
+    /// `clock_gettime` per call, nothing per job. For the main interpreter's owner this
+    /// covers every job it ran, whoever's.
+    pub fn cpu_time(&self) -> Option<crate::CpuTime> {
+        self.link.clock.read()
+    }
+
+    /// The interpreter's memory account (`memory_accounting()` says whether anything is
+    /// counted): what its owner thread allocates in CPython's MEM and OBJ domains. For
+    /// the main interpreter's owner, what runs outside any [`MemoryAccount::enter`].
+    pub fn memory_account(&self) -> &Arc<crate::MemoryAccount> {
+        &self.link.memory
+    }
+
     /// Whether the interpreter has been ended.
     pub fn is_ended(&self) -> bool {
         self.link.is_ended()

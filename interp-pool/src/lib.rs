@@ -32,14 +32,17 @@ mod activation;
 mod attach;
 mod cancel;
 mod config;
+mod cpu;
 mod error;
 mod ffi;
 mod group;
 mod handle;
 mod job;
+mod memory;
 mod native;
 mod object;
 mod persistent;
+mod raised;
 mod runtime;
 mod wait;
 mod worker;
@@ -51,12 +54,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use attach::Attached;
 pub use cancel::{CallOptions, CancelToken};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
+pub use cpu::{thread_cpu_time, CpuTime};
 pub use error::{Error, PyException, Result};
 pub use group::{GroupId, InterpreterGroup};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
+pub use memory::{
+    memory_accounting, set_memory_accounting, AccountScope, MemoryAccount, MemoryUsage,
+};
 pub use native::{NativeArgs, NativeError, NativeResult};
 pub use object::PyObj;
 pub use persistent::Persistent;
+pub use raised::{Detail, RaiseSite, Raised};
 pub use runtime::{is_shut_down, live_interpreters, python_version, shutdown};
 
 /// A pool-wide interpreter id, unique for the life of the process (never reused).

@@ -323,6 +323,11 @@ impl<'py> PyObj<'py> {
     }
 }
 
+thread_local! {
+    /// Set while `take_error` describes an exception on this thread.
+    static DESCRIBING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl<'a> Attached<'a> {
     pub(crate) fn cstring(&self, s: &str) -> Result<CString> {
         CString::new(s)
@@ -461,6 +466,17 @@ impl<'a> Attached<'a> {
         let Some(exc) = (unsafe { PyObj::from_owned_ptr(self, exc) }) else {
             return Error::Internal("take_error called with no Python exception set".into());
         };
+        // Describing calls Python, which can fail too (MemoryError at a memory limit):
+        // such a failure is not described in turn, or each one would recurse.
+        if DESCRIBING.with(|d| d.get()) {
+            drop(exc);
+            return Error::Python(PyException {
+                type_name: "<unknown>".into(),
+                message: "raised while describing another exception".into(),
+                traceback: "<an exception raised while describing another exception>\n".into(),
+                interp: self.id(),
+            });
+        }
         let exception = self.describe(&exc);
         match self.refused_module(&exc) {
             Some(module) => Error::Unsupported { module, exception },
@@ -470,7 +486,14 @@ impl<'a> Attached<'a> {
 
     /// Builds the owned description of `exc`; anything that raises on the way is
     /// swallowed so formatting never masks the original error.
-    fn describe(&self, exc: &PyObj<'_>) -> PyException {
+    pub(crate) fn describe(&self, exc: &PyObj<'_>) -> PyException {
+        let outer = DESCRIBING.with(|d| d.replace(true));
+        let described = self.describe_unguarded(exc);
+        DESCRIBING.with(|d| d.set(outer));
+        described
+    }
+
+    fn describe_unguarded(&self, exc: &PyObj<'_>) -> PyException {
         let type_name = self.type_name(exc).unwrap_or_else(|| "<unknown>".into());
         let message = exc.str(self).unwrap_or_else(|_| "<unformattable>".into());
         let traceback = self.format_traceback(exc).unwrap_or_else(|_| {
@@ -518,7 +541,7 @@ impl<'a> Attached<'a> {
 
     /// The module named by a "does not support loading in subinterpreters" ImportError
     /// in `exc` or its `__cause__`/`__context__` chain.
-    fn refused_module(&self, exc: &PyObj<'_>) -> Option<String> {
+    pub(crate) fn refused_module(&self, exc: &PyObj<'_>) -> Option<String> {
         const MARK: &str = " does not support loading in subinterpreters";
         let mut cur = Some(exc.clone_ref());
         for _ in 0..16 {

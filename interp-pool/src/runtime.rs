@@ -35,6 +35,11 @@ struct MainThread {
     join: JoinHandle<()>,
 }
 
+/// Whether this crate has started (or tried to start) the runtime.
+pub(crate) fn initialised() -> bool {
+    RUNTIME.get().is_some()
+}
+
 /// The runtime, initialising CPython on first use.
 pub(crate) fn get() -> Result<&'static Runtime> {
     if SHUT_DOWN.load(Ordering::Acquire) {
@@ -146,9 +151,10 @@ pub fn python_version() -> (u32, u32) {
 /// unload or reload leaks that much. With `malloc` the same cycles grow by 62 MiB, and the
 /// per-call cost measured the same (`timeit` of the call path's ctypes/object work: 360 vs
 /// 365 ns; a pure-Python loop 126 vs 110 µs). See BENCHMARKS.md, load/unload cycles.
-fn pre_initialize() {
+/// Returns whether the `malloc` allocator was selected.
+fn pre_initialize() -> bool {
     if std::env::var_os("PYTHONMALLOC").is_some() {
-        return;
+        return false;
     }
     /// `PYMEM_ALLOCATOR_MALLOC` in pymem.h (stable since 3.8).
     const PYMEM_ALLOCATOR_MALLOC: std::ffi::c_int = 3;
@@ -166,14 +172,20 @@ fn pre_initialize() {
     pre.coerce_c_locale_warn = 0;
     // SAFETY: R1: as above, py-main before initialisation; `pre` is a valid pre-config.
     let status = unsafe { sys::Py_PreInitialize(pre) };
-    if let Err(e) = crate::ffi::status_result(status) {
-        tracing::warn!("could not select the malloc allocator ({e}); using pymalloc");
+    match crate::ffi::status_result(status) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!("could not select the malloc allocator ({e}); using pymalloc");
+            false
+        }
     }
 }
 
 fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
     promote_libpython();
-    pre_initialize();
+    let malloc = pre_initialize();
+    // Wrap it with the accounting allocator, still before initialisation (`memory.rs`).
+    crate::memory::install(malloc);
     // SAFETY: R1: thread: py-main, the only thread initialising (OnceCell). tstate: none.
     // Py_InitializeEx(0) installs no signal handlers; afterwards main's tstate is
     // attached on this thread.

@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
@@ -13,10 +13,12 @@ use crate::activation::{DepthGuard, OwnerRegistration};
 use crate::attach::{self, AttachGuard, Attached};
 use crate::cancel::{self, InterruptClasses};
 use crate::config::{InterpreterConfig, WhenFull};
+use crate::cpu::OwnerClock;
 use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
 use crate::group::GroupId;
 use crate::job::Job;
+use crate::memory::{self, MemoryAccount};
 use crate::runtime::Runtime;
 use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
 use crate::InterpreterId;
@@ -64,6 +66,10 @@ pub(crate) struct OwnerLink {
     pub(crate) group: OnceLock<GroupId>,
     /// Jobs this owner has run from its queues (an idle member's count stands still).
     pub(crate) served: AtomicU64,
+    /// The owner thread's CPU clock and spin time (`cpu.rs`).
+    pub(crate) clock: OwnerClock,
+    /// What the interpreter allocates (`memory.rs`): current on the owner thread.
+    pub(crate) memory: Arc<MemoryAccount>,
     /// Set by the owner thread as its last act, after `Py_EndInterpreter`.
     ended: Mutex<bool>,
     ended_cv: Condvar,
@@ -194,10 +200,15 @@ impl Owner {
         if crate::runtime::is_shut_down() {
             return Err(Error::ShutDown);
         }
+        // Everything this thread allocates from here on, creation included, is the
+        // interpreter's (for main: the unattributed work of its owner thread).
+        let memory = MemoryAccount::new();
+        memory.make_current();
         let created = match origin {
-            Origin::New => create_interpreter(id, config)?,
-            Origin::Main => main_thread_state(id)?,
+            Origin::New => create_interpreter(id, config),
+            Origin::Main => main_thread_state(id),
         };
+        let created = created.inspect_err(|_| memory::clear_current())?;
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let link = Arc::new(OwnerLink {
             id,
@@ -221,6 +232,8 @@ impl Owner {
             deferred_interrupt: AtomicU64::new(0),
             group: OnceLock::new(),
             served: AtomicU64::new(0),
+            clock: OwnerClock::current_thread(),
+            memory,
             ended: Mutex::new(false),
             ended_cv: Condvar::new(),
         });
@@ -267,6 +280,7 @@ impl Owner {
             Origin::Main => unsafe { attach::delete_thread_state(ts, link.id, release) },
         }
         rt.unregister(link.id);
+        link.clock.end();
         // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
         link.mark_ended();
         tracing::debug!(interp = %link.id, "interpreter ended");
@@ -324,6 +338,7 @@ fn owner_main(
         }
     }
     owner.retire(rt);
+    memory::clear_current();
     drop(ended);
 }
 
@@ -336,6 +351,7 @@ impl Drop for EndedOnExit {
             if thread::panicking() {
                 tracing::error!(interp = %link.id, "interpreter owner thread panicked (bug)");
             }
+            link.clock.end();
             link.mark_ended();
         }
     }
@@ -448,7 +464,10 @@ impl Owner {
             if finished() {
                 break;
             }
-            if spin_until(spin, || finished() || queued(), defer) {
+            let spun = Instant::now();
+            let ready = spin_until(spin, || finished() || queued(), defer);
+            sh.clock.add_spin(spun.elapsed());
+            if ready {
                 continue;
             }
             // Nested: the reply's completer must know to unpark us.

@@ -18,6 +18,12 @@ fn pool_adopts_a_host_initialised_python_and_never_finalizes_it() {
         h.call(|py| py.eval("2 ** 10")?.extract_i64(py)).unwrap(),
         1024
     );
+    // No allocator could be installed before the host's initialisation: nothing counted,
+    // nothing limited, no crash.
+    assert!(!interp_pool::memory_accounting());
+    h.memory_account().set_limit(Some(1 << 20));
+    h.call(|py| py.run("big = bytearray(8 << 20)")).unwrap();
+    assert_eq!(h.memory_account().usage().live, 0);
     interp_pool::shutdown().unwrap();
     assert!(h.is_ended());
     // SAFETY: R1: Py_IsInitialized may be called at any time, on any thread.

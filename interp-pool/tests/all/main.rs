@@ -3,12 +3,14 @@
 
 mod basics;
 mod concurrency;
+mod cpu;
 mod deadlines;
 mod errors;
 mod group;
 mod isolation;
 mod lifecycle;
 mod main_interp;
+mod memory;
 mod native;
 mod own_gil;
 mod reentry;

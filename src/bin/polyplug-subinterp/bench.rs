@@ -125,6 +125,7 @@ fn print_not_driven(bundles: &[(String, u64)], loader: &PythonLoader) {
 /// The loader's own per-bundle metrics after the run (`PythonLoader::metrics`).
 fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
     let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6);
+    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e3);
     let mut t = crate::table::plain(
         &[
             "bundle",
@@ -134,9 +135,12 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             "run p50us",
             "run p99us",
             "max depth",
+            "cpu ms",
+            "spin ms",
+            "py MiB",
             "replicas",
         ],
-        &[1, 2, 3, 4, 5, 6, 7],
+        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
     );
     for (name, id) in bundles {
         let Some(m) = loader.metrics(*id) else {
@@ -150,6 +154,9 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             us(m.run_p50),
             us(m.run_p99),
             m.max_depth.to_string(),
+            ms(m.cpu_time),
+            ms(m.spin_time),
+            format!("{:.1}", m.memory_bytes as f64 / f64::from(1 << 20)),
             m.replicas.len().to_string(),
         ]);
     }

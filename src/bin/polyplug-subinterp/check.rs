@@ -17,6 +17,10 @@ struct Row {
     outcome: Result<BundleInfo, String>,
     load_ms: f64,
     rss_mib: f64,
+    /// CPU time its interpreter used during the load (`BundleMetrics::cpu_time`).
+    cpu_ms: Option<f64>,
+    /// What its interpreter holds after the load (`BundleMetrics::memory_bytes`).
+    py_mib: Option<f64>,
 }
 
 /// Loads every bundle under `dir` into one runtime and prints a row per bundle (or, with
@@ -85,8 +89,15 @@ fn load_one(rt: &Runtime, loader: &PythonLoader, path: &Path, manifest: &Manifes
             Err(detail)
         }
     };
+    let metrics = loader.metrics(manifest.id).filter(|_| outcome.is_ok());
+    let cpu_ms = metrics.as_ref().map(|m| m.cpu_time.as_secs_f64() * 1e3);
+    let py_mib = metrics
+        .filter(|_| polyplug_subinterp::memory_accounting())
+        .map(|m| m.memory_bytes as f64 / f64::from(1 << 20));
     Row {
         bundle: manifest.name.clone(),
+        cpu_ms,
+        py_mib,
         outcome,
         load_ms,
         rss_mib: grown as f64 / (1 << 20) as f64,
@@ -104,10 +115,12 @@ fn print_rows(rows: &[Row]) {
             "replicas",
             "why",
             "load ms",
+            "cpu ms",
             "RSS MiB",
+            "py MiB",
             "error",
         ],
-        &[5, 7, 8],
+        &[5, 7, 8, 9, 10],
     );
     for r in rows {
         let (status, contracts, functions, mode, replicas, why, error) = match &r.outcome {
@@ -146,7 +159,9 @@ fn print_rows(rows: &[Row]) {
             replicas,
             why,
             format!("{:.1}", r.load_ms),
+            r.cpu_ms.map_or("-".into(), |c| format!("{c:.1}")),
             format!("{:.1}", r.rss_mib),
+            r.py_mib.map_or("-".into(), |m| format!("{m:.1}")),
             error.into(),
         ]);
     }
