@@ -33,6 +33,7 @@ mod attach;
 mod cancel;
 mod config;
 mod error;
+mod fast_ctypes;
 mod ffi;
 mod handle;
 mod job;
@@ -51,11 +52,12 @@ pub use attach::Attached;
 pub use cancel::{CallOptions, CancelToken};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
 pub use error::{Error, PyException, Result};
+pub use fast_ctypes::{install_fast_ctypes, FAST_CTYPES_REGISTRY};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
 pub use native::{NativeArgs, NativeError, NativeResult};
 pub use object::PyObj;
 pub use persistent::Persistent;
-pub use runtime::{is_shut_down, live_interpreters, python_version, shutdown};
+pub use runtime::{is_shut_down, live_interpreters, owns_python, python_version, shutdown};
 
 /// A pool-wide interpreter id, unique for the life of the process (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

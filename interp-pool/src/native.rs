@@ -58,6 +58,12 @@ impl NativeError {
         Self(Repr::Builtin(ExcType::Overflow, msg.into()))
     }
 
+    /// The exception CPython already set on this thread (a C call returned its error
+    /// value): raised as it is.
+    pub(crate) fn pending() -> Self {
+        Self(Repr::Pending)
+    }
+
     /// Sets this as the pending exception of the attached thread state.
     fn restore(self, py: &Attached<'_>) {
         let (class, msg) = match self.0 {

@@ -18,6 +18,8 @@ fn pool_adopts_a_host_initialised_python_and_never_finalizes_it() {
         h.call(|py| py.eval("2 ** 10")?.extract_i64(py)).unwrap(),
         1024
     );
+    // The loader installs its ctypes fast paths in `main` only when the pool owns Python.
+    assert!(!interp_pool::owns_python());
     interp_pool::shutdown().unwrap();
     assert!(h.is_ended());
     // SAFETY: R1: Py_IsInitialized may be called at any time, on any thread.

@@ -5,6 +5,7 @@ mod basics;
 mod concurrency;
 mod deadlines;
 mod errors;
+mod fast_ctypes;
 mod isolation;
 mod lifecycle;
 mod main_interp;
