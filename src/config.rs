@@ -134,6 +134,13 @@ pub struct PythonConfig {
     /// When a bundle's queue is full: wait for room (`Block`, default) or fail the call
     /// at once (`Fail`: `AbiError` Generic, "python: bundle busy").
     pub when_full: WhenFull,
+    /// Replace `ctypes.string_at` and `ctypes.memmove`, which polyplugc's generated glue
+    /// calls on every call, with native fast paths in every interpreter a bundle runs in,
+    /// before its code runs (`interp_pool::install_fast_ctypes`: same results and errors,
+    /// other argument shapes go to ctypes' own; a bundle that replaces them keeps its
+    /// own). In `main` mode only if this process's loader initialised Python: a host's own
+    /// main interpreter is left alone. Default `true`.
+    pub fast_glue: bool,
 }
 
 impl Default for PythonConfig {
@@ -152,6 +159,7 @@ impl Default for PythonConfig {
             bundle_timeouts: HashMap::new(),
             queue_capacity: 1024,
             when_full: WhenFull::Block,
+            fast_glue: true,
         }
     }
 }

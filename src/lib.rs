@@ -24,6 +24,7 @@
 mod config;
 mod contract;
 mod error;
+mod fast_glue;
 #[cfg(feature = "c-exports")]
 pub mod ffi;
 mod isolation;
@@ -73,6 +74,9 @@ pub struct BundleInfo {
     pub mode: &'static str,
     /// CPython's id of the bundle's interpreter.
     pub python_interp_id: i64,
+    /// Whether the generated glue's `ctypes.string_at` / `ctypes.memmove` run as native
+    /// fast paths in its interpreter (`PythonConfig::fast_glue`).
+    pub fast_glue: bool,
 }
 
 impl PythonLoader {
@@ -99,6 +103,7 @@ impl PythonLoader {
                 .collect(),
             mode: b.mode.as_str(),
             python_interp_id: b.interp.python_id(),
+            fast_glue: b.fast_glue,
         })
     }
 

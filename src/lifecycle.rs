@@ -38,6 +38,8 @@ pub(crate) struct LoadedBundle {
     pub(crate) interp: InterpreterHandle,
     pub(crate) contracts: Vec<&'static ContractData>,
     pub(crate) mode: InterpreterMode,
+    /// Whether the ctypes fast paths are in place in its interpreter (`fast_glue.rs`).
+    pub(crate) fast_glue: bool,
     /// Its identity in the main interpreter (`Main` mode only).
     key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
@@ -276,10 +278,14 @@ impl Loader {
         let host = runtime.as_context_ptr() as usize;
         let key = (mode == InterpreterMode::Main).then(BundleKey::next);
         let sink = OutputSink::register(runtime.logger(), bundle, key);
+        let fast_glue = crate::fast_glue::wanted(&self.config, mode);
         let declared = interp
-            .call(|py| Ok(load::run_init(py, plan, runtime, host, key, &sink)))
+            .call(|py| {
+                let fast_glue = fast_glue && crate::fast_glue::install(py, bundle);
+                Ok(load::run_init(py, plan, runtime, host, key, &sink).map(|d| (d, fast_glue)))
+            })
             .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()));
-        let declared = match declared {
+        let (declared, fast_glue) = match declared {
             Ok(d) => d,
             Err(e) => {
                 release(&interp, &[], key);
@@ -304,6 +310,7 @@ impl Loader {
             bundle,
             interp = %interp.id(),
             mode = %mode,
+            fast_glue,
             contracts = contracts.len(),
             create_ms = t_spawn.as_secs_f64() * 1e3,
             init_ms = t_init.as_secs_f64() * 1e3,
@@ -321,6 +328,7 @@ impl Loader {
                 interp,
                 contracts,
                 mode,
+                fast_glue,
                 key,
                 meter,
                 _ctx_path: plan.ctx_path.into(),

@@ -52,8 +52,7 @@ fn one_call(
     }
 }
 
-pub fn run(dir: &Path, threads: usize, seconds: u64) -> Result<bool, String> {
-    let loader = PythonLoader::default();
+pub fn run(dir: &Path, loader: PythonLoader, threads: usize, seconds: u64) -> Result<bool, String> {
     let rt = RuntimeBuilder::new()
         .loader(loader.clone())
         .plugin_dir(dir.to_path_buf())

@@ -12,15 +12,15 @@ use polyplug_subinterp::PythonLoader;
 /// What loading one bundle did.
 struct Row {
     bundle: String,
-    /// `Ok((contracts, functions, mode))`, or the error with its causes.
-    outcome: Result<(String, String, String), String>,
+    /// `Ok((contracts, functions, mode, fast glue))`, or the error with its causes.
+    outcome: Result<(String, String, String, String), String>,
     load_ms: f64,
     rss_mib: f64,
 }
 
 /// Loads every bundle under `dir` into one runtime and prints a row per bundle.
 /// `Ok(false)` when one failed to load; `Err` when there was nothing to check.
-pub fn run(dir: &Path) -> Result<bool, String> {
+pub fn run(dir: &Path, loader: PythonLoader) -> Result<bool, String> {
     let bundles = bundle_dirs(dir);
     if bundles.is_empty() {
         return Err(format!(
@@ -28,7 +28,6 @@ pub fn run(dir: &Path) -> Result<bool, String> {
             dir.display()
         ));
     }
-    let loader = PythonLoader::default();
     let rt = RuntimeBuilder::new()
         .loader(loader.clone())
         .build()
@@ -75,7 +74,13 @@ fn load_one(rt: &Runtime, loader: &PythonLoader, path: &Path, manifest: &Manifes
             Ok((
                 list(|c| c.0.clone()),
                 list(|c| c.1.to_string()),
-                info.map_or("?", |i| i.mode).to_owned(),
+                info.as_ref().map_or("?", |i| i.mode).to_owned(),
+                match info.map(|i| i.fast_glue) {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "?",
+                }
+                .to_owned(),
             ))
         }
         Err(e) => {
@@ -104,24 +109,30 @@ fn print_rows(rows: &[Row]) {
             "contracts",
             "functions",
             "mode",
+            "fast glue",
             "load ms",
             "RSS MiB",
             "error",
         ],
-        &[5, 6],
+        &[6, 7],
     );
     for r in rows {
-        let (status, (contracts, functions, mode), error) = match &r.outcome {
+        let (status, (contracts, functions, mode, fast), error) = match &r.outcome {
             Ok(found) => ("ok", found.clone(), ""),
             Err(e) => ("FAILED", Default::default(), e.as_str()),
         };
-        let mode = if r.outcome.is_ok() { mode } else { "-".into() };
+        let (mode, fast) = if r.outcome.is_ok() {
+            (mode, fast)
+        } else {
+            ("-".into(), "-".into())
+        };
         t.add_row(vec![
             r.bundle.clone(),
             status.into(),
             contracts,
             functions,
             mode,
+            fast,
             format!("{:.1}", r.load_ms),
             format!("{:.1}", r.rss_mib),
             error.into(),

@@ -46,7 +46,8 @@ enum Command {
     ///
     /// Loads each bundle directory (one level deep, with a manifest.toml) with the
     /// subinterpreter loader and prints one row per bundle: contracts, functions,
-    /// interpreter mode, load time and memory, or the error and its cause.
+    /// interpreter mode, whether the glue's ctypes calls run as native fast paths, load
+    /// time and memory, or the error and its cause.
     Check(CheckArgs),
     /// Call the fixture contracts calculator.add, counter.increment, cruncher.crunch and
     /// pipeline.run from N host threads; report calls/s and latency.
@@ -65,6 +66,19 @@ struct LoadArgs {
     /// Directory of bundle directories (each with a manifest.toml).
     #[arg(value_name = "PLUGIN_DIR", value_parser = plugin_dir)]
     dir: PathBuf,
+    /// Leave ctypes.string_at / ctypes.memmove to ctypes (PythonConfig::fast_glue = false).
+    #[arg(long)]
+    no_fast_glue: bool,
+}
+
+impl LoadArgs {
+    /// The loader these arguments ask for.
+    fn loader(&self) -> polyplug_subinterp::PythonLoader {
+        polyplug_subinterp::PythonLoader::new(polyplug_subinterp::PythonConfig {
+            fast_glue: !self.no_fast_glue,
+            ..polyplug_subinterp::PythonConfig::default()
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -107,8 +121,8 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
-        Command::Check(a) => check::run(&a.load.dir),
-        Command::Bench(a) => bench::run(&a.load.dir, a.threads, a.seconds),
+        Command::Check(a) => check::run(&a.load.dir, a.load.loader()),
+        Command::Bench(a) => bench::run(&a.load.dir, a.load.loader(), a.threads, a.seconds),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
