@@ -134,8 +134,8 @@ pub struct PythonConfig {
     /// When a bundle's queue is full: wait for room (`Block`, default) or fail the call
     /// at once (`Fail`: `AbiError` Generic, "python: bundle busy").
     pub when_full: WhenFull,
-    /// Replace `ctypes.string_at` and `ctypes.memmove`, which polyplugc's generated glue
-    /// calls on every call, with native fast paths in every interpreter a bundle runs in,
+    /// Replace `ctypes.string_at`, `ctypes.memmove` and `ctypes.cast`, which polyplugc's
+    /// generated glue calls on every call, with native fast paths in every interpreter a bundle runs in,
     /// before its code runs (`interp_pool::install_fast_ctypes`: same results and errors,
     /// other argument shapes go to ctypes' own; a bundle that replaces them keeps its
     /// own). In `main` mode only if this process's loader initialised Python: a host's own

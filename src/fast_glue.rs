@@ -2,8 +2,9 @@
 //!
 //! polyplugc's glue reads each call's arguments with `ctypes.string_at(args_ptr, size)`
 //! and writes the result with `ctypes.memmove(out_ptr, packed, size)`: two ctypes
-//! foreign-function calls per call, most of the glue's cost. interp-pool's
-//! `install_fast_ctypes` swaps both for native builtins with ctypes' exact behaviour;
+//! foreign-function calls per call, most of the glue's cost (string views also go through
+//! `ctypes.cast`). interp-pool's `install_fast_ctypes` swaps the three for native builtins
+//! with ctypes' exact behaviour;
 //! this module decides where the loader installs them, and does it in the load job,
 //! before the bootstrap and the bundle's entry module run. The pre-warmed spare is covered
 //! by the same step: it is never given to a bundle without a load job.
@@ -29,7 +30,7 @@ pub(crate) fn install(py: &Attached<'_>, bundle: &str) -> bool {
         Ok(false) => {
             tracing::info!(
                 bundle,
-                "ctypes.string_at / ctypes.memmove were already replaced in this interpreter; fast glue left them alone"
+                "ctypes.string_at / memmove / cast were already replaced in this interpreter; fast glue left them alone"
             );
             false
         }

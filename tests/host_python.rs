@@ -24,6 +24,7 @@ def polyplug_init(h, c):
 const HOST_CHECK: &std::ffi::CStr = c"import ctypes, sys
 assert type(ctypes.string_at).__name__ == 'function', ctypes.string_at
 assert type(ctypes.memmove).__name__ != 'builtin_function_or_method', ctypes.memmove
+assert type(ctypes.cast).__name__ == 'function', ctypes.cast
 assert not hasattr(ctypes, '_interp_pool_fast_ctypes')
 assert '_polyplug_subinterp_isolation' in sys.modules, 'the bundle ran in main'
 ";

@@ -195,8 +195,18 @@ pub fn latency(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
 
 /// K bundles (one runtime each) driven by K threads; one iteration = one call per thread.
 pub fn scaling<L: BundleLoader + 'static>(c: &mut Criterion, loader: &str, make: fn() -> L) {
+    scaling_of(c, loader, make, &[Op::Add, Op::Increment, Op::Crunch]);
+}
+
+/// `scaling` for the given calls only.
+pub fn scaling_of<L: BundleLoader + 'static>(
+    c: &mut Criterion,
+    loader: &str,
+    make: fn() -> L,
+    ops: &[Op],
+) {
     let runtimes: Vec<_> = (0..4).map(|_| runtime(make)).collect();
-    for op in [Op::Add, Op::Increment, Op::Crunch] {
+    for &op in ops {
         let mut g = c.benchmark_group(format!("scaling/{}", op.name()));
         if op == Op::Crunch {
             g.sample_size(10);

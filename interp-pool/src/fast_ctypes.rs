@@ -25,6 +25,13 @@
 //!   (checked with `sys.addaudithook` on 3.12 and 3.13: a `CFUNCTYPE` made from an
 //!   address does not raise `ctypes.call_function`).
 //!
+//! * `cast(obj, typ)`: two positional arguments, `obj` an exact `int` in `0..=usize::MAX`,
+//!   `typ` a ctypes pointer type (its metaclass exactly `PyCPointerType`). ctypes converts
+//!   `obj` as a `c_void_p`, makes `typ()` and stores the address in it; with an int source
+//!   there is nothing to keep alive (`_objects` stays `None`) and no audit event. We do the
+//!   same, storing the address through the instance's buffer (the public buffer protocol,
+//!   which for a ctypes instance is its own memory).
+//!
 //! Everything else is forwarded, including `bool` (an `int` subclass ctypes accepts as 0/1),
 //! keyword arguments, a null pointer (`string_at(0, n)` returns `n` uninitialised bytes in
 //! ctypes, `string_at(0)` crashes), negative or over-wide sizes (ctypes truncates them to a
@@ -65,17 +72,26 @@ def install(ctypes, _ctypes, make, registry_name):
             and f.__name__ == "string_at"
             and f.__defaults__ == (-1,)
             and isinstance(helper, ctypes._CFuncPtr)
-            and ctypes.cast(helper, ctypes.c_void_p).value == _ctypes._string_at_addr
+            and ctypes.c_void_p.from_buffer(helper).value == _ctypes._string_at_addr
+        )
+    def own_cast(f):
+        helper = ctypes.__dict__.get("_cast")
+        return (
+            type(f) is type(install)
+            and f.__globals__ is ctypes.__dict__
+            and f.__name__ == "cast"
+            and isinstance(helper, ctypes._CFuncPtr)
+            and ctypes.c_void_p.from_buffer(helper).value == _ctypes._cast_addr
         )
     def own_memmove(f):
         return (
             isinstance(f, ctypes._CFuncPtr)
             and f.restype is ctypes.c_void_p
             and f.argtypes == (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-            and ctypes.cast(f, ctypes.c_void_p).value == _ctypes._memmove_addr
+            and ctypes.c_void_p.from_buffer(f).value == _ctypes._memmove_addr
         )
     all_in_place = True
-    for name, own in (("string_at", own_string_at), ("memmove", own_memmove)):
+    for name, own in (("string_at", own_string_at), ("memmove", own_memmove), ("cast", own_cast)):
         current = getattr(ctypes, name, None)
         entry = registry.get(name)
         if entry is not None and current is entry[0]:
@@ -90,12 +106,12 @@ def install(ctypes, _ctypes, make, registry_name):
     return all_in_place
 "#;
 
-/// Replaces `ctypes.string_at` and `ctypes.memmove` in the attached interpreter with
+/// Replaces `ctypes.string_at`, `ctypes.memmove` and `ctypes.cast` in the attached interpreter with
 /// native fast paths (see the module docs for the exact shapes), each only if it is still
 /// ctypes' own function: one that some module already replaced is left alone.
 ///
 /// Idempotent: a second call finds its own functions in place and changes nothing.
-/// Returns `true` if both fast paths are in place afterwards, `false` if one (or both) was
+/// Returns `true` if all three fast paths are in place afterwards, `false` if one (or both) was
 /// left alone. Imports `ctypes` if it was not imported yet. Errors are Python errors of the
 /// install itself (e.g. `ctypes` cannot be imported in this interpreter).
 pub fn install_fast_ctypes(py: &Attached<'_>) -> Result<bool> {
@@ -123,6 +139,17 @@ pub fn install_fast_ctypes(py: &Attached<'_>) -> Result<bool> {
                     c"string_at(ptr[, size]) -> string\n\nReturn the byte string at void *ptr.\n\n(interp_pool native fast path for int addresses; other calls go to ctypes' own.)",
                     move |py, args| string_at(py, args, &original),
                 )?),
+                "cast" => {
+                    let ctypes = py.import("ctypes")?;
+                    let char_type = ctypes.getattr(py, "c_char")?;
+                    let pointer = ctypes.getattr(py, "POINTER")?.call(py, &[&char_type])?;
+                    let pointer_type = Persistent::new(py, pointer.getattr(py, "__class__")?);
+                    Ok(py.native_function(
+                        c"cast",
+                        c"cast(obj, typ): obj as a ctypes pointer of type typ\n\n(interp_pool native fast path for an int address and a pointer type; other calls go to ctypes' own.)",
+                        move |py, args| cast(py, args, &original, &pointer_type),
+                    )?)
+                }
                 "memmove" => Ok(py.native_function(
                     c"memmove",
                     c"memmove(dst, src, count) -> dst\n\n(interp_pool native fast path for int addresses and bytes; other calls go to ctypes' own.)",
@@ -215,9 +242,63 @@ fn memmove<'c>(
     fall_back(py, args, original)
 }
 
-/// A non-null address from an exact `int` that fits a pointer; `None` for anything else.
-fn address(py: &Attached<'_>, obj: &PyObj<'_>) -> Option<usize> {
-    // SAFETY: R10/R11: attached (`py`); `obj` is a live (lent or owned) reference; a type check.
+fn cast<'c>(
+    py: &'c Attached<'c>,
+    args: &NativeArgs<'c>,
+    original: &Persistent,
+    pointer_type: &Persistent,
+) -> NativeResult<'c> {
+    if let ([obj, typ], false) = (args.positional(), args.has_keywords()) {
+        if let Some(addr) = any_address(py, obj) {
+            let meta = pointer_type.bind(py)?;
+            // SAFETY: R10/R11: attached; `typ` is a live reference; reads its type pointer.
+            let typ_type = unsafe { sys::Py_TYPE(typ.as_ptr()) };
+            if typ_type.cast::<sys::PyObject>() == meta.as_ptr() {
+                // SAFETY: R10/R11: attached; `typ` is a live type; `typ()` as ctypes' cast
+                // makes it. Returns a new reference or null with the exception set.
+                let made = unsafe { sys::PyObject_CallNoArgs(typ.as_ptr()) };
+                // SAFETY: R10/R11: `made` is null or a new reference.
+                let made =
+                    unsafe { PyObj::from_owned_ptr(py, made) }.ok_or_else(NativeError::pending)?;
+                if store_address(py, &made, addr) {
+                    return Ok(made);
+                }
+            }
+        }
+    }
+    fall_back(py, args, original)
+}
+
+/// Writes `addr` into the memory of the ctypes pointer instance `obj` (its buffer); false
+/// if it has no writable pointer-sized buffer (then nothing was written).
+fn store_address(py: &Attached<'_>, obj: &PyObj<'_>, addr: usize) -> bool {
+    let mut view = std::mem::MaybeUninit::<sys::Py_buffer>::zeroed();
+    // SAFETY: R10/R11: attached; `obj` is live; `view` is writable storage that
+    // PyObject_GetBuffer fills on success (0), or leaves with an exception set (-1).
+    let got =
+        unsafe { sys::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), sys::PyBUF_WRITABLE) };
+    if got < 0 {
+        py.clear_error();
+        return false;
+    }
+    // SAFETY: filled by the successful PyObject_GetBuffer above.
+    let view = unsafe { view.assume_init_mut() };
+    let fits = !view.buf.is_null()
+        && view.readonly == 0
+        && usize::try_from(view.len).is_ok_and(|n| n >= std::mem::size_of::<usize>());
+    if fits {
+        // SAFETY: R12: `buf` is the instance's own writable memory, at least pointer-sized
+        // (checked), valid until the release below.
+        unsafe { view.buf.cast::<usize>().write_unaligned(addr) };
+    }
+    // SAFETY: R10: attached; releases the view obtained above, exactly once.
+    unsafe { sys::PyBuffer_Release(view) };
+    fits
+}
+
+/// An address (null included) from an exact `int` that fits a pointer; `None` otherwise.
+fn any_address(py: &Attached<'_>, obj: &PyObj<'_>) -> Option<usize> {
+    // SAFETY: R10/R11: attached (`py`); `obj` is a live reference; a type check.
     if unsafe { sys::PyLong_CheckExact(obj.as_ptr()) } == 0 {
         return None;
     }
@@ -228,7 +309,12 @@ fn address(py: &Attached<'_>, obj: &PyObj<'_>) -> Option<usize> {
         py.clear_error();
         return None;
     }
-    usize::try_from(v).ok().filter(|&a| a != 0)
+    usize::try_from(v).ok()
+}
+
+/// A non-null address from an exact `int` that fits a pointer; `None` for anything else.
+fn address(py: &Attached<'_>, obj: &PyObj<'_>) -> Option<usize> {
+    any_address(py, obj).filter(|&a| a != 0)
 }
 
 /// A size from an exact `int` in `0..=max`; `None` for anything else.

@@ -1,4 +1,4 @@
-//! `install_fast_ctypes`: the native `ctypes.string_at` / `ctypes.memmove` give the same
+//! `install_fast_ctypes`: the native `ctypes.string_at` / `memmove` / `cast` give the same
 //! results, result types, exception types and messages, memory effects and audit events
 //! as ctypes' own functions, compared in the same interpreter over many inputs; the
 //! install is idempotent and leaves functions someone else replaced alone.
@@ -18,7 +18,9 @@ import ctypes, random, sys
 
 fast_string_at, orig_string_at = ctypes.__dict__[REGISTRY]["string_at"]
 fast_memmove, orig_memmove = ctypes.__dict__[REGISTRY]["memmove"]
+fast_cast, orig_cast = ctypes.__dict__[REGISTRY]["cast"]
 assert ctypes.string_at is fast_string_at and ctypes.memmove is fast_memmove
+assert ctypes.cast is fast_cast
 assert type(fast_string_at).__name__ == "builtin_function_or_method"
 
 events = []
@@ -137,13 +139,79 @@ for label, args_for, kwargs in [
     ("keywords", lambda d, b: (d, b"ab"), {"kwargs": {"count": 1}}),
 ]:
     mm_same(args_for, label, **kwargs)
+# cast: compare the result's type, the address it holds, what it keeps alive and
+# what it points at.
+def described(r):
+    if isinstance(r, ctypes._Pointer) or isinstance(r, (ctypes.c_void_p, ctypes.c_char_p)):
+        held = ctypes.c_void_p.from_buffer(r).value
+    else:
+        held = repr(r)
+    objs = r._objects if hasattr(r, "_objects") else "n/a"
+    return (type(r), held, type(objs).__name__, len(objs) if isinstance(objs, dict) else None, r._b_base_ is None if hasattr(r, "_b_base_") else "n/a")
+
+def cast_same(label, args, kwargs={}, deref=None):
+    global cases
+    cases += 1
+    outs = []
+    for f in (fast_cast, orig_cast):
+        del events[:]
+        recording[0] = True
+        r = None
+        try:
+            r = f(*args, **kwargs)
+            res = None
+        except BaseException as e:
+            res = ("err", type(e), str(e))
+        finally:
+            recording[0] = False
+        seen = list(events)
+        if res is None:
+            # Described after recording: the description's own ctypes calls audit too.
+            res = ("ok",) + described(r) + ((deref(r),) if deref is not None else ())
+        outs.append((res, seen))
+    if outs[0] != outs[1]:
+        bad.append(f"cast {label}: fast {outs[0]!r:.300} != ctypes {outs[1]!r:.300}")
+
+class Pair(ctypes.Structure):
+    _fields_ = [("a", ctypes.c_int64), ("b", ctypes.c_int64)]
+class MyPointer(ctypes.POINTER(ctypes.c_int)):
+    pass
+pair = Pair(7, 9)
+for n in range(1, 300):
+    cast_same(f"char[{n}]", (src + n, ctypes.POINTER(ctypes.c_char * n)), deref=lambda r: bytes(r.contents))
+for label, args, kwargs, deref in [
+    ("struct", (ctypes.addressof(pair), ctypes.POINTER(Pair)), {}, lambda r: (r.contents.a, r.contents.b)),
+    ("int64", (ctypes.addressof(pair), ctypes.POINTER(ctypes.c_int64)), {}, lambda r: r[1]),
+    ("subclass", (ctypes.addressof(pair), MyPointer), {}, lambda r: r[0]),
+    ("null", (0, ctypes.POINTER(ctypes.c_int)), {}, lambda r: bool(r)),
+    ("bool", (True, ctypes.POINTER(ctypes.c_int)), {}, None),
+    ("negative", (-5, ctypes.POINTER(ctypes.c_int)), {}, None),
+    ("huge", (2**70, ctypes.POINTER(ctypes.c_int)), {}, None),
+    ("float", (1.0, ctypes.POINTER(ctypes.c_int)), {}, None),
+    ("None", (None, ctypes.POINTER(ctypes.c_int)), {}, None),
+    ("bytes", (b"abc", ctypes.POINTER(ctypes.c_char)), {}, lambda r: r[0]),
+    ("c_void_p type", (src, ctypes.c_void_p), {}, None),
+    ("c_char_p type", (src, ctypes.c_char_p), {}, None),
+    ("c_int type", (src, ctypes.c_int), {}, None),
+    ("int type", (src, int), {}, None),
+    ("None type", (src, None), {}, None),
+    ("CFUNCTYPE", (src, ctypes.CFUNCTYPE(None)), {}, None),
+    ("array src", (src_buf, ctypes.POINTER(ctypes.c_char)), {}, lambda r: r[0]),
+    ("byref src", (ctypes.byref(pair), ctypes.POINTER(Pair)), {}, lambda r: r.contents.b),
+    ("pointer src", (ctypes.pointer(pair), ctypes.POINTER(Pair)), {}, lambda r: r.contents.a),
+    ("c_void_p src", (ctypes.c_void_p(ctypes.addressof(pair)), ctypes.POINTER(Pair)), {}, lambda r: r.contents.a),
+    ("arity 1", (src,), {}, None),
+    ("arity 3", (src, ctypes.POINTER(ctypes.c_int), 1), {}, None),
+    ("keywords", (), {"obj": src, "typ": ctypes.POINTER(ctypes.c_int)}, None),
+]:
+    cast_same(label, args, kwargs, deref)
 result = (cases, bad)
 "#;
 
 #[test]
-fn fast_string_at_and_memmove_match_ctypes_for_every_input_form() {
+fn fast_paths_match_ctypes_for_every_input_form() {
     let h = spawn_ctypes(
-        "fast_ctypes::fast_string_at_and_memmove_match_ctypes_for_every_input_form",
+        "fast_ctypes::fast_paths_match_ctypes_for_every_input_form",
         "fast-ctypes-eq",
     );
     let (cases, bad) = h
@@ -166,7 +234,7 @@ fn fast_string_at_and_memmove_match_ctypes_for_every_input_form() {
             Ok((cases, out))
         })
         .unwrap();
-    assert!(cases > 12_000, "only {cases} cases ran");
+    assert!(cases > 12_300, "only {cases} cases ran");
     assert!(
         bad.is_empty(),
         "{} of {cases} cases differ:\n{}",

@@ -66,7 +66,7 @@ struct LoadArgs {
     /// Directory of bundle directories (each with a manifest.toml).
     #[arg(value_name = "PLUGIN_DIR", value_parser = plugin_dir)]
     dir: PathBuf,
-    /// Leave ctypes.string_at / ctypes.memmove to ctypes (PythonConfig::fast_glue = false).
+    /// Leave ctypes.string_at / memmove / cast to ctypes (PythonConfig::fast_glue = false).
     #[arg(long)]
     no_fast_glue: bool,
 }
