@@ -44,17 +44,72 @@
 //! Python caller vouches for them (R12).
 
 use std::ffi::{c_char, c_int};
+use std::ptr::NonNull;
 
 use crate::attach::Attached;
 use crate::error::Result;
 use crate::ffi::{self, sys};
 use crate::native::{NativeArgs, NativeError, NativeResult};
 use crate::object::PyObj;
-use crate::persistent::Persistent;
+
+/// A weak reference owned by a fast path's closure: to the function it replaced, or to
+/// ctypes' pointer metatype.
+///
+/// Weak, because the closure lives in a capsule, which the garbage collector cannot see
+/// into: a strong reference from it to the original `string_at` (whose globals are the
+/// `ctypes` module, which holds the fast function) would form a cycle the collector never
+/// frees, and releasing it only when the capsule goes at `Py_EndInterpreter` is after the
+/// collector's last pass there, so ctypes' types would leak with every ended interpreter
+/// (~0.27 MiB measured). The originals are kept alive by the `ctypes` module's registry
+/// ([`FAST_CTYPES_REGISTRY`]) and the metatype by `_ctypes`.
+///
+/// The weakref object itself is released whenever this is dropped: a native function's
+/// closure is dropped only by its capsule's destructor, which CPython runs in the
+/// function's interpreter with it attached, or by `native_function` itself while attached
+/// (native.rs). It is never handed out of this module.
+struct Weak(NonNull<sys::PyObject>);
+
+// SAFETY: R5/R10: the pointer is only used (in `get`, and the decref in `drop`) by the
+// closure that owns it, which runs and is dropped only with its interpreter attached (see
+// above); moving the closure between threads of that interpreter touches no object.
+unsafe impl Send for Weak {}
+
+impl Weak {
+    fn new(py: &Attached<'_>, obj: &PyObj<'_>) -> crate::Result<Self> {
+        // SAFETY: R10/R11: attached; `obj` is live; returns a new weakref object or null
+        // with TypeError set if the type has no weakref support.
+        let r = unsafe { sys::PyWeakref_NewRef(obj.as_ptr(), std::ptr::null_mut()) };
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        let r = unsafe { PyObj::from_owned_or_err(py, r) }?;
+        Ok(Self(r.into_non_null()))
+    }
+
+    /// The referent, if it is still alive.
+    fn get<'py>(&self, py: &'py Attached<'_>) -> Option<PyObj<'py>> {
+        let mut out: *mut sys::PyObject = std::ptr::null_mut();
+        // SAFETY: R10/R11: attached; `self.0` is a live weakref we own; on 1 `out` is a new
+        // reference, on 0 the referent is gone (out null); -1 cannot happen for a weakref.
+        let found = unsafe { sys::compat::PyWeakref_GetRef(self.0.as_ptr(), &mut out) };
+        if found < 0 {
+            py.clear_error();
+        }
+        // SAFETY: R10/R11: `out` is null or a new reference.
+        unsafe { PyObj::from_owned_ptr(py, out) }
+    }
+}
+
+impl Drop for Weak {
+    fn drop(&mut self) {
+        // SAFETY: R10/R11: dropped only with the closure, inside its interpreter with it
+        // attached (see the type's docs); we own one strong reference to the weakref.
+        unsafe { sys::Py_DECREF(self.0.as_ptr()) }
+    }
+}
 
 /// The name of the dict [`install_fast_ctypes`] keeps in the `ctypes` module:
 /// `{name: (fast, original)}` for each function it replaced. It makes the install
-/// idempotent and lets tests compare a fast path with the original in one interpreter.
+/// idempotent, keeps the originals alive for the fast paths' fallbacks, and lets tests
+/// compare a fast path with the original in one interpreter.
 pub const FAST_CTYPES_REGISTRY: &str = "_interp_pool_fast_ctypes";
 
 /// The Python half of the install: decides, per function, whether it is still ctypes'
@@ -132,7 +187,7 @@ pub fn install_fast_ctypes(py: &Attached<'_>) -> Result<bool> {
                 ));
             };
             let name = name.extract_string(py)?;
-            let original = Persistent::new(py, original.clone_ref());
+            let original = Weak::new(py, original)?;
             match name.as_str() {
                 "string_at" => Ok(py.native_function(
                     c"string_at",
@@ -143,7 +198,7 @@ pub fn install_fast_ctypes(py: &Attached<'_>) -> Result<bool> {
                     let ctypes = py.import("ctypes")?;
                     let char_type = ctypes.getattr(py, "c_char")?;
                     let pointer = ctypes.getattr(py, "POINTER")?.call(py, &[&char_type])?;
-                    let pointer_type = Persistent::new(py, pointer.getattr(py, "__class__")?);
+                    let pointer_type = Weak::new(py, &pointer.getattr(py, "__class__")?)?;
                     Ok(py.native_function(
                         c"cast",
                         c"cast(obj, typ): obj as a ctypes pointer of type typ\n\n(interp_pool native fast path for an int address and a pointer type; other calls go to ctypes' own.)",
@@ -167,20 +222,16 @@ pub fn install_fast_ctypes(py: &Attached<'_>) -> Result<bool> {
 }
 
 /// Hands the call to the replaced function.
-fn fall_back<'c>(
-    py: &'c Attached<'c>,
-    args: &NativeArgs<'c>,
-    original: &Persistent,
-) -> NativeResult<'c> {
-    let original = original.bind(py)?;
-    args.forward(py, &original)
+fn fall_back<'c>(py: &'c Attached<'c>, args: &NativeArgs<'c>, original: &Weak) -> NativeResult<'c> {
+    match original.get(py) {
+        Some(original) => args.forward(py, &original),
+        None => Err(NativeError::runtime_error(
+            "ctypes' own function is gone (its entry in ctypes._interp_pool_fast_ctypes was removed)",
+        )),
+    }
 }
 
-fn string_at<'c>(
-    py: &'c Attached<'c>,
-    args: &NativeArgs<'c>,
-    original: &Persistent,
-) -> NativeResult<'c> {
+fn string_at<'c>(py: &'c Attached<'c>, args: &NativeArgs<'c>, original: &Weak) -> NativeResult<'c> {
     if let ([ptr, size], false) = (args.positional(), args.has_keywords()) {
         if let (Some(addr), Some(size)) = (address(py, ptr), size_in(py, size, c_int::MAX as usize))
         {
@@ -213,11 +264,7 @@ fn string_at<'c>(
     fall_back(py, args, original)
 }
 
-fn memmove<'c>(
-    py: &'c Attached<'c>,
-    args: &NativeArgs<'c>,
-    original: &Persistent,
-) -> NativeResult<'c> {
+fn memmove<'c>(py: &'c Attached<'c>, args: &NativeArgs<'c>, original: &Weak) -> NativeResult<'c> {
     if let ([dst, src, count], false) = (args.positional(), args.has_keywords()) {
         if let (Some(to), Some(count)) = (address(py, dst), size_in(py, count, isize::MAX as usize))
         {
@@ -245,15 +292,17 @@ fn memmove<'c>(
 fn cast<'c>(
     py: &'c Attached<'c>,
     args: &NativeArgs<'c>,
-    original: &Persistent,
-    pointer_type: &Persistent,
+    original: &Weak,
+    pointer_type: &Weak,
 ) -> NativeResult<'c> {
     if let ([obj, typ], false) = (args.positional(), args.has_keywords()) {
         if let Some(addr) = any_address(py, obj) {
-            let meta = pointer_type.bind(py)?;
             // SAFETY: R10/R11: attached; `typ` is a live reference; reads its type pointer.
             let typ_type = unsafe { sys::Py_TYPE(typ.as_ptr()) };
-            if typ_type.cast::<sys::PyObject>() == meta.as_ptr() {
+            let is_pointer_type = pointer_type
+                .get(py)
+                .is_some_and(|meta| typ_type.cast::<sys::PyObject>() == meta.as_ptr());
+            if is_pointer_type {
                 // SAFETY: R10/R11: attached; `typ` is a live type; `typ()` as ctypes' cast
                 // makes it. Returns a new reference or null with the exception set.
                 let made = unsafe { sys::PyObject_CallNoArgs(typ.as_ptr()) };

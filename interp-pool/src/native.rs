@@ -53,6 +53,11 @@ impl NativeError {
         Self(Repr::Builtin(ExcType::Value, msg.into()))
     }
 
+    /// `RuntimeError(msg)`.
+    pub fn runtime_error(msg: impl Into<String>) -> Self {
+        Self(Repr::Builtin(ExcType::Runtime, msg.into()))
+    }
+
     /// `OverflowError(msg)`.
     pub fn overflow_error(msg: impl Into<String>) -> Self {
         Self(Repr::Builtin(ExcType::Overflow, msg.into()))

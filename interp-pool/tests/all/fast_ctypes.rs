@@ -330,6 +330,17 @@ fn install_is_idempotent_and_leaves_replaced_functions_alone() {
     run(&h, "ctypes.string_at = len");
     assert!(!h.call(install_fast_ctypes).unwrap());
     assert_eq!(eval_str(&h, "repr(ctypes.string_at is len)"), "True");
+    // The fast paths hold their originals weakly (the registry keeps them): with the
+    // registry gone, a call they would forward raises instead of crashing.
+    run(
+        &h,
+        "import gc\nfast_memmove = ctypes.memmove\ndel ctypes._interp_pool_fast_ctypes\ngc.collect()\ntry:\n    fast_memmove(1, None, 0)\n    gone = 'no error'\nexcept RuntimeError as e:\n    gone = str(e)\n",
+    );
+    assert!(
+        eval_str(&h, "gone").contains("is gone"),
+        "{}",
+        eval_str(&h, "gone")
+    );
     h.end();
 }
 
