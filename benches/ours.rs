@@ -252,6 +252,8 @@ fn main() {
     common::latency(&mut c, LOADER, &rt);
     let rt_no_glue = common::runtime(no_fast_glue);
     common::latency(&mut c, LOADER_NO_GLUE, &rt_no_glue);
+    common::best_of(LOADER, &rt, PythonLoader::default);
+    common::best_of(LOADER_NO_GLUE, &rt_no_glue, no_fast_glue);
     drop(rt_no_glue);
     loader_overhead(&mut c);
     common::nested(&mut c, LOADER, &rt);

@@ -53,6 +53,7 @@ fn main() {
         .configure_from_args();
     let rt = common::runtime(PythonLoader::default);
     common::latency(&mut c, LOADER, &rt);
+    common::best_of(LOADER, &rt, PythonLoader::default);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);
     common::extras(LOADER, &rt, PythonLoader::default, &pipeline);

@@ -244,6 +244,43 @@ pub fn nested(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
     g.finish();
 }
 
+/// Best-of-batches figures (as `timeit`'s min: what a call costs when the shared machine
+/// lets it run): mean per call of the fastest of many short batches, for each call from the
+/// main and from a spawned thread, and aggregate calls/s of 2 bundles × 2 threads (trivial
+/// calls). Written to `target/bench-extra/<label>-best.json` for `tools/bench-report`.
+pub fn best_of<L: BundleLoader + 'static>(label: &str, rt: &Arc<Runtime>, make: fn() -> L) {
+    let (batches, batch) = if quick() { (10, 200) } else { (200, 500) };
+    let mut out = serde_like::Obj::default();
+    for op in [Op::Add, Op::Greet, Op::Increment] {
+        let mut call = op.caller(rt);
+        let crew = Crew::new(std::slice::from_ref(rt), op);
+        let (mut main, mut spawned) = (f64::MAX, f64::MAX);
+        for _ in 0..batches {
+            let t = Instant::now();
+            for _ in 0..batch {
+                call();
+            }
+            main = main.min(t.elapsed().as_nanos() as f64 / batch as f64);
+            spawned = spawned.min(crew.round(batch).as_nanos() as f64 / batch as f64);
+        }
+        out = out
+            .num(&format!("{}/main_ns", op.name()), main)
+            .num(&format!("{}/spawned_ns", op.name()), spawned);
+    }
+    let runtimes: Vec<_> = (0..2).map(|_| runtime(make)).collect();
+    for op in [Op::Add, Op::Increment] {
+        let crew = Crew::new(&runtimes, op);
+        let best = (0..batches)
+            .map(|_| crew.round(batch).as_nanos() as f64)
+            .fold(f64::MAX, f64::min);
+        out = out.num(
+            &format!("{}/2x2_calls_per_s", op.name()),
+            2.0 * batch as f64 / best * 1e9,
+        );
+    }
+    out.write(&format!("{label}-best"));
+}
+
 /// Per-call latency percentiles of 4 threads on one bundle (criterion gives means only).
 pub fn contention_percentiles(rt: &Arc<Runtime>, calls_per_thread: usize) -> (f64, f64, f64) {
     let start = Instant::now();
