@@ -16,7 +16,10 @@ mod common;
 
 use std::time::Duration;
 
-use criterion::Criterion;
+use criterion::{BenchmarkId, Criterion};
+use interp_pool::{InterpreterConfig, InterpreterHandle, Persistent};
+use polyplug::runtime_builder::RuntimeBuilder;
+use polyplug_abi::{AbiError, GuestContractInstance};
 use polyplug_subinterp::{PythonConfig, PythonLoader, Replicas};
 
 /// Without the pre-warmed spare: every load creates its interpreter on the spot.
@@ -27,7 +30,216 @@ fn cold() -> PythonLoader {
     })
 }
 
+/// With `fast_glue` off: the generated glue on ctypes' own `string_at` / `memmove`, as in
+/// the reference loader.
+fn no_fast_glue() -> PythonLoader {
+    PythonLoader::new(PythonConfig {
+        fast_glue: false,
+        ..PythonConfig::default()
+    })
+}
+
+/// The generated glue alone, timed inside one interpreter with `timeit` (best of 7, so
+/// robust to a busy machine): polyplugc's `calculator_add_abi` and `calculator_greet_abi`
+/// with ctypes' own functions, then with the fast paths installed. Run in Python, per call.
+const GLUE_TIMEIT: &str = r#"
+import ctypes, sys, timeit
+sys.path[:0] = [SITE, BUNDLE]
+import calculator_plugin
+from guest import contracts
+calc = calculator_plugin.Calculator(0)
+args = (ctypes.c_int64 * 2)(2, 3)
+out = ctypes.c_int64()
+args_ptr, out_ptr = ctypes.addressof(args), ctypes.addressof(out)
+name = b"polyplug"
+from polyplug_abi import StringView
+view = StringView(ptr=ctypes.cast(ctypes.c_char_p(name), ctypes.c_void_p), len=len(name))
+view_ptr = ctypes.addressof(view)
+arena = ctypes.create_string_buffer(4096)
+arena_next = [0]
+def alloc(size, _arena):
+    arena_next[0] = (arena_next[0] + size) % 2048
+    return ctypes.addressof(arena) + arena_next[0]
+greet_out = StringView()
+greet_ptr = ctypes.addressof(greet_out)
+def best(stmt, n=20000):
+    return min(timeit.repeat(stmt, number=n, repeat=7, globals=globals())) / n * 1e9
+def measure():
+    return {
+        "add_abi_ns": best("contracts.calculator_add_abi(calc, args_ptr, out_ptr, 0, alloc)"),
+        "greet_abi_ns": best("contracts.calculator_greet_abi(calc, view_ptr, greet_ptr, 0, alloc)"),
+        "string_at_ns": best("ctypes.string_at(args_ptr, 16)"),
+        "memmove_ns": best("ctypes.memmove(out_ptr, b'12345678', 8)"),
+    }
+"#;
+
+fn glue_timeit() {
+    let pool = InterpreterHandle::spawn(InterpreterConfig::named("glue-timeit")).unwrap();
+    let bundle = common::fixtures().join("py_calculator");
+    let (before, after) = pool
+        .call(|py| {
+            let g = py.eval("{}")?;
+            for (k, v) in [
+                ("SITE", bundle.join("site-packages")),
+                ("BUNDLE", bundle.clone()),
+            ] {
+                let v = py.str(&v.to_string_lossy())?;
+                g.call_method(py, "__setitem__", &[&py.str(k)?, &v])?;
+            }
+            py.run_in(GLUE_TIMEIT, &g)?;
+            let measure = g.get_item(py, "measure")?.expect("measure");
+            let before = measure.call(py, &[])?.repr(py)?;
+            assert!(interp_pool::install_fast_ctypes(py)?);
+            let after = measure.call(py, &[])?.repr(py)?;
+            Ok((before, after))
+        })
+        .unwrap();
+    pool.end();
+    println!("glue (timeit, best of 7, ns per call): ctypes' own {before}");
+    println!("glue (timeit, best of 7, ns per call): fast paths  {after}");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-extra");
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = |s: &str| s.replace('\'', "\"");
+    std::fs::write(
+        dir.join("ours-glue.json"),
+        format!(
+            "{{\"ctypes\": {}, \"fast\": {}}}\n",
+            json(&before),
+            json(&after)
+        ),
+    )
+    .unwrap();
+}
+
 const LOADER: &str = "ours";
+const LOADER_NO_GLUE: &str = "ours-noglue";
+
+/// A bundle whose one function does nothing: `noop(impl, args, out, arena, alloc)`.
+const NOOP_BUNDLE: &str = r#"class _Ok:
+    code = 0
+class Impl:
+    def __init__(self, host):
+        pass
+def noop(impl, args, out, arena, alloc):
+    pass
+def polyplug_init(host, ctx):
+    return ([{"contract": "noop@1", "factory": Impl, "functions": [noop]}], _Ok())
+"#;
+
+/// What the loader itself adds to a call: a `vm.call` of a guest function that does
+/// nothing, against the same work done straight on interp-pool (the hand-off, binding two
+/// kept objects and the function, three ints, a Python call with five arguments), both
+/// from the bench's main thread into an own-GIL interpreter.
+fn loader_overhead(c: &mut Criterion) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-extra/py_noop");
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = polyplug_utils::BundleId::new("py_noop").id();
+    std::fs::write(
+        dir.join("manifest.toml"),
+        format!("name = \"py_noop\"\nid = {id}\nloader = \"python\"\nfile = \"noop_plugin.py\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("noop_plugin.py"), NOOP_BUNDLE).unwrap();
+    let rt = RuntimeBuilder::new()
+        .loader(PythonLoader::default())
+        .build()
+        .unwrap();
+    rt.load_bundle(&dir).unwrap();
+    let h = rt
+        .find_guest_contract(polyplug_utils::GuestContractId::new("noop", 1).id(), 1)
+        .unwrap();
+    let iface = rt.resolve_guest_contract(h).unwrap();
+    // SAFETY: a registry interface, alive while the bundle is loaded (all of this bench).
+    let iface = unsafe { &*iface };
+    // SAFETY: a VM-dispatch interface (this loader's): `vm` is the union's active field.
+    let vm = unsafe { iface.dispatch.vm };
+    let instance = GuestContractInstance {
+        data: std::ptr::null_mut(),
+        contract_id: iface.contract_id,
+    };
+    let args = 0i64;
+    let out = std::cell::Cell::new(0i64);
+    let loader_call = || {
+        let mut err = AbiError::ok();
+        // SAFETY: the interface's own entry point and loader data; `args`, `out` and
+        // `err` are valid for the call (the guest touches none of them).
+        unsafe {
+            (vm.call)(
+                vm.loader_data,
+                instance,
+                0,
+                (&args as *const i64).cast(),
+                out.as_ptr().cast(),
+                std::ptr::null_mut(),
+                &mut err,
+            )
+        };
+        assert_eq!(err.code, 0);
+    };
+    let pool = InterpreterHandle::spawn(InterpreterConfig::named("overhead")).unwrap();
+    let kept = pool
+        .call(|py| {
+            py.run("def noop(impl, args, out, arena, alloc):\n    pass\nclass Impl:\n    pass\nimpl = Impl()")?;
+            Ok([
+                Persistent::new(py, py.eval("noop")?),
+                Persistent::new(py, py.eval("impl")?),
+                Persistent::new(py, py.eval("len")?),
+            ])
+        })
+        .unwrap();
+    let pool_same_work = || {
+        pool.call(|py| {
+            let (f, imp, alloc) = (kept[0].bind(py)?, kept[1].bind(py)?, kept[2].bind(py)?);
+            let (a, o, ar) = (py.uint(1 << 40)?, py.uint(1 << 41)?, py.uint(0)?);
+            f.call(py, &[&imp, &a, &o, &ar, &alloc]).map(drop)
+        })
+        .unwrap()
+    };
+    let pool_empty = || pool.call(|_| Ok(())).unwrap();
+    let mut g = c.benchmark_group("overhead");
+    g.bench_function("loader vm.call, no-op guest fn", |b| b.iter(loader_call));
+    g.bench_function(
+        BenchmarkId::new("interp-pool call", "same Python work"),
+        |b| b.iter(pool_same_work),
+    );
+    g.bench_function(
+        BenchmarkId::new("interp-pool call", "empty Rust job"),
+        |b| b.iter(pool_empty),
+    );
+    g.finish();
+    // Best of interleaved batches (as timeit's min): what each costs when the machine
+    // lets it run, compared under the same noise.
+    let batch = 1_000;
+    let mut best = [f64::MAX; 3];
+    for _ in 0..if common::quick() { 20 } else { 300 } {
+        let fs: [&dyn Fn(); 3] = [&loader_call, &pool_same_work, &pool_empty];
+        for (i, f) in fs.iter().enumerate() {
+            let t = std::time::Instant::now();
+            for _ in 0..batch {
+                f();
+            }
+            best[i] = best[i].min(t.elapsed().as_nanos() as f64 / batch as f64);
+        }
+    }
+    println!(
+        "overhead (best of batches, ns per call): loader vm.call no-op {:.0}, interp-pool same Python work {:.0}, interp-pool empty job {:.0}; loader's own part {:.0}",
+        best[0],
+        best[1],
+        best[2],
+        best[0] - best[1]
+    );
+    common::serde_like::Obj::default()
+        .num("loader_noop_ns", best[0])
+        .num("pool_same_work_ns", best[1])
+        .num("pool_empty_ns", best[2])
+        .write("ours-overhead");
+    pool.call(move |_| {
+        drop(kept);
+        Ok(())
+    })
+    .unwrap();
+    pool.end();
+}
 
 /// The fixtures with `replicas` of the driven bundles (cruncher, calculator).
 fn with_replicas(replicas: Replicas) -> std::sync::Arc<polyplug::runtime::Runtime> {
@@ -98,9 +310,16 @@ fn main() {
         .measurement_time(Duration::from_secs(2))
         .sample_size(30)
         .configure_from_args();
+    glue_timeit();
     let rt = common::runtime(PythonLoader::default);
     common::latency(&mut c, LOADER, &rt);
     common::failures(&mut c, LOADER, PythonLoader::default);
+    let rt_no_glue = common::runtime(no_fast_glue);
+    common::latency(&mut c, LOADER_NO_GLUE, &rt_no_glue);
+    common::best_of(LOADER, &rt, PythonLoader::default);
+    common::best_of(LOADER_NO_GLUE, &rt_no_glue, no_fast_glue);
+    drop(rt_no_glue);
+    loader_overhead(&mut c);
     common::nested(&mut c, LOADER, &rt);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);

@@ -54,6 +54,7 @@ fn main() {
     let rt = common::runtime(PythonLoader::default);
     common::latency(&mut c, LOADER, &rt);
     common::failures(&mut c, LOADER, PythonLoader::default);
+    common::best_of(LOADER, &rt, PythonLoader::default);
     common::contention(&mut c, LOADER, &rt);
     common::scaling(&mut c, LOADER, PythonLoader::default);
     // No replicas here: T threads on one bundle, every call on the callers' shared GIL.

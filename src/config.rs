@@ -189,6 +189,13 @@ pub struct PythonConfig {
     pub memory_limit: Option<usize>,
     /// Per-bundle limit, by bundle (manifest) name; wins over `memory_limit`.
     pub bundle_memory_limits: HashMap<String, usize>,
+    /// Replace `ctypes.string_at`, `ctypes.memmove` and `ctypes.cast`, which polyplugc's
+    /// generated glue calls on every call, with native fast paths in every interpreter a bundle runs in,
+    /// before its code runs (`interp_pool::install_fast_ctypes`: same results and errors,
+    /// other argument shapes go to ctypes' own; a bundle that replaces them keeps its
+    /// own). In `main` mode only if this process's loader initialised Python: a host's own
+    /// main interpreter is left alone. Default `true`.
+    pub fast_glue: bool,
 }
 
 impl Default for PythonConfig {
@@ -215,6 +222,7 @@ impl Default for PythonConfig {
             bundle_memory_limits: HashMap::new(),
             replicas: HashMap::new(),
             elastic: ElasticPolicy::default(),
+            fast_glue: true,
         }
     }
 }

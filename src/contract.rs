@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use interp_pool::{
-    Attached, CallOptions, Detail, InterpreterHandle, InterpreterId, NativeError, Persistent,
-    PyObj,
+    Attached, CallOptions, Detail, InterpreterHandle, InterpreterId, NativeError, Persistent, PyObj,
 };
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::{

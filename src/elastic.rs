@@ -95,6 +95,8 @@ pub(crate) struct Spec {
     pub(crate) ignored: Vec<String>,
     /// Each replica's share of the bundle's memory limit.
     pub(crate) memory_limit: Option<usize>,
+    /// Install the ctypes fast paths in new replicas (`PythonConfig::fast_glue`).
+    pub(crate) fast_glue: bool,
     pub(crate) min: usize,
     pub(crate) max: usize,
     pub(crate) policy: ElasticPolicy,
@@ -214,6 +216,9 @@ fn grow(spec: &Spec, n: usize) -> Result<(), String> {
     };
     let declared = member
         .call(|py| {
+            if spec.fast_glue {
+                crate::fast_glue::install(py, &spec.plan.name);
+            }
             Ok(load::run_init(
                 py,
                 &plan,

@@ -26,6 +26,7 @@ mod contract;
 mod elastic;
 mod error;
 mod failure_log;
+mod fast_glue;
 #[cfg(feature = "c-exports")]
 pub mod ffi;
 mod isolation;
@@ -99,6 +100,9 @@ pub struct BundleInfo {
     /// Its memory limit, bytes (`PythonConfig::memory_limit` / `bundle_memory_limits`),
     /// enforced only with `memory_accounting`.
     pub memory_limit: Option<u64>,
+    /// Whether the generated glue's `ctypes.string_at` / `ctypes.memmove` run as native
+    /// fast paths in its interpreter (`PythonConfig::fast_glue`).
+    pub fast_glue: bool,
 }
 
 impl PythonLoader {
@@ -133,6 +137,7 @@ impl PythonLoader {
             replicas: b.target.members().len(),
             memory_accounting: interp_pool::memory_accounting(),
             memory_limit: b.memory_limit(),
+            fast_glue: b.fast_glue,
         })
     }
 

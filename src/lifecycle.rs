@@ -52,6 +52,8 @@ pub(crate) struct LoadedBundle {
     pub(crate) reason: ModeReason,
     /// Refusals seen at call time (`BundleInfo::call_refusals`).
     pub(crate) watch: Arc<CallWatch>,
+    /// Whether the ctypes fast paths are in place in its interpreter (`fast_glue.rs`).
+    pub(crate) fast_glue: bool,
     /// Its identity in the main interpreter (`Main` mode only).
     key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
@@ -134,7 +136,10 @@ impl LoadedBundle {
     fn accounts(&self, members: &[InterpreterHandle]) -> Vec<Arc<MemoryAccount>> {
         match &self.main_memory {
             Some(a) => vec![Arc::clone(a)],
-            None => members.iter().map(|m| Arc::clone(m.memory_account())).collect(),
+            None => members
+                .iter()
+                .map(|m| Arc::clone(m.memory_account()))
+                .collect(),
         }
     }
 
@@ -487,10 +492,14 @@ impl Loader {
             account.set_limit(limit);
             account
         };
+        let fast_glue = crate::fast_glue::wanted(&self.config, mode);
+        // Each replica's init job: the ctypes fast paths first (before any bundle code).
         let init = |h: &InterpreterHandle, account: &Arc<MemoryAccount>| {
             h.call(|py| {
+                let installed = fast_glue && crate::fast_glue::install(py, bundle);
                 let _account = main_account.as_ref().map(|a| a.enter());
-                Ok(load::run_init(py, plan, runtime, host, key, &sink, &policy))
+                Ok(load::run_init(py, plan, runtime, host, key, &sink, &policy)
+                    .map(|i| (i, installed)))
             })
             .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()))
             .map_err(|e| memory_limits::at_load(bundle, account, e))
@@ -500,6 +509,8 @@ impl Loader {
         let mut declared = Vec::with_capacity(count);
         // Replicas run the same code: the first one's fallback modules are the bundle's.
         let mut fallback = Vec::new();
+        // Whether every replica got the fast paths.
+        let mut fast_glue_everywhere = true;
         for i in 0..count {
             if i > 0 {
                 let config = self.config.interpreter(&format!("{bundle}#{i}"), mode);
@@ -516,7 +527,8 @@ impl Loader {
                 }
             }
             let d = match init(&members[i], &accounts[i]) {
-                Ok(initialized) => {
+                Ok((initialized, installed)) => {
+                    fast_glue_everywhere &= installed;
                     if i == 0 {
                         fallback = initialized.fallback;
                     }
@@ -575,6 +587,7 @@ impl Loader {
                 caught: self.config.caught_refusals,
                 ignored: ignored.to_vec(),
                 memory_limit: limit,
+                fast_glue,
                 min: wanted,
                 max,
                 policy: self.config.elastic,
@@ -591,6 +604,7 @@ impl Loader {
             mode = %mode,
             replicas = members.len(),
             reason = %reason,
+            fast_glue = fast_glue_everywhere,
             contracts = contracts.len(),
             create_ms = t_spawn.as_secs_f64() * 1e3,
             init_ms = t_init.as_secs_f64() * 1e3,
@@ -610,6 +624,7 @@ impl Loader {
                 mode,
                 reason,
                 watch,
+                fast_glue: fast_glue_everywhere,
                 key,
                 meter,
                 main_memory: main_account,

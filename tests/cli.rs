@@ -53,8 +53,21 @@ fn check_loads_every_fixture_bundle() {
             row.contains(" ok ") && row.contains(contract) && row.contains(default_mode()),
             "{row}"
         );
+        assert!(row.contains(" on "), "fast glue is on by default: {row}");
     }
+    assert!(stdout.contains("fast glue"), "{stdout}");
     assert!(stdout.contains("4 bundles, 4 loaded, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn check_says_when_fast_glue_is_off() {
+    let (ok, stdout, stderr) = cli(&["check", "fixtures/bundles", "--no-fast-glue"]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("py_calculator"))
+        .unwrap_or_else(|| panic!("no row:\n{stdout}"));
+    assert!(row.contains(" off "), "{row}");
 }
 
 #[test]

@@ -195,8 +195,18 @@ pub fn latency(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
 
 /// K bundles (one runtime each) driven by K threads; one iteration = one call per thread.
 pub fn scaling<L: BundleLoader + 'static>(c: &mut Criterion, loader: &str, make: fn() -> L) {
+    scaling_of(c, loader, make, &[Op::Add, Op::Increment, Op::Crunch]);
+}
+
+/// `scaling` for the given calls only.
+pub fn scaling_of<L: BundleLoader + 'static>(
+    c: &mut Criterion,
+    loader: &str,
+    make: fn() -> L,
+    ops: &[Op],
+) {
     let runtimes: Vec<_> = (0..4).map(|_| runtime(make)).collect();
-    for op in [Op::Add, Op::Increment, Op::Crunch] {
+    for &op in ops {
         let mut g = c.benchmark_group(format!("scaling/{}", op.name()));
         if op == Op::Crunch {
             g.sample_size(10);
@@ -309,6 +319,43 @@ pub fn failures<L: BundleLoader + 'static>(c: &mut Criterion, loader: &str, make
         .num("log_lines", logged as f64)
         .num("burst_s", secs)
         .write(&format!("{loader}-failures"));
+}
+
+/// Best-of-batches figures (as `timeit`'s min: what a call costs when the shared machine
+/// lets it run): mean per call of the fastest of many short batches, for each call from the
+/// main and from a spawned thread, and aggregate calls/s of 2 bundles × 2 threads (trivial
+/// calls). Written to `target/bench-extra/<label>-best.json` for `tools/bench-report`.
+pub fn best_of<L: BundleLoader + 'static>(label: &str, rt: &Arc<Runtime>, make: fn() -> L) {
+    let (batches, batch) = if quick() { (10, 200) } else { (200, 500) };
+    let mut out = serde_like::Obj::default();
+    for op in [Op::Add, Op::Greet, Op::Increment] {
+        let mut call = op.caller(rt);
+        let crew = Crew::new(std::slice::from_ref(rt), op);
+        let (mut main, mut spawned) = (f64::MAX, f64::MAX);
+        for _ in 0..batches {
+            let t = Instant::now();
+            for _ in 0..batch {
+                call();
+            }
+            main = main.min(t.elapsed().as_nanos() as f64 / batch as f64);
+            spawned = spawned.min(crew.round(batch).as_nanos() as f64 / batch as f64);
+        }
+        out = out
+            .num(&format!("{}/main_ns", op.name()), main)
+            .num(&format!("{}/spawned_ns", op.name()), spawned);
+    }
+    let runtimes: Vec<_> = (0..2).map(|_| runtime(make)).collect();
+    for op in [Op::Add, Op::Increment] {
+        let crew = Crew::new(&runtimes, op);
+        let best = (0..batches)
+            .map(|_| crew.round(batch).as_nanos() as f64)
+            .fold(f64::MAX, f64::min);
+        out = out.num(
+            &format!("{}/2x2_calls_per_s", op.name()),
+            2.0 * batch as f64 / best * 1e9,
+        );
+    }
+    out.write(&format!("{label}-best"));
 }
 
 /// Per-call latency percentiles of 4 threads on one bundle (criterion gives means only).

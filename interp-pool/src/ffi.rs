@@ -32,6 +32,17 @@ extern "C" {
     fn PyThread_get_thread_ident() -> std::ffi::c_ulong;
 }
 
+extern "C" {
+    /// Public C API (sysmodule.h, variadic, so pyo3-ffi does not bind it): raises an audit
+    /// event; `format` is a `Py_BuildValue` format built only if a hook is installed.
+    /// Returns -1 with an exception set if a hook raised.
+    pub(crate) fn PySys_Audit(
+        event: *const std::ffi::c_char,
+        format: *const std::ffi::c_char,
+        ...
+    ) -> std::ffi::c_int;
+}
+
 /// CPython's identifier for the calling OS thread.
 pub(crate) fn thread_ident() -> u64 {
     // SAFETY: thread: any; needs no interpreter or thread state (it wraps pthread_self).

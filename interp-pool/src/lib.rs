@@ -34,6 +34,7 @@ mod cancel;
 mod config;
 mod cpu;
 mod error;
+mod fast_ctypes;
 mod ffi;
 mod group;
 mod handle;
@@ -56,6 +57,7 @@ pub use cancel::{CallOptions, CancelToken};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
 pub use cpu::{thread_cpu_time, CpuTime};
 pub use error::{Error, PyException, Result};
+pub use fast_ctypes::{install_fast_ctypes, FAST_CTYPES_REGISTRY};
 pub use group::{GroupId, InterpreterGroup};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
 pub use memory::{
@@ -65,7 +67,7 @@ pub use native::{NativeArgs, NativeError, NativeResult};
 pub use object::PyObj;
 pub use persistent::Persistent;
 pub use raised::{Detail, RaiseSite, Raised};
-pub use runtime::{is_shut_down, live_interpreters, python_version, shutdown};
+pub use runtime::{is_shut_down, live_interpreters, owns_python, python_version, shutdown};
 
 /// A pool-wide interpreter id, unique for the life of the process (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

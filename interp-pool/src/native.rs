@@ -53,9 +53,20 @@ impl NativeError {
         Self(Repr::Builtin(ExcType::Value, msg.into()))
     }
 
+    /// `RuntimeError(msg)`.
+    pub fn runtime_error(msg: impl Into<String>) -> Self {
+        Self(Repr::Builtin(ExcType::Runtime, msg.into()))
+    }
+
     /// `OverflowError(msg)`.
     pub fn overflow_error(msg: impl Into<String>) -> Self {
         Self(Repr::Builtin(ExcType::Overflow, msg.into()))
+    }
+
+    /// The exception CPython already set on this thread (a C call returned its error
+    /// value): raised as it is.
+    pub(crate) fn pending() -> Self {
+        Self(Repr::Pending)
     }
 
     /// Sets this as the pending exception of the attached thread state.

@@ -115,7 +115,18 @@ impl<'py> PyObj<'py> {
 
     /// `self(*args)`.
     pub fn call(&self, att: &'py Attached<'_>, args: &[&PyObj<'_>]) -> Result<PyObj<'py>> {
-        let mut argv: Vec<*mut sys::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
+        // Up to 8 arguments (every call the loader makes per call) go in a stack array.
+        let mut small = [std::ptr::null_mut::<sys::PyObject>(); 8];
+        let mut large = Vec::new();
+        let argv: &mut [*mut sys::PyObject] = if args.len() <= small.len() {
+            for (slot, a) in small.iter_mut().zip(args) {
+                *slot = a.as_ptr();
+            }
+            &mut small[..args.len()]
+        } else {
+            large.extend(args.iter().map(|a| a.as_ptr()));
+            &mut large
+        };
         // SAFETY: R10: attached (`att`). R11: self and every arg are valid for the call;
         // vectorcall borrows them and returns a new reference or null with an exception.
         let r = unsafe {

@@ -24,6 +24,8 @@ static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 pub(crate) struct Runtime {
     /// `None` if the host initialised Python before us: then we never finalize it.
     main: Mutex<Option<MainThread>>,
+    /// Whether this crate ran `Py_InitializeEx` (fixed at start; `main` is taken at shutdown).
+    owns: bool,
     creation: Mutex<()>,
     live: Mutex<HashMap<InterpreterId, Arc<OwnerLink>>>,
 }
@@ -61,6 +63,7 @@ impl Runtime {
             Some(MainThread::start()?)
         };
         Ok(Self {
+            owns: main.is_some(),
             main: Mutex::new(main),
             creation: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
@@ -252,6 +255,13 @@ pub fn live_interpreters() -> usize {
         Some(Ok(rt)) => rt.lock_live().len(),
         _ => 0,
     }
+}
+
+/// Whether this crate initialised CPython in this process (and so owns the main
+/// interpreter and will finalize it). `false` if the host had initialised Python first, or
+/// if the pool has not started yet (nothing spawned, no [`InterpreterHandle::main`](crate::InterpreterHandle::main)).
+pub fn owns_python() -> bool {
+    matches!(RUNTIME.get(), Some(Ok(rt)) if rt.owns)
 }
 
 /// Whether [`shutdown`] has been called.

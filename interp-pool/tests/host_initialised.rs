@@ -24,6 +24,8 @@ fn pool_adopts_a_host_initialised_python_and_never_finalizes_it() {
     h.memory_account().set_limit(Some(1 << 20));
     h.call(|py| py.run("big = bytearray(8 << 20)")).unwrap();
     assert_eq!(h.memory_account().usage().live, 0);
+    // The loader installs its ctypes fast paths in `main` only when the pool owns Python.
+    assert!(!interp_pool::owns_python());
     interp_pool::shutdown().unwrap();
     assert!(h.is_ended());
     // SAFETY: R1: Py_IsInitialized may be called at any time, on any thread.

@@ -28,6 +28,7 @@ mod ext_api;
 
 mod accelerators;
 mod ext_modules;
+mod fast_glue;
 mod governance;
 mod guest_output;
 mod hardening;

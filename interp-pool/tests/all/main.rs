@@ -6,6 +6,7 @@ mod concurrency;
 mod cpu;
 mod deadlines;
 mod errors;
+mod fast_ctypes;
 mod group;
 mod isolation;
 mod lifecycle;

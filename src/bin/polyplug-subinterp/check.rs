@@ -113,6 +113,7 @@ fn print_rows(rows: &[Row]) {
             "functions",
             "mode",
             "replicas",
+            "fast glue",
             "why",
             "load ms",
             "cpu ms",
@@ -120,10 +121,10 @@ fn print_rows(rows: &[Row]) {
             "py MiB",
             "error",
         ],
-        &[5, 7, 8, 9, 10],
+        &[5, 8, 9, 10, 11],
     );
     for r in rows {
-        let (status, contracts, functions, mode, replicas, why, error) = match &r.outcome {
+        let (status, contracts, functions, mode, replicas, fast, why, error) = match &r.outcome {
             Ok(info) => {
                 let list = |f: fn(&(String, usize)) -> String| {
                     info.contracts.iter().map(f).collect::<Vec<_>>().join(", ")
@@ -138,7 +139,10 @@ fn print_rows(rows: &[Row]) {
                 let contracts = list(|c| c.0.clone());
                 let functions = list(|c| c.1.to_string());
                 let replicas = info.replicas.to_string();
-                ("ok", contracts, functions, info.mode, replicas, why, "")
+                let fast = if info.fast_glue { "on" } else { "off" };
+                (
+                    "ok", contracts, functions, info.mode, replicas, fast, why, "",
+                )
             }
             Err(e) => (
                 "FAILED",
@@ -146,6 +150,7 @@ fn print_rows(rows: &[Row]) {
                 String::new(),
                 "-",
                 "-".into(),
+                "-",
                 "-".into(),
                 e.as_str(),
             ),
@@ -157,6 +162,7 @@ fn print_rows(rows: &[Row]) {
             functions,
             mode.into(),
             replicas,
+            fast.into(),
             why,
             format!("{:.1}", r.load_ms),
             r.cpu_ms.map_or("-".into(), |c| format!("{c:.1}")),
@@ -197,6 +203,7 @@ fn to_json(rows: &[Row]) -> Value {
                         .collect();
                     v["mode"] = json!(info.mode);
                     v["replicas"] = json!(info.replicas);
+                    v["fast_glue"] = json!(info.fast_glue);
                     v["reason"] = json!({
                         "how": reason.how(),
                         "module": reason.module(),

@@ -49,8 +49,9 @@ enum Command {
     /// subinterpreter loader and prints one row per bundle: contracts, functions,
     /// interpreter mode and why (the extension module that refused the previous mode,
     /// raised or caught by its package, or "fallback" when the bundle kept its mode and
-    /// runs a package's pure-Python fallback), load time and memory, or the error and
-    /// its cause. --json prints the same as one JSON document.
+    /// runs a package's pure-Python fallback), replicas, whether the glue's ctypes calls
+    /// run as native fast paths, load time and memory, or the error and its cause. --json
+    /// prints the same as one JSON document.
     Check(CheckArgs),
     /// Call the fixture contracts calculator.add, counter.increment, cruncher.crunch and
     /// pipeline.run from N host threads; report calls/s and latency.
@@ -73,6 +74,9 @@ struct LoadArgs {
     /// (one per core) or MIN..MAX (elastic). Replicas keep separate module globals.
     #[arg(long = "replicas", value_name = "NAME=K", value_parser = replicas_arg)]
     replicas: Vec<(String, Replicas)>,
+    /// Leave ctypes.string_at / memmove / cast to ctypes (PythonConfig::fast_glue = false).
+    #[arg(long)]
+    no_fast_glue: bool,
 }
 
 impl LoadArgs {
@@ -80,6 +84,7 @@ impl LoadArgs {
     fn config(&self) -> PythonConfig {
         PythonConfig {
             replicas: self.replicas.iter().cloned().collect(),
+            fast_glue: !self.no_fast_glue,
             ..PythonConfig::default()
         }
     }
