@@ -41,6 +41,8 @@ pub(crate) struct ReplicaObjects {
 /// An instance from `create_instance`: it lives on one replica, and so do its calls.
 struct Instance {
     interp: InterpreterId,
+    /// Its replica, when the bundle has several: where its calls are sent.
+    replica: Option<InterpreterHandle>,
     obj: Persistent,
 }
 
@@ -157,14 +159,11 @@ impl ContractData {
         if instance == 0 || !self.target.is_replicated() {
             return Route::Any;
         }
-        let interp = self
+        let replica = self
             .objects()
             .as_ref()
-            .and_then(|o| o.instances.get(&instance).map(|i| i.interp));
-        match interp.and_then(|id| replicas::find(&self.target.members(), id).cloned()) {
-            Some(h) => Route::On(h),
-            None => Route::Any,
-        }
+            .and_then(|o| o.instances.get(&instance).and_then(|i| i.replica.clone()));
+        replica.map_or(Route::Any, Route::On)
     }
 
     /// Runs `job` on `route` with this call's options, metered.
@@ -397,15 +396,13 @@ impl ContractData {
 
     fn create_instance(&self, host: usize) -> Option<u64> {
         // On the replica holding the fewest instances; its calls will all run there.
-        let route = match self.objects().as_ref().and_then(Objects::least_loaded) {
+        let replica = match self.objects().as_ref().and_then(Objects::least_loaded) {
             Some(id) if self.target.is_replicated() => {
-                match replicas::find(&self.target.members(), id) {
-                    Some(h) => Route::On(h.clone()),
-                    None => Route::Any,
-                }
+                replicas::find(&self.target.members(), id).cloned()
             }
-            _ => Route::Any,
+            _ => None,
         };
+        let route = replica.clone().map_or(Route::Any, Route::On);
         let r = self.metered(route, |py| {
             let factory = match self.objects().as_ref().map(|o| o.replica(py.id())) {
                 Some(Ok(r)) => r.factory.bind(py)?,
@@ -421,7 +418,14 @@ impl ContractData {
             let id = o.next_id;
             o.next_id += 1;
             let interp = py.id();
-            o.instances.insert(id, Instance { interp, obj });
+            o.instances.insert(
+                id,
+                Instance {
+                    interp,
+                    replica,
+                    obj,
+                },
+            );
             Ok(Some(id))
         });
         r.unwrap_or_else(|e| {
