@@ -149,6 +149,7 @@ impl ContractData {
         scope::current().unwrap_or(CallOptions {
             timeout: self.timeout,
             cancel: None,
+            ..CallOptions::default()
         })
     }
 

@@ -17,7 +17,11 @@ thread_local! {
 /// use polyplug_subinterp::{with_call_options, CallOptions, CancelToken};
 ///
 /// let token = CancelToken::new(); // token.cancel() from another thread stops the call
-/// let opts = CallOptions { timeout: Some(Duration::from_millis(50)), cancel: Some(token) };
+/// let opts = CallOptions {
+///     timeout: Some(Duration::from_millis(50)),
+///     cancel: Some(token),
+///     ..CallOptions::default()
+/// };
 /// with_call_options(opts, || {
 ///     // calc.add(1, 2) ... through the generated host callers, as usual
 /// });

@@ -51,6 +51,14 @@ impl Attached<'_> {
     pub fn id(&self) -> InterpreterId {
         self.id
     }
+
+    /// Runs `f` with this thread's thread state detached (the GIL released), then
+    /// re-attaches it. `f` is `Send`, so it can capture neither this token nor a
+    /// [`PyObj`](crate::PyObj): nothing touches Python while detached (R4).
+    pub(crate) fn detached<R>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let _reattach = DetachGuard::detach_current();
+        f()
+    }
 }
 
 /// Attaches `ts` now and detaches it on drop, clearing any exception left pending (R6).

@@ -11,8 +11,10 @@
 //!
 //! Code that never returns to the bytecode loop while holding the GIL (a C extension's
 //! own loop) cannot be interrupted; the caller keeps waiting until it returns, and the
-//! `py-interrupt` thread with it. Blocking calls that release the GIL (`time.sleep`,
-//! socket reads) are interrupted when they return.
+//! `py-interrupt` thread with it. Blocking calls that release the GIL (socket reads,
+//! `select`, `threading` waits) are interrupted when they return; `time.sleep` wakes at
+//! once where `sleep.rs`'s replacement is installed. The interrupter stays until the call
+//! finishes: it re-raises after a grace period and then turns on `escalate.rs`'s last step.
 
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
@@ -26,6 +28,7 @@ use once_cell::sync::Lazy;
 use crate::activation;
 use crate::attach::{self, Attached};
 use crate::error::{Error, Result};
+use crate::escalate;
 use crate::ffi::sys;
 use crate::object::PyObj;
 use crate::worker::OwnerLink;
@@ -37,7 +40,14 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
     /// Interrupt the call when this token is cancelled (from any thread).
     pub cancel: Option<CancelToken>,
+    /// How long an interrupted call may go on before it is interrupted again, and after
+    /// a second grace period stopped in a way `except` cannot absorb (`escalate.rs`).
+    /// `None`: [`DEFAULT_GRACE`].
+    pub grace: Option<Duration>,
 }
+
+/// The default [`CallOptions::grace`]: 100 ms.
+pub const DEFAULT_GRACE: Duration = Duration::from_millis(100);
 
 impl CallOptions {
     /// Whether the call needs any interrupt machinery at all.
@@ -119,6 +129,11 @@ pub(crate) struct Interruptible {
     id: u64,
     reason: AtomicU8,
     timeout: Duration,
+    grace: Duration,
+    /// Set when the call has finished on its owner (or was cut short before starting):
+    /// the interrupter stops escalating.
+    done: Mutex<bool>,
+    done_cv: Condvar,
     /// The owner running the call, bound when it starts there (a group's call may run on
     /// any member); `None` while queued.
     link: Mutex<Option<Arc<OwnerLink>>>,
@@ -131,6 +146,9 @@ impl Interruptible {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             reason: AtomicU8::new(Reason::None as u8),
             timeout: opts.timeout.unwrap_or_default(),
+            grace: opts.grace.unwrap_or(DEFAULT_GRACE),
+            done: Mutex::new(false),
+            done_cv: Condvar::new(),
             link: Mutex::new(None),
         });
         if let Some(token) = &opts.cancel {
@@ -167,19 +185,102 @@ impl Interruptible {
         // Pairs with `run`: either it sees our reason before starting (no link yet, or
         // not yet running), or we see it bound and running.
         let Some(link) = self.bound() else { return };
-        // If a job the owner serves while this call waits under it (nested) is running
-        // now, the owner raises it on itself when that job returns (`Owner::run_posted`).
-        link.deferred_interrupt
-            .store(self.id << 2 | reason as u64, Ordering::SeqCst);
-        if link.running.load(Ordering::SeqCst) != self.id {
+        if self.is_done() {
             return;
         }
         let ctl = Arc::clone(self);
         let spawned = thread::Builder::new()
             .name("py-interrupt".into())
-            .spawn(move || ctl.raise_in_owner(&link));
+            .spawn(move || ctl.interrupt_until_done(&link));
         if let Err(e) = spawned {
             tracing::error!("cannot start an interrupt thread: {e}");
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the call finished and wakes its interrupter.
+    fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.done_cv.notify_all();
+    }
+
+    /// Waits up to `d` for the call to finish; whether it did.
+    fn wait_done(&self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        while !*done {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            done = self
+                .done_cv
+                .wait_timeout(done, until - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// On a `py-interrupt` thread, once the call is interrupted: raise the interrupt; if
+    /// the call still runs a grace period later, raise it again; after each further grace
+    /// period, turn the last step on (`escalate.rs`: raising on every line of the call)
+    /// and raise again, until the call has finished.
+    fn interrupt_until_done(&self, link: &Arc<OwnerLink>) {
+        let reason = Reason::load(&self.reason) as u8;
+        let mut round = 0u32;
+        loop {
+            // If a job the owner serves while this call waits under it (nested) is
+            // running now, the owner raises it on itself when that job returns
+            // (`Owner::run_posted`).
+            link.deferred_interrupt
+                .store(self.id << 2 | u64::from(reason), Ordering::SeqCst);
+            if round >= 2 {
+                self.escalate_in_owner(link, reason);
+            }
+            self.raise_in_owner(link);
+            if self.wait_done(self.grace) {
+                return;
+            }
+            round += 1;
+            tracing::debug!(interp = %link.id, call = self.id, round, "interrupted call still running");
+        }
+    }
+
+    /// Turns the last step on for this call if it is the one running on the owner.
+    fn escalate_in_owner(&self, sh: &Arc<OwnerLink>, reason: u8) {
+        let _no_end = sh.interrupt_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if sh.is_ended()
+            || sh.running.load(Ordering::SeqCst) != self.id
+            || escalate::is_traced(sh, self.id)
+        {
+            return;
+        }
+        let interp = sh.interp_ptr as *mut sys::PyInterpreterState;
+        let on = |att: &Attached<'_>| {
+            if sh.running.load(Ordering::SeqCst) != self.id {
+                return Ok(false);
+            }
+            escalate::enable(att, sh, self.id, reason)
+        };
+        // SAFETY: R3 (its one exception), as in `raise_in_owner`: a fresh py-interrupt
+        // thread with no thread state; the interpreter cannot end while we hold
+        // `interrupt_lock`, and has not (checked above).
+        let out = unsafe { attach::with_foreign_thread_state(interp, sh.id, on) };
+        match out {
+            Some(Ok(true)) => {
+                tracing::warn!(interp = %sh.id, call = self.id, "interrupted call swallowed its interrupt; raising it on every line until it returns");
+            }
+            Some(Ok(false)) => {
+                tracing::warn!(interp = %sh.id, call = self.id, "interrupted call still running; no sys.monitoring tool id free to stop it");
+            }
+            Some(Err(e)) => {
+                tracing::warn!(interp = %sh.id, call = self.id, error = %e, "could not turn the interrupt tool on");
+            }
+            None => {}
         }
     }
 
@@ -194,9 +295,11 @@ impl Interruptible {
         f: impl FnOnce(&Attached<'_>) -> Result<R>,
     ) -> Result<R> {
         if let Some(e) = self.interrupted() {
+            self.finish();
             return Err(e); // cut short while queued: never started
         }
         let Some(owner) = activation::owner() else {
+            self.finish();
             return Err(Error::Internal(
                 "an interruptible call ran off an owner thread".into(),
             ));
@@ -210,6 +313,10 @@ impl Interruptible {
             f(att)
         };
         sh.running.store(outer, Ordering::SeqCst);
+        // No Python ran since the store: the interrupter (under the GIL) either turned the
+        // tool on before it and we see it here, or sees that the call is over.
+        escalate::remove(att, sh, self.id);
+        self.finish();
         if sh.async_pending.swap(false, Ordering::SeqCst) {
             // An interrupt that arrived as the call returned must not hit the next one.
             // SAFETY: R10: thread: the owner; tstate: attached (`att`). A null exception
@@ -237,6 +344,9 @@ impl Interruptible {
             if sh.running.load(Ordering::SeqCst) != self.id {
                 return false;
             }
+            sh.interrupt
+                .reason
+                .store(Reason::load(&self.reason) as u8, Ordering::SeqCst);
             // SAFETY: R10: we hold the interpreter's GIL (`_att`); `class` is a class of
             // this interpreter kept alive by the pool until it ends (R3's `interrupt_lock`
             // keeps the end out); SetAsyncExc takes its own reference.
@@ -255,6 +365,8 @@ impl Interruptible {
         // releasing it; checked above).
         let raised = unsafe { attach::with_foreign_thread_state(interp, sh.id, raise) };
         if raised == Some(true) {
+            // Wake the owner if it sleeps in `time.sleep` (`sleep.rs`).
+            sh.thread.unpark();
             tracing::debug!(interp = %sh.id, call = self.id, "interrupt raised");
         }
     }
@@ -336,6 +448,9 @@ pub(crate) fn raise_deferred(att: &Attached<'_>, link: &OwnerLink, outer: u64) {
     }
     link.deferred_interrupt.store(0, Ordering::SeqCst);
     let class = link.interrupts.for_reason((deferred & 3) as u8);
+    link.interrupt
+        .reason
+        .store((deferred & 3) as u8, Ordering::SeqCst);
     let _ = att;
     // SAFETY: R10: the owner, attached (`att`); `class` is this interpreter's class, kept
     // alive by the pool; SetAsyncExc on our own thread only flags our thread state.

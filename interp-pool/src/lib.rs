@@ -35,6 +35,7 @@ mod config;
 mod cpu;
 mod error;
 mod fast_ctypes;
+mod escalate;
 mod ffi;
 mod group;
 mod handle;
@@ -45,6 +46,7 @@ mod object;
 mod persistent;
 mod raised;
 mod runtime;
+mod sleep;
 mod wait;
 mod worker;
 
@@ -53,11 +55,12 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use attach::Attached;
-pub use cancel::{CallOptions, CancelToken};
+pub use cancel::{CallOptions, CancelToken, DEFAULT_GRACE};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
 pub use cpu::{thread_cpu_time, CpuTime};
 pub use error::{Error, PyException, Result};
 pub use fast_ctypes::{install_fast_ctypes, FAST_CTYPES_REGISTRY};
+pub use escalate::{exempt_from_interrupt_tracing, guest_returned};
 pub use group::{GroupId, InterpreterGroup};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
 pub use memory::{
@@ -68,6 +71,7 @@ pub use object::PyObj;
 pub use persistent::Persistent;
 pub use raised::{Detail, RaiseSite, Raised};
 pub use runtime::{is_shut_down, live_interpreters, owns_python, python_version, shutdown};
+pub use sleep::install_interruptible_sleep;
 
 /// A pool-wide interpreter id, unique for the life of the process (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -15,6 +15,7 @@ use crate::cancel::{self, InterruptClasses};
 use crate::config::{InterpreterConfig, WhenFull};
 use crate::cpu::OwnerClock;
 use crate::error::{Error, Result};
+use crate::escalate::InterruptState;
 use crate::ffi::{self, sys};
 use crate::group::GroupId;
 use crate::job::Job;
@@ -62,6 +63,9 @@ pub(crate) struct OwnerLink {
     /// `call id << 2 | reason` of an interrupt requested while the call waited under a
     /// nested job (0: none); see `cancel::raise_deferred`.
     pub(crate) deferred_interrupt: AtomicU64,
+    /// The reason of the last interrupt raised here, and the last step's tool
+    /// (`escalate.rs`).
+    pub(crate) interrupt: InterruptState,
     /// The group this interpreter serves as a member, if any (set once, on joining).
     pub(crate) group: OnceLock<GroupId>,
     /// Jobs this owner has run from its queues (an idle member's count stands still).
@@ -98,6 +102,11 @@ impl OwnerLink {
         } else {
             Ok(self.caller_spin)
         }
+    }
+
+    /// `Reason as u8` of the interrupt last raised on the owner.
+    pub(crate) fn raised_reason(&self) -> u8 {
+        self.interrupt.reason.load(Ordering::SeqCst)
     }
 
     /// True while the owner waits on another interpreter: see `wait::OwnerState::Nested`.
@@ -230,6 +239,7 @@ impl Owner {
             async_pending: AtomicBool::new(false),
             interrupt_lock: Mutex::new(()),
             deferred_interrupt: AtomicU64::new(0),
+            interrupt: InterruptState::default(),
             group: OnceLock::new(),
             served: AtomicU64::new(0),
             clock: OwnerClock::current_thread(),

@@ -21,6 +21,9 @@ fn pool_adopts_a_host_initialised_python_and_never_finalizes_it() {
     // No allocator could be installed before the host's initialisation: nothing counted,
     // nothing limited, no crash.
     assert!(!interp_pool::memory_accounting());
+    // The host owns this Python: embedders (the loader) leave its main interpreter's
+    // `time.sleep` alone.
+    assert!(!interp_pool::owns_python());
     h.memory_account().set_limit(Some(1 << 20));
     h.call(|py| py.run("big = bytearray(8 << 20)")).unwrap();
     assert_eq!(h.memory_account().usage().live, 0);

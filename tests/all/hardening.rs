@@ -98,6 +98,7 @@ fn a_host_cancels_a_call_from_another_thread() {
         let opts = CallOptions {
             timeout: None,
             cancel: Some(token),
+            ..CallOptions::default()
         };
         let r = with_call_options(opts, || {
             call_abi(

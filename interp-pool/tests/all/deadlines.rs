@@ -12,6 +12,7 @@ fn timeout(ms: u64) -> CallOptions {
     CallOptions {
         timeout: Some(Duration::from_millis(ms)),
         cancel: None,
+        ..CallOptions::default()
     }
 }
 
@@ -64,6 +65,7 @@ fn cancel_from_another_thread_interrupts_and_is_distinct_from_timeout() {
         let opts = CallOptions {
             timeout: Some(Duration::from_secs(60)),
             cancel: Some(token.clone()),
+            ..CallOptions::default()
         };
         // The canceller fires once the call is running (the job says so), not after a guess.
         let (started_tx, started_rx) = mpsc::channel::<()>();

@@ -180,6 +180,7 @@ fn a_deadline_interrupts_the_call_on_whichever_member_runs_it() {
     let opts = CallOptions {
         timeout: Some(Duration::from_millis(50)),
         cancel: None,
+        ..CallOptions::default()
     };
     for _ in 0..3 {
         let r = within(LIMIT, "group deadline", || {
@@ -206,6 +207,7 @@ fn an_interrupt_never_lands_in_a_job_served_while_its_call_waits() {
     let opts = CallOptions {
         timeout: Some(Duration::from_millis(100)),
         cancel: None,
+        ..CallOptions::default()
     };
     let (a2, b2) = (a.clone(), b.clone());
     let r = within(LIMIT, "stacked interrupt", || {

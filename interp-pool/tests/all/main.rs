@@ -7,6 +7,7 @@ mod cpu;
 mod deadlines;
 mod errors;
 mod fast_ctypes;
+mod escalation;
 mod group;
 mod isolation;
 mod lifecycle;

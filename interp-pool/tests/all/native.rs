@@ -158,6 +158,7 @@ fn interrupts_raise_the_interpreters_named_classes() {
     let opts = CallOptions {
         timeout: Some(Duration::from_millis(50)),
         cancel: None,
+        ..CallOptions::default()
     };
     let r = within(Duration::from_secs(20), "interrupt", || {
         h.call_with(&opts, |py| py.run("spin()"))
