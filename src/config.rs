@@ -158,6 +158,11 @@ pub struct PythonConfig {
     pub call_timeout: Option<Duration>,
     /// Per-bundle deadline, by bundle (manifest) name; wins over `call_timeout`.
     pub bundle_timeouts: HashMap<String, Duration>,
+    /// How long a call interrupted at its deadline may go on before it is interrupted
+    /// again; after a second grace period it is stopped on its next line whatever its
+    /// `except` clauses (README, "Deadlines"). Default 100 ms
+    /// (`interp_pool::DEFAULT_GRACE`); `with_call_options` may set its own.
+    pub interrupt_grace: Duration,
     /// Calls that may wait in one bundle's queue. Default 1024.
     pub queue_capacity: usize,
     /// When a bundle's queue is full: wait for room (`Block`, default) or fail the call
@@ -214,6 +219,7 @@ impl Default for PythonConfig {
             ignored_refusals: HashMap::new(),
             call_timeout: None,
             bundle_timeouts: HashMap::new(),
+            interrupt_grace: interp_pool::DEFAULT_GRACE,
             queue_capacity: 1024,
             when_full: WhenFull::Block,
             failure_log: FailureLogPolicy::default(),

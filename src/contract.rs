@@ -113,6 +113,8 @@ pub(crate) struct ContractData {
     pub(crate) meter: Arc<Meter>,
     /// The bundle's configured deadline (`with_call_options` overrides it).
     pub(crate) timeout: Option<Duration>,
+    /// `PythonConfig::interrupt_grace`, unless the call's own options set one.
+    pub(crate) grace: Duration,
     /// What a refusal seen during a call does (`refusals::CallWatch`), shared by the
     /// bundle's contracts.
     pub(crate) watch: Arc<CallWatch>,
@@ -146,11 +148,13 @@ impl ContractData {
 
     /// This call's deadline and cancel token.
     fn options(&self) -> CallOptions {
-        scope::current().unwrap_or(CallOptions {
+        let mut opts = scope::current().unwrap_or(CallOptions {
             timeout: self.timeout,
             cancel: None,
             ..CallOptions::default()
-        })
+        });
+        opts.grace = opts.grace.or(Some(self.grace));
+        opts
     }
 
     /// Where a call on `instance` runs: any replica for the default instance (0) or when
@@ -208,10 +212,15 @@ impl ContractData {
             }
             r
         };
+        // Only calls with a deadline read the clock here.
+        let called = opts.timeout.map(|_| Instant::now());
         let r = match route {
             Route::Any => self.target.call_with(&opts, timed),
             Route::On(h) => h.call_with(&opts, timed),
         };
+        if let (Some(called), Err(interp_pool::Error::Timeout { after })) = (called, &r) {
+            m.overrun(called.elapsed().saturating_sub(*after));
+        }
         m.finish(match &r {
             Ok(_) => Outcome::Ok,
             Err(interp_pool::Error::Timeout { .. }) => Outcome::Timeout,
@@ -225,12 +234,18 @@ impl ContractData {
     /// Runs guest code `f` as this bundle's (see `isolation`); a no-op wrapper outside
     /// `main` mode.
     fn guest<T>(&self, py: &Attached<'_>, f: impl FnOnce() -> T) -> T {
-        let Some(key) = self.scope else { return f() };
+        let Some(key) = self.scope else {
+            let out = f();
+            // Past the guest's frames: the interrupt's last step must not hit ours.
+            interp_pool::guest_returned(py);
+            return out;
+        };
         let out = {
             let _scope = Scope::enter(key);
             let _account = self.memory.as_ref().map(|m| m.enter());
             f()
         };
+        interp_pool::guest_returned(py);
         if let Err(e) = isolation::settle(py) {
             tracing::warn!(bundle = %self.bundle, error = %e, "could not re-key imported modules");
         }

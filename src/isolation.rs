@@ -104,7 +104,7 @@ fn module<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
     let m = py
         .import("types")?
         .call_method(py, "ModuleType", &[&py.str(MODULE)?])?;
-    py.run_in(ISOLATION, &m.getattr(py, "__dict__")?)?;
+    crate::deadlines::run_loader_code(py, ISOLATION, &m.getattr(py, "__dict__")?)?;
     let (cur, dirty) = (current_fn(py)?, mark_dirty_fn(py)?);
     m.call_method(py, "install", &[&cur, &dirty])?;
     modules.call_method(py, "__setitem__", &[&py.str(MODULE)?, &m])?;

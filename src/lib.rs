@@ -23,6 +23,7 @@
 
 mod config;
 mod contract;
+mod deadlines;
 mod elastic;
 mod error;
 mod failure_log;

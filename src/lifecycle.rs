@@ -566,6 +566,7 @@ impl Loader {
             key,
             meter: Arc::clone(&meter),
             timeout: self.config.timeout_for(bundle),
+            grace: self.config.interrupt_grace,
             watch: Arc::clone(&watch),
         };
         let (contracts, registered) =

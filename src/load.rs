@@ -260,8 +260,9 @@ fn init_bundle(
 ) -> Result<Vec<Declared>, LoadFailure> {
     let boot = (|| {
         let ns = py.eval("{'__builtins__': __builtins__}")?;
+        crate::deadlines::prepare(py, in_main)?;
         for src in BOOTSTRAP {
-            py.run_in(src, &ns)?;
+            crate::deadlines::run_loader_code(py, src, &ns)?;
         }
         output::install(py, &ns, output)?;
         refusals::install(py)?;
@@ -627,6 +628,7 @@ pub(crate) struct BundleCallSettings {
     pub(crate) memory: Option<Arc<interp_pool::MemoryAccount>>,
     pub(crate) meter: Arc<Meter>,
     pub(crate) timeout: Option<std::time::Duration>,
+    pub(crate) grace: std::time::Duration,
     /// Refusals seen at call time.
     pub(crate) watch: Arc<CallWatch>,
 }
@@ -670,6 +672,7 @@ pub(crate) fn register_all(
             memory: settings.memory.clone(),
             meter: Arc::clone(&settings.meter),
             timeout: settings.timeout,
+            grace: settings.grace,
             watch: Arc::clone(&settings.watch),
             bundle: bundle.to_owned(),
             contract_id: GuestContractId::new(&d.name, d.major),

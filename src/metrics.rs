@@ -73,6 +73,15 @@ pub struct BundleMetrics {
     pub memory_peak_bytes: u64,
     /// Allocations refused because of the bundle's memory limit (each a `MemoryError`).
     pub memory_denied: u64,
+    /// How far past its deadline the worst call that timed out ran: from the deadline to
+    /// the moment its caller got `Error::Timeout` back. The caller cannot return earlier
+    /// than the guest stops: the ABI gives the guest pointers into the caller's frame
+    /// (arguments, output, arena). Bounded by about two `interrupt_grace` periods for
+    /// pure-Python code; unbounded for C code holding the GIL (README, "Deadlines").
+    pub deadline_overrun_max: Duration,
+    /// The 99th percentile of the same, over every call that timed out (each one
+    /// recorded, not sampled).
+    pub deadline_overrun_p99: Duration,
 }
 
 /// One call in this many, per calling thread, has its latencies recorded (the first one on
@@ -161,6 +170,9 @@ pub(crate) struct Meter {
     max_depth: AtomicUsize,
     pub(crate) queue_wait: Histogram,
     pub(crate) run: Histogram,
+    /// Calls that timed out: how far past the deadline each returned (`deadlines.rs`).
+    overrun: Histogram,
+    overrun_max_ns: AtomicU64,
     rss_at_load: AtomicU64,
     /// The owner's clock when the load began (subinterpreter modes).
     cpu_base: Mutex<Option<CpuTime>>,
@@ -193,6 +205,8 @@ impl Meter {
             max_depth: AtomicUsize::new(0),
             queue_wait: Histogram::new(),
             run: Histogram::new(),
+            overrun: Histogram::new(),
+            overrun_max_ns: AtomicU64::new(0),
             rss_at_load: AtomicU64::new(0),
             cpu_base: Mutex::new(None),
             cpu_sampled_ns: AtomicU64::new(0),
@@ -239,6 +253,13 @@ impl Meter {
                 (Duration::from_nanos(scaled as u64), Duration::ZERO)
             }
         }
+    }
+
+    /// A call that timed out returned `d` after its deadline.
+    pub(crate) fn overrun(&self, d: Duration) {
+        self.overrun.record(d);
+        self.overrun_max_ns
+            .fetch_max(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     pub(crate) fn set_rss_at_load(&self, bytes: u64) {
@@ -305,6 +326,8 @@ impl Meter {
             memory_bytes: memory.live,
             memory_peak_bytes: memory.peak,
             memory_denied: memory.denied,
+            deadline_overrun_max: Duration::from_nanos(self.overrun_max_ns.load(Relaxed)),
+            deadline_overrun_p99: self.overrun.percentile(0.99),
         }
     }
 }

@@ -265,7 +265,7 @@ fn module<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
     let m = py
         .import("types")?
         .call_method(py, "ModuleType", &[&py.str(MODULE)?])?;
-    py.run_in(REFUSALS, &m.getattr(py, "__dict__")?)?;
+    crate::deadlines::run_loader_code(py, REFUSALS, &m.getattr(py, "__dict__")?)?;
     m.call_method(py, "install", &[&mark_fn(py)?])?;
     modules.call_method(py, "__setitem__", &[&py.str(MODULE)?, &m])?;
     Ok(m)

@@ -72,8 +72,14 @@ pub(crate) fn take(config: &InterpreterConfig) -> Option<InterpreterHandle> {
 /// Called with STATE locked; the maker takes the lock only when done.
 fn make(config: InterpreterConfig) -> bool {
     let job = move || {
-        let made = InterpreterHandle::spawn(config.clone())
-            .and_then(|h| h.call(|py| py.run(PRELUDE)).map(|()| h));
+        let made = InterpreterHandle::spawn(config.clone()).and_then(|h| {
+            h.call(|py| {
+                // Before anything imports `time.sleep` by name (`deadlines.rs`).
+                interp_pool::install_interruptible_sleep(py)?;
+                py.run(PRELUDE)
+            })
+            .map(|()| h)
+        });
         let mut st = lock();
         st.making = None;
         match made {

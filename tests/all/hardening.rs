@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use polyplug_abi::{AbiError, AbiErrorCode};
 use polyplug_subinterp::{
-    with_call_options, CallOptions, CancelToken, PythonConfig, PythonLoader, WhenFull,
-    BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE,
+    with_call_options, CallOptions, CancelToken, InterpreterMode, PythonConfig, PythonLoader,
+    WhenFull, BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE,
 };
 
 use crate::core_api::host::host_callers::{CalculatorContract, CounterContract, PipelineContract};
@@ -75,6 +75,85 @@ fn an_endless_loop_with_a_deadline_times_out_and_the_bundle_answers_next() {
         assert_eq!((m.calls, m.errors, m.timeouts), (3, 1, 1), "{m:?}");
         assert!(m.run_p99 >= Duration::from_millis(100), "{m:?}");
         assert_eq!(m.in_flight, 0);
+    });
+}
+
+const STUBBORN: &str = r#"
+import time
+def nap(impl, args, out, arena, alloc):
+    time.sleep(30)
+def swallow(impl, args, out, arena, alloc):
+    while True:
+        try:
+            while True:
+                pass
+        except BaseException:
+            pass
+def echo(impl, args, out, arena, alloc):
+    print("echo", i64_at(args))
+    put_i64(out, i64_at(args))
+"#;
+
+/// With a 1 s deadline, `time.sleep(30)` returns its error within 1.5 s and a loop that
+/// swallows every interrupt within 2.5 s; the bundle and a bystander answer after, and the
+/// overrun is metered.
+fn deadlines_hold(mode: InterpreterMode, tag: &str) {
+    let name = format!("stubborn_{tag}");
+    let loader = PythonLoader::new(PythonConfig {
+        call_timeout: Some(Duration::from_secs(1)),
+        bundle_modes: [(name.clone(), mode)].into(),
+        ..PythonConfig::default()
+    });
+    let (rt, _logs) = runtime_with(loader.clone(), &[]);
+    let src = plugin_source(&format!("{name}@1"), STUBBORN, "nap, swallow, echo");
+    load_dir(&loader, &rt, &write_bundle(&name, &src, &[]).1).unwrap();
+    let bystander = format!("bystander_{tag}");
+    let src = plugin_source(&format!("{bystander}@1"), STUBBORN, "nap, swallow, echo");
+    load_dir(&loader, &rt, &write_bundle(&bystander, &src, &[]).1).unwrap();
+    for (f, bound) in [(0, 1500), (1, 2500)] {
+        let t0 = std::time::Instant::now();
+        let e = call_abi(&rt, &name, f, 0).unwrap_err();
+        let took = t0.elapsed();
+        assert_eq!(message(&e), TIMEOUT_MESSAGE, "fn {f}");
+        assert!(took < Duration::from_millis(bound), "fn {f}: {took:?}");
+        assert_eq!(
+            call_abi(&rt, &name, 2, 41).ok(),
+            Some(41),
+            "fn {f}: answers after"
+        );
+        assert_eq!(
+            call_abi(&rt, &bystander, 2, 7).ok(),
+            Some(7),
+            "fn {f}: bystander"
+        );
+    }
+    let m = loader
+        .metrics(polyplug_utils::BundleId::new(&name).id())
+        .unwrap();
+    assert_eq!(m.timeouts, 2, "{m:?}");
+    assert!(m.deadline_overrun_max > Duration::ZERO, "{m:?}");
+    assert!(
+        m.deadline_overrun_max < Duration::from_millis(1500),
+        "{m:?}"
+    );
+    assert!(m.deadline_overrun_p99 > Duration::ZERO, "{m:?}");
+    assert!(
+        m.deadline_overrun_p99 <= m.deadline_overrun_max * 5 / 4 + Duration::from_micros(1),
+        "{m:?}"
+    );
+}
+
+#[test]
+fn deadlines_hold_against_sleep_and_swallowing_loops_own_gil() {
+    within("deadlines hold (own gil)", || {
+        deadlines_hold(InterpreterMode::OwnGil, "own")
+    });
+}
+
+#[test]
+fn deadlines_hold_against_sleep_and_swallowing_loops_in_main() {
+    within("deadlines hold (main)", || {
+        deadlines_hold(InterpreterMode::Main, "main")
     });
 }
 
