@@ -143,17 +143,15 @@ fn deadlines_hold(mode: InterpreterMode, tag: &str) {
     );
 }
 
+/// One test, one mode after the other: on CPython 3.12 (where own_gil falls back to
+/// shared_gil) a `shared_gil` interpreter and `main` share a GIL whose drop requests only
+/// reach the requesting interpreter's threads, so the other mode's spinning loop would
+/// starve this one's interrupter (ARCHITECTURE.md, Known limits).
 #[test]
-fn deadlines_hold_against_sleep_and_swallowing_loops_own_gil() {
-    within("deadlines hold (own gil)", || {
-        deadlines_hold(InterpreterMode::OwnGil, "own")
-    });
-}
-
-#[test]
-fn deadlines_hold_against_sleep_and_swallowing_loops_in_main() {
-    within("deadlines hold (main)", || {
-        deadlines_hold(InterpreterMode::Main, "main")
+fn deadlines_hold_against_sleep_and_swallowing_loops() {
+    within("deadlines hold", || {
+        deadlines_hold(InterpreterMode::OwnGil, "own");
+        deadlines_hold(InterpreterMode::Main, "main");
     });
 }
 

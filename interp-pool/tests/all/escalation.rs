@@ -162,3 +162,21 @@ fn a_job_served_while_the_interrupted_call_waits_is_not_hit() {
         b.end();
     });
 }
+
+#[test]
+fn a_long_sleep_wakes_at_the_deadline_in_a_shared_gil_interpreter() {
+    within(LIMIT, "sleep deadline (shared gil)", || {
+        let a = spawn_with(interp_pool::InterpreterConfig {
+            gil: interp_pool::GilMode::Shared,
+            ..interp_pool::InterpreterConfig::named("sleep-shared")
+        });
+        assert!(a.call(install_interruptible_sleep).unwrap());
+        run(&a, "import time");
+        let t0 = Instant::now();
+        let r = a.call_with(&timeout(1000), |py| py.eval("time.sleep(30)").map(|_| ()));
+        let took = t0.elapsed();
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        assert!(took < Duration::from_millis(1500), "{took:?}");
+        a.end();
+    });
+}
