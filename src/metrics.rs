@@ -80,7 +80,8 @@ pub struct BundleMetrics {
     /// pure-Python code; unbounded for C code holding the GIL (README, "Deadlines").
     pub deadline_overrun_max: Duration,
     /// The 99th percentile of the same, over every call that timed out (each one
-    /// recorded, not sampled).
+    /// recorded, not sampled; a histogram bucket's upper bound, at most a quarter above
+    /// the true value, capped at `deadline_overrun_max`).
     pub deadline_overrun_p99: Duration,
 }
 
@@ -327,7 +328,11 @@ impl Meter {
             memory_peak_bytes: memory.peak,
             memory_denied: memory.denied,
             deadline_overrun_max: Duration::from_nanos(self.overrun_max_ns.load(Relaxed)),
-            deadline_overrun_p99: self.overrun.percentile(0.99),
+            // A bucket's upper bound (up to a quarter above), never above the exact max.
+            deadline_overrun_p99: self
+                .overrun
+                .percentile(0.99)
+                .min(Duration::from_nanos(self.overrun_max_ns.load(Relaxed))),
         }
     }
 }
