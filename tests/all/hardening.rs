@@ -291,35 +291,10 @@ fn unload_while_calls_are_in_flight_gives_answers_or_stale_never_a_hang() {
             &[],
         );
         rt.load_bundle(&dir).unwrap();
-        let iface = resolve(&rt, "busyunload", 1) as usize;
-        let (answers, stale) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        std::thread::scope(|s| {
-            for t in 0..4i64 {
-                let (answers, stale) = (&answers, &stale);
-                s.spawn(move || {
-                    let iface = iface as *const polyplug_abi::GuestContractInterface;
-                    for i in 0..200 {
-                        let arg = t * 1000 + i;
-                        match call_on(iface, null_instance(iface), 0, arg) {
-                            Ok(out) => {
-                                assert_eq!(out, arg + 1);
-                                answers.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                assert_eq!(e.code, AbiErrorCode::StaleHandle as u32);
-                                stale.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                });
-            }
-            // In flight: answers have begun; 800 calls of >= 1 ms, served one at a time,
-            // are far from done.
-            wait_until(|| answers.load(Ordering::Relaxed) > 0);
-            rt.unload_bundle(polyplug_utils::BundleId::new("busy_unload"))
-                .unwrap();
-        });
-        assert_eq!(answers.into_inner() + stale.into_inner(), 800);
+        // In flight: answers have begun; 800 calls of >= 1 ms, served one at a time, are far
+        // from done when the unload starts.
+        let (answers, stale) = unload_during_calls(&rt, "busyunload", "busy_unload", 4, 1);
+        assert_eq!(answers + stale, 800);
         // The other bundles never noticed.
         let calc = resolve(&rt, "calculator", 1);
         let (args, mut out) = ([20i64, 22], 0i64);

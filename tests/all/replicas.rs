@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use polyplug_abi::{AbiErrorCode, StringView};
+use polyplug_abi::StringView;
 use polyplug_subinterp::{PythonConfig, PythonLoader, Replicas};
 use polyplug_utils::BundleId;
 
@@ -189,33 +189,9 @@ fn unload_with_calls_in_flight_on_several_replicas_answers_or_goes_stale() {
         );
         rt.load_bundle(&dir).unwrap();
         expect_replicas(&loader, "busy_replicas", 3);
-        let iface = resolve(&rt, "busyreplicas", 1) as usize;
-        let (answers, stale) = (AtomicUsize::new(0), AtomicUsize::new(0));
-        std::thread::scope(|s| {
-            for t in 0..6i64 {
-                let (answers, stale) = (&answers, &stale);
-                s.spawn(move || {
-                    let iface = iface as *const polyplug_abi::GuestContractInterface;
-                    for i in 0..200 {
-                        let arg = t * 1000 + i;
-                        match call_on(iface, null_instance(iface), 0, arg) {
-                            Ok(out) => {
-                                assert_eq!(out, arg + 1);
-                                answers.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                assert_eq!(e.code, AbiErrorCode::StaleHandle as u32);
-                                stale.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                });
-            }
-            // Several replicas are busy: the sleeping calls overlap.
-            wait_until(|| answers.load(Ordering::Relaxed) > 20);
-            rt.unload_bundle(BundleId::new("busy_replicas")).unwrap();
-        });
-        assert_eq!(answers.into_inner() + stale.into_inner(), 1200);
+        // Several replicas are busy when the unload starts: the sleeping calls overlap.
+        let (answers, stale) = unload_during_calls(&rt, "busyreplicas", "busy_replicas", 6, 21);
+        assert_eq!(answers + stale, 1200);
         assert!(loader
             .bundle_info(BundleId::new("busy_replicas").id())
             .is_none());

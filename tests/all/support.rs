@@ -341,3 +341,44 @@ pub fn note(test: &str, why: &str) {
         "note: {test} on CPython {major}.{minor}: {why}"
     );
 }
+
+/// `threads` host threads each make 200 calls of fn 0 (`x -> x + 1`) of `contract@1`
+/// through one interface resolved up front, while `bundle` is unloaded once `started`
+/// answers came back: every call must answer right or say StaleHandle. Returns
+/// `(answers, stale)`, which add up to all calls made.
+pub fn unload_during_calls(
+    rt: &Runtime,
+    contract: &str,
+    bundle: &str,
+    threads: i64,
+    started: usize,
+) -> (usize, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let iface = resolve(rt, contract, 1) as usize;
+    let (answers, stale) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (answers, stale) = (&answers, &stale);
+            s.spawn(move || {
+                let iface = iface as *const GuestContractInterface;
+                for i in 0..200 {
+                    let arg = t * 1000 + i;
+                    match call_on(iface, null_instance(iface), 0, arg) {
+                        Ok(out) => {
+                            assert_eq!(out, arg + 1);
+                            answers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            assert_eq!(e.code, polyplug_abi::AbiErrorCode::StaleHandle as u32);
+                            stale.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+        wait_until(|| answers.load(Ordering::Relaxed) >= started);
+        rt.unload_bundle(polyplug_utils::BundleId::new(bundle))
+            .unwrap();
+    });
+    (answers.into_inner(), stale.into_inner())
+}
