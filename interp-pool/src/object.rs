@@ -115,7 +115,18 @@ impl<'py> PyObj<'py> {
 
     /// `self(*args)`.
     pub fn call(&self, att: &'py Attached<'_>, args: &[&PyObj<'_>]) -> Result<PyObj<'py>> {
-        // Up to 8 arguments (every call the loader makes per call) go in a stack array.
+        let r = self.vectorcall(att, args);
+        // SAFETY: R10/R11: `r` is null or a new reference.
+        unsafe { Self::from_owned_or_err(att, r) }
+    }
+
+    /// `PyObject_Vectorcall(self, args)`: a new reference, or null with an exception set.
+    /// Up to 8 arguments (every call the loader makes per call) go in a stack array.
+    pub(crate) fn vectorcall(
+        &self,
+        _att: &'py Attached<'_>,
+        args: &[&PyObj<'_>],
+    ) -> *mut sys::PyObject {
         let mut small = [std::ptr::null_mut::<sys::PyObject>(); 8];
         let mut large = Vec::new();
         let argv: &mut [*mut sys::PyObject] = if args.len() <= small.len() {
@@ -127,18 +138,16 @@ impl<'py> PyObj<'py> {
             large.extend(args.iter().map(|a| a.as_ptr()));
             &mut large
         };
-        // SAFETY: R10: attached (`att`). R11: self and every arg are valid for the call;
+        // SAFETY: R10: attached (`_att`). R11: self and every arg are valid for the call;
         // vectorcall borrows them and returns a new reference or null with an exception.
-        let r = unsafe {
+        unsafe {
             sys::PyObject_Vectorcall(
                 self.as_ptr(),
                 argv.as_mut_ptr(),
                 argv.len(),
                 std::ptr::null_mut(),
             )
-        };
-        // SAFETY: R10/R11: `r` is null or a new reference.
-        unsafe { Self::from_owned_or_err(att, r) }
+        }
     }
 
     /// `self.name(*args)`.

@@ -70,17 +70,7 @@ impl<'py> PyObj<'py> {
         att: &'py Attached<'_>,
         args: &[&PyObj<'_>],
     ) -> Result<PyObj<'py>, Raised<'py>> {
-        let mut argv: Vec<*mut sys::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
-        // SAFETY: R10: attached (`att`). R11: self and every arg are valid for the call;
-        // vectorcall borrows them and returns a new reference or null with an exception.
-        let r = unsafe {
-            sys::PyObject_Vectorcall(
-                self.as_ptr(),
-                argv.as_mut_ptr(),
-                argv.len(),
-                std::ptr::null_mut(),
-            )
-        };
+        let r = self.vectorcall(att, args);
         // SAFETY: R10/R11: `r` is null or a new reference.
         match unsafe { PyObj::from_owned_ptr(att, r) } {
             Some(obj) => Ok(obj),
