@@ -18,6 +18,27 @@ use interp_pool::{Attached, PyObj};
 /// bootstrap helpers) is compiled under.
 pub(crate) const LOADER_FILE: &str = "<polyplug-subinterp loader>";
 
+/// The loader's module `name` of `sys.modules`, made on first use: `src` run in a fresh
+/// module (see [`run_loader_code`]), then `install(module)`, then registered under `name`.
+pub(crate) fn loader_module<'py>(
+    py: &'py Attached<'_>,
+    name: &str,
+    src: &str,
+    install: impl FnOnce(&PyObj<'py>) -> interp_pool::Result<()>,
+) -> interp_pool::Result<PyObj<'py>> {
+    let modules = py.import("sys")?.getattr(py, "modules")?;
+    if let Some(m) = modules.get(py, name)? {
+        return Ok(m);
+    }
+    let m = py
+        .import("types")?
+        .call_method(py, "ModuleType", &[&py.str(name)?])?;
+    run_loader_code(py, src, &m.getattr(py, "__dict__")?)?;
+    install(&m)?;
+    modules.call_method(py, "__setitem__", &[&py.str(name)?, &m])?;
+    Ok(m)
+}
+
 /// Runs the loader's source `src` in `globals`, compiled under [`LOADER_FILE`].
 pub(crate) fn run_loader_code(
     py: &Attached<'_>,

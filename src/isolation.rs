@@ -97,18 +97,10 @@ fn mark_dirty_fn<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> 
 
 /// The isolation module, installed on first use. `py` must be the main interpreter.
 fn module<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
-    let modules = py.import("sys")?.getattr(py, "modules")?;
-    if let Some(m) = modules.get(py, MODULE)? {
-        return Ok(m);
-    }
-    let m = py
-        .import("types")?
-        .call_method(py, "ModuleType", &[&py.str(MODULE)?])?;
-    crate::deadlines::run_loader_code(py, ISOLATION, &m.getattr(py, "__dict__")?)?;
-    let (cur, dirty) = (current_fn(py)?, mark_dirty_fn(py)?);
-    m.call_method(py, "install", &[&cur, &dirty])?;
-    modules.call_method(py, "__setitem__", &[&py.str(MODULE)?, &m])?;
-    Ok(m)
+    crate::deadlines::loader_module(py, MODULE, ISOLATION, |m| {
+        let (cur, dirty) = (current_fn(py)?, mark_dirty_fn(py)?);
+        m.call_method(py, "install", &[&cur, &dirty]).map(drop)
+    })
 }
 
 /// Declares a bundle's import directories; imports made inside its [`Scope`] use them.

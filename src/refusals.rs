@@ -258,17 +258,9 @@ fn mark_fn<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
 /// The wrapper's module in this interpreter, installed on first use (each subinterpreter
 /// once, at its bundle's load; the main interpreter once per process).
 fn module<'py>(py: &'py Attached<'_>) -> interp_pool::Result<PyObj<'py>> {
-    let modules = py.import("sys")?.getattr(py, "modules")?;
-    if let Some(m) = modules.get(py, MODULE)? {
-        return Ok(m);
-    }
-    let m = py
-        .import("types")?
-        .call_method(py, "ModuleType", &[&py.str(MODULE)?])?;
-    crate::deadlines::run_loader_code(py, REFUSALS, &m.getattr(py, "__dict__")?)?;
-    m.call_method(py, "install", &[&mark_fn(py)?])?;
-    modules.call_method(py, "__setitem__", &[&py.str(MODULE)?, &m])?;
-    Ok(m)
+    crate::deadlines::loader_module(py, MODULE, REFUSALS, |m| {
+        m.call_method(py, "install", &[&mark_fn(py)?]).map(drop)
+    })
 }
 
 /// Installs the wrapper in this interpreter (idempotent).
