@@ -173,9 +173,20 @@ pub struct PythonConfig {
     /// Each replica is a fresh interpreter that runs the bundle's entry module and its own
     /// `polyplug_init`; a default-instance call runs on whichever replica is free, an
     /// instance's calls on the replica it was made on. **Module globals are per replica**:
-    /// replicas are for stateless bundles and per-instance state. Bundles that land in
-    /// `shared_gil` or `main` run with one interpreter (a warning names this setting).
+    /// replicas are for stateless bundles and per-instance state. A bundle that lands in
+    /// `shared_gil` runs with one interpreter (a warning names this setting).
+    ///
+    /// In `main` mode the bundle has one copy, in the main interpreter, and the setting is
+    /// how many of the main interpreter's threads (`main_threads`) may run its calls at
+    /// once, **sharing its module globals**: `Fixed(k)` up to k (a call re-entering the
+    /// bundle on a thread already running it does not count again), `Auto` all of them,
+    /// `Elastic { max, .. }` up to `max`. Absent = 1: one call at a time, as in one
+    /// thread. A bundle whose mode is not the one asked for logs what the setting means.
     pub replicas: HashMap<String, Replicas>,
+    /// Threads serving the main interpreter (`main`-mode bundles), each with its own
+    /// thread state there; process-wide, so the first load that starts them decides
+    /// (later values are logged and ignored). Default `None`: available parallelism.
+    pub main_threads: Option<usize>,
     /// When an [`Replicas::Elastic`] bundle grows and shrinks.
     pub elastic: ElasticPolicy,
     /// How many failing calls per bundle get their full traceback logged; the others are
@@ -227,6 +238,7 @@ impl Default for PythonConfig {
             memory_limit: None,
             bundle_memory_limits: HashMap::new(),
             replicas: HashMap::new(),
+            main_threads: None,
             elastic: ElasticPolicy::default(),
             fast_glue: true,
         }

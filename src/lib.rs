@@ -135,7 +135,7 @@ impl PythonLoader {
             reason: b.reason.clone(),
             call_refusals: b.watch.refused(),
             python_interp_id: b.target.primary().map_or(0, |h| h.python_id()),
-            replicas: b.target.members().len(),
+            replicas: b.target.replicas(),
             memory_accounting: interp_pool::memory_accounting(),
             memory_limit: b.memory_limit(),
             fast_glue: b.fast_glue,

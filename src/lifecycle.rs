@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use interp_pool::{InterpreterGroup, InterpreterHandle, MemoryAccount};
+use interp_pool::{InterpreterGroup, InterpreterHandle, MainLane, MemoryAccount};
 use polyplug::error::LoaderError;
 use polyplug::loader::{BundleSource, ManifestData};
 use polyplug::runtime::Runtime;
@@ -36,6 +36,7 @@ pub(crate) struct Loader {
     /// Set once the `replicas` names were checked against the bundles beside the first
     /// one loaded from a directory.
     replica_names_checked: std::sync::Once,
+    main_threads_checked: std::sync::Once,
 }
 
 /// What one successful load owns.
@@ -127,7 +128,7 @@ impl LoadedBundle {
             ),
             false => Default::default(),
         };
-        let replicas = members.iter().map(crate::ReplicaStats::of).collect();
+        let replicas = self.target.stats();
         self.meter
             .snapshot(self.target.queue_len(), owner_cpu, memory, replicas)
     }
@@ -171,6 +172,7 @@ impl Loader {
             config,
             bundles: Mutex::new(HashMap::new()),
             replica_names_checked: std::sync::Once::new(),
+            main_threads_checked: std::sync::Once::new(),
         }
     }
 
@@ -236,7 +238,7 @@ impl Loader {
                     let _ = c.successor.set(n);
                 }
             }
-            let replicas = b.target.members().len();
+            let replicas = b.target.replicas();
             b.release();
             b.flush_failure_log();
             tracing::info!(
@@ -286,6 +288,28 @@ impl Loader {
         Ok(())
     }
 
+    /// Asks for `main_threads` before the main pool starts; a pool already running with
+    /// another size keeps it (logged once per loader).
+    fn size_main_pool(&self) {
+        let Some(n) = self.config.main_threads else {
+            return;
+        };
+        if interp_pool::set_main_threads(n) {
+            return;
+        }
+        let running = interp_pool::main_threads();
+        if running != n.clamp(1, interp_pool::MAX_MAIN_THREADS) {
+            self.main_threads_checked.call_once(|| {
+                tracing::warn!(
+                    wanted = n,
+                    running,
+                    "PythonConfig::main_threads is ignored: the main interpreter's threads \
+                     were started by an earlier load in this process"
+                );
+            });
+        }
+    }
+
     /// A fresh interpreter for `bundle` in `mode`: the pre-warmed spare if allowed (own-GIL
     /// only) and ready, else a new one.
     fn interpreter(
@@ -295,6 +319,7 @@ impl Loader {
     ) -> interp_pool::Result<InterpreterHandle> {
         let config = self.config.interpreter(bundle, mode);
         if mode == InterpreterMode::Main {
+            self.size_main_pool();
             return InterpreterHandle::main(config);
         }
         // On 3.12 the spare's prelude (`import ctypes`) fails in own-GIL interpreters and the
@@ -453,12 +478,13 @@ impl Loader {
     ) -> Result<u64, LoadFailure> {
         let bundle = manifest.name.as_str();
         let (wanted, max) = self.replica_bounds(bundle)?;
-        // Replicas are own-GIL interpreters; other modes have one.
+        // Replicas are own-GIL interpreters; `main` has one copy served by several
+        // threads (the lane's limit, set below); `shared_gil` one interpreter.
         let replicated = mode == InterpreterMode::OwnGil && max > 1;
         let count = if mode == InterpreterMode::OwnGil {
             wanted
         } else {
-            if max > 1 {
+            if max > 1 && mode == InterpreterMode::SharedGil {
                 replicas::warn_unreplicated(&runtime.logger(), bundle, mode.as_str(), max);
             }
             1
@@ -549,7 +575,7 @@ impl Loader {
             }
             declared.push(d);
         }
-        let target = match self.target(bundle, mode, &members, replicated) {
+        let target = match self.target(bundle, mode, &members, replicated, runtime) {
             Ok(t) => t,
             Err(e) => {
                 discard(&members, declared, key);
@@ -683,7 +709,17 @@ impl Loader {
         mode: InterpreterMode,
         members: &[InterpreterHandle],
         replicated: bool,
+        runtime: &Runtime,
     ) -> interp_pool::Result<Target> {
+        if mode == InterpreterMode::Main {
+            let wanted = replicas::main_limit(self.config.replicas_for(bundle));
+            let lane = MainLane::new(&self.config.interpreter(bundle, mode), wanted)?;
+            if wanted > 1 {
+                let pool = interp_pool::main_threads();
+                replicas::note_main_threads(&runtime.logger(), bundle, lane.limit(), pool);
+            }
+            return Ok(Target::Main(lane));
+        }
         if !replicated {
             return Ok(Target::One(members[0].clone()));
         }
@@ -777,6 +813,11 @@ impl Drop for Loader {
 /// the main interpreter, which never ends, it drops the bundle's modules from
 /// `sys.modules` instead.
 fn release(target: &Target, contracts: &[&'static ContractData], key: Option<BundleKey>) {
+    // `main`: the bundle's calls run on several threads; none may still be running when
+    // its objects go.
+    if let Target::Main(lane) = target {
+        lane.end();
+    }
     for m in target.members() {
         let _ = m.call(|py| {
             if let Err(e) = output::flush_partial_lines(py, key) {

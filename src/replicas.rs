@@ -4,8 +4,15 @@
 //! having run the bundle's entry module and `polyplug_init`, behind one queue. Calls on the
 //! default instance go to whichever replica is free; an instance lives on one replica and
 //! its calls go there (affinity). Module globals are per replica.
+//!
+//! A `main`-mode bundle is an `interp_pool::MainLane` instead: its one copy in the main
+//! interpreter, served by the process-wide pool of main threads, with `replicas` as the
+//! lane's limit: how many of those threads may run its calls at once, sharing its module
+//! state (see [`main_limit`]).
 
-use interp_pool::{Attached, CallOptions, InterpreterGroup, InterpreterHandle, InterpreterId};
+use interp_pool::{
+    Attached, CallOptions, InterpreterGroup, InterpreterHandle, InterpreterId, MainLane,
+};
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::types::LogLevel;
 
@@ -16,6 +23,8 @@ pub(crate) enum Target {
     One(InterpreterHandle),
     /// Replicas behind one queue.
     Group(InterpreterGroup),
+    /// A `main`-mode bundle: its lane of the main interpreter's thread pool.
+    Main(MainLane),
 }
 
 impl Target {
@@ -28,14 +37,38 @@ impl Target {
         match self {
             Target::One(h) => h.call_with(opts, f),
             Target::Group(g) => g.call_with(opts, f),
+            Target::Main(l) => l.call_with(opts, f),
         }
     }
 
-    /// The replicas, in the order they were made.
+    /// The replicas, in the order they were made (for `main`: the main interpreter's first
+    /// pool thread, where the bundle's init and cleanup run).
     pub(crate) fn members(&self) -> Vec<InterpreterHandle> {
         match self {
             Target::One(h) => vec![h.clone()],
             Target::Group(g) => g.members(),
+            Target::Main(l) => l.threads().first().cloned().into_iter().collect(),
+        }
+    }
+
+    /// How many replicas it has (for `main`: how many threads may run its calls at once).
+    pub(crate) fn replicas(&self) -> usize {
+        match self {
+            Target::Main(l) => l.limit(),
+            _ => self.members().len(),
+        }
+    }
+
+    /// Per-replica stats (for `main`: the lane's, as one entry).
+    pub(crate) fn stats(&self) -> Vec<ReplicaStats> {
+        match self {
+            Target::Main(l) => vec![ReplicaStats {
+                python_interp_id: 0,
+                queue_depth: l.queue_len(),
+                busy: l.running() > 0,
+                calls_served: l.calls_served(),
+            }],
+            _ => self.members().iter().map(ReplicaStats::of).collect(),
         }
     }
 
@@ -52,20 +85,48 @@ impl Target {
 
     /// Calls waiting for a replica (the shared queue and every replica's own).
     pub(crate) fn queue_len(&self) -> usize {
-        let own: usize = self.members().iter().map(|m| m.queue_len()).sum();
         match self {
-            Target::One(_) => own,
-            Target::Group(g) => own + g.queue_len(),
+            Target::One(h) => h.queue_len(),
+            Target::Group(g) => {
+                g.queue_len() + g.members().iter().map(|m| m.queue_len()).sum::<usize>()
+            }
+            Target::Main(l) => l.queue_len(),
         }
     }
 
-    /// Ends every replica once its running calls return; calls still queued fail.
+    /// Ends every replica once its running calls return; calls still queued fail. (For
+    /// `main`: closes the lane the same way; the main interpreter lives on.)
     pub(crate) fn end(&self) {
         match self {
             Target::One(h) => h.end(),
             Target::Group(g) => g.end(),
+            Target::Main(l) => l.end(),
         }
     }
+}
+
+/// What `replicas` means for a `main`-mode bundle: the lane's limit. `Fixed(k)`: up to k
+/// pool threads at once; `Auto`: every pool thread; `Elastic { max, .. }`: `max` at once
+/// (adding a thread to a lane costs nothing, so the range's top applies from the start).
+pub(crate) fn main_limit(replicas: crate::Replicas) -> usize {
+    match replicas {
+        crate::Replicas::Fixed(k) => k,
+        crate::Replicas::Auto => interp_pool::main_threads(),
+        crate::Replicas::Elastic { max, .. } => max,
+    }
+}
+
+/// A bundle landing in `main` with `replicas` above one: says (to the runtime's logger and
+/// `tracing`) what the setting means there, since in `own_gil` the same value means
+/// isolated interpreters.
+pub(crate) fn note_main_threads(logger: &LoggerHandle, bundle: &str, limit: usize, pool: usize) {
+    let msg = format!(
+        "bundle \"{bundle}\" runs in main mode: PythonConfig::replicas means up to {limit} of the \
+         main interpreter's {pool} threads run its calls at once, sharing one copy of its module \
+         state (not {limit} isolated interpreters)"
+    );
+    tracing::info!(bundle, replicas = limit, main_threads = pool, "{msg}");
+    logger.log(LogLevel::Info, bundle, || msg.clone());
 }
 
 /// One replica's state, as `BundleMetrics` reports it.

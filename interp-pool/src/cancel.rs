@@ -418,6 +418,20 @@ impl InterruptClasses {
         })
     }
 
+    /// New strong references to the same classes, for another thread state of the same
+    /// interpreter (main-pool seats share main's classes).
+    pub(crate) fn share(&self, att: &Attached<'_>) -> Self {
+        let new_ref = |class: NonNull<sys::PyObject>| {
+            // SAFETY: R11: `self` holds a strong reference to `class`, alive while `self`
+            // is; R10: `att` proves the classes' interpreter is attached on this thread.
+            unsafe { PyObj::from_borrowed_ptr(att, class) }.into_non_null()
+        };
+        Self {
+            deadline: new_ref(self.deadline),
+            cancelled: new_ref(self.cancelled),
+        }
+    }
+
     /// The class raised for a reason byte (`Reason as u8`).
     pub(crate) fn for_reason(&self, reason: u8) -> NonNull<sys::PyObject> {
         if reason == Reason::TimedOut as u8 {

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::panic;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::activation::{self, DepthGuard};
 use crate::attach::{AttachGuard, Attached, DetachGuard};
@@ -42,36 +42,35 @@ impl InterpreterHandle {
     /// is the first interpreter of the process.
     pub fn spawn(config: InterpreterConfig) -> Result<Self> {
         let rt = runtime::get()?;
-        let link = worker::spawn(rt, config, Origin::New)?;
+        let link = worker::spawn(rt, config, Origin::New, None)?;
         Ok(Self { link })
     }
 
-    /// The main interpreter, served by one process-wide owner thread (`py-__main__`) with
-    /// a thread state of its own: for extension modules that refuse subinterpreters.
+    /// The main interpreter, on the first of the process-wide pool of threads that serve
+    /// it (`py-__main__`; see [`MainLane`](crate::MainLane) for the pool), through a
+    /// thread state of that thread's own: for extension modules that refuse
+    /// subinterpreters.
     ///
-    /// Every caller gets a handle to the same server, started on first use with
-    /// `config`'s depth cap, stack size and wait policy (later configs are
-    /// ignored; the GIL and isolation settings never apply: this is the main interpreter,
-    /// sharing its GIL with every [`GilMode::Shared`](crate::GilMode::Shared) interpreter).
+    /// Every caller gets a handle to the same thread, the pool being started on first use
+    /// with `config`'s depth cap, stack size and wait policy (later configs are ignored;
+    /// the GIL and isolation settings never apply: this is the main interpreter, sharing
+    /// its GIL with every [`GilMode::Shared`](crate::GilMode::Shared) interpreter). A call
+    /// made on any pool thread runs inline there: they all are the main interpreter.
     /// [`end`](Self::end) does nothing on it; [`shutdown`](crate::shutdown) stops it.
     pub fn main(config: InterpreterConfig) -> Result<Self> {
-        static MAIN: Mutex<Option<InterpreterHandle>> = Mutex::new(None);
-        let mut slot = MAIN.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(h) = slot
-            .as_ref()
-            .filter(|h| !h.link.closing.load(Ordering::Acquire))
-        {
-            return Ok(h.clone());
-        }
-        let rt = runtime::get()?;
         let config = InterpreterConfig {
             name: "__main__".into(),
             ..config
         };
-        let link = worker::spawn(rt, config, Origin::Main)?;
-        let handle = Self { link };
-        *slot = Some(handle.clone());
-        Ok(handle)
+        Ok(crate::main_pool::Pool::get(&config)?.first())
+    }
+
+    pub(crate) fn from_link(link: Arc<OwnerLink>) -> Self {
+        Self { link }
+    }
+
+    pub(crate) fn link_arc(&self) -> &Arc<OwnerLink> {
+        &self.link
     }
 
     /// Whether this is the [`main`](Self::main) interpreter's handle.

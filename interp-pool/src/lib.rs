@@ -40,6 +40,7 @@ mod ffi;
 mod group;
 mod handle;
 mod job;
+mod main_pool;
 mod memory;
 mod native;
 mod object;
@@ -63,6 +64,7 @@ pub use escalate::{exempt_from_interrupt_tracing, guest_returned};
 pub use fast_ctypes::{install_fast_ctypes, FAST_CTYPES_REGISTRY};
 pub use group::{GroupId, InterpreterGroup};
 pub use handle::{current_depth, current_interpreter, InterpreterHandle};
+pub use main_pool::{main_threads, set_main_threads, MainLane, MAX_MAIN_THREADS};
 pub use memory::{
     memory_accounting, set_memory_accounting, AccountScope, MemoryAccount, MemoryUsage,
 };

@@ -1,7 +1,6 @@
 //! The process-wide CPython runtime: initialised once, on a thread of its own that keeps
 //! the main interpreter's thread state detached until the one finalize (R1, R9).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -14,7 +13,6 @@ use crate::attach;
 use crate::error::{Error, Result};
 use crate::ffi::sys;
 use crate::worker::OwnerLink;
-use crate::InterpreterId;
 
 static RUNTIME: OnceCell<Result<Runtime>> = OnceCell::new();
 /// Set by `shutdown`, before anything is torn down; never cleared (no re-initialise).
@@ -27,7 +25,7 @@ pub(crate) struct Runtime {
     /// Whether this crate ran `Py_InitializeEx` (fixed at start; `main` is taken at shutdown).
     owns: bool,
     creation: Mutex<()>,
-    live: Mutex<HashMap<InterpreterId, Arc<OwnerLink>>>,
+    live: Mutex<Vec<Arc<OwnerLink>>>,
 }
 
 /// The thread that ran `Py_InitializeEx` and holds main's detached thread state.
@@ -66,7 +64,7 @@ impl Runtime {
             owns: main.is_some(),
             main: Mutex::new(main),
             creation: Mutex::new(()),
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new(Vec::new()),
         })
     }
 
@@ -76,14 +74,14 @@ impl Runtime {
     }
 
     pub(crate) fn register(&self, link: &Arc<OwnerLink>) {
-        self.lock_live().insert(link.id, Arc::clone(link));
+        self.lock_live().push(Arc::clone(link));
     }
 
-    pub(crate) fn unregister(&self, id: InterpreterId) {
-        self.lock_live().remove(&id);
+    pub(crate) fn unregister(&self, link: &OwnerLink) {
+        self.lock_live().retain(|l| !std::ptr::eq(&**l, link));
     }
 
-    fn lock_live(&self) -> MutexGuard<'_, HashMap<InterpreterId, Arc<OwnerLink>>> {
+    fn lock_live(&self) -> MutexGuard<'_, Vec<Arc<OwnerLink>>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -225,13 +223,14 @@ pub fn shutdown() -> Result<()> {
     };
     // Wait out any creation in progress; later ones see SHUT_DOWN (see worker::owner_main).
     drop(rt.creation_lock());
-    let live: Vec<Arc<OwnerLink>> = rt.lock_live().drain().map(|(_, s)| s).collect();
+    let live: Vec<Arc<OwnerLink>> = rt.lock_live().drain(..).collect();
     for s in &live {
         s.request_end();
     }
     for s in &live {
         s.wait_ended();
     }
+    crate::main_pool::drain_all();
     let main = rt.main.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(main) = main {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -249,10 +248,18 @@ pub fn shutdown() -> Result<()> {
 }
 
 /// How many interpreters the pool serves in this process: subinterpreters created and not
-/// yet ended, plus the main interpreter once [`InterpreterHandle::main`](crate::InterpreterHandle::main) started its server.
+/// yet ended, plus the main interpreter once its pool started (counted once, however many
+/// threads serve it).
 pub fn live_interpreters() -> usize {
     match RUNTIME.get() {
-        Some(Ok(rt)) => rt.lock_live().len(),
+        Some(Ok(rt)) => {
+            let live = rt.lock_live();
+            let main_seats = live
+                .iter()
+                .filter(|l| l.origin == crate::worker::Origin::Main)
+                .count();
+            live.len() - main_seats.saturating_sub(1)
+        }
         _ => 0,
     }
 }

@@ -19,6 +19,7 @@ use crate::escalate::InterruptState;
 use crate::ffi::{self, sys};
 use crate::group::GroupId;
 use crate::job::Job;
+use crate::main_pool;
 use crate::memory::{self, MemoryAccount};
 use crate::runtime::Runtime;
 use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
@@ -192,6 +193,15 @@ pub(crate) struct Owner {
     /// Set when the interpreter leaves its group: it stops taking the group's jobs.
     left_group: Cell<bool>,
     server_spin: Duration,
+    /// The main-pool seat this thread is (`main_pool.rs`), if it serves the main interpreter.
+    pub(crate) seat: Option<usize>,
+}
+
+/// A main-pool owner thread's place: its index, and (for all but seat 0) the seat whose
+/// interpreter id and interrupt classes it shares: they are the main interpreter's.
+pub(crate) struct MainSeat {
+    pub(crate) index: usize,
+    pub(crate) first: Option<Arc<OwnerLink>>,
 }
 
 impl Owner {
@@ -204,6 +214,7 @@ impl Owner {
         id: InterpreterId,
         config: &InterpreterConfig,
         origin: Origin,
+        seat: Option<MainSeat>,
     ) -> Result<Self> {
         let serial = rt.creation_lock();
         if crate::runtime::is_shut_down() {
@@ -215,7 +226,7 @@ impl Owner {
         memory.make_current();
         let created = match origin {
             Origin::New => create_interpreter(id, config),
-            Origin::Main => main_thread_state(id),
+            Origin::Main => main_thread_state(id, seat.as_ref().and_then(|s| s.first.as_deref())),
         };
         let created = created.inspect_err(|_| memory::clear_current())?;
         let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
@@ -256,6 +267,7 @@ impl Owner {
             group_rx: OnceLock::new(),
             left_group: Cell::new(false),
             server_spin: config.wait.server_spin,
+            seat: seat.map(|s| s.index),
         })
     }
 
@@ -289,7 +301,7 @@ impl Owner {
             // main lives on until py-main finalizes it (R9).
             Origin::Main => unsafe { attach::delete_thread_state(ts, link.id, release) },
         }
-        rt.unregister(link.id);
+        rt.unregister(&link);
         link.clock.end();
         // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
         link.mark_ended();
@@ -302,15 +314,20 @@ pub(crate) fn spawn(
     rt: &'static Runtime,
     config: InterpreterConfig,
     origin: Origin,
+    seat: Option<MainSeat>,
 ) -> Result<Arc<OwnerLink>> {
     let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-    let id = InterpreterId::next();
+    // Main-pool seats are one interpreter: they share seat 0's id.
+    let id = match seat.as_ref().and_then(|s| s.first.as_ref()) {
+        Some(first) => first.id,
+        None => InterpreterId::next(),
+    };
     let thread_name = format!("py-{}", config.name);
     // The thread is detached: `OwnerLink::wait_ended` is how anyone waits for it.
     thread::Builder::new()
         .name(thread_name)
         .stack_size(config.stack_size)
-        .spawn(move || owner_main(rt, id, config, origin, ready_tx))
+        .spawn(move || owner_main(rt, id, config, origin, seat, ready_tx))
         .map_err(|e| Error::Init(format!("cannot start interpreter thread: {e}")))?;
     ready_rx.recv().unwrap_or_else(|_| {
         Err(Error::Internal(
@@ -324,12 +341,13 @@ fn owner_main(
     id: InterpreterId,
     config: InterpreterConfig,
     origin: Origin,
+    seat: Option<MainSeat>,
     ready: Sender<Result<Arc<OwnerLink>>>,
 ) {
     // Whatever happens below, waiters in `wait_ended` must not hang: a panic here is a bug,
     // but it must not turn into a stuck `end()` or `shutdown()`.
     let ended = EndedOnExit(once_cell::sync::OnceCell::new());
-    let owner = match Owner::start(rt, id, &config, origin) {
+    let owner = match Owner::start(rt, id, &config, origin, seat) {
         Ok(owner) => owner,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -416,8 +434,10 @@ fn create_interpreter(id: InterpreterId, config: &InterpreterConfig) -> Result<C
     })
 }
 
-/// A thread state of this thread's own for the main interpreter, detached.
-fn main_thread_state(id: InterpreterId) -> Result<Created> {
+/// A thread state of this thread's own for the main interpreter, detached. Seat 0 makes
+/// main's interrupt classes; the other seats share them (`first`), so guest code catching
+/// `interp_pool.DeadlineExceeded` catches what any seat raises.
+fn main_thread_state(id: InterpreterId, first: Option<&OwnerLink>) -> Result<Created> {
     // SAFETY: R1/R9: the runtime is initialised, so the main interpreter exists for the
     // life of the process (until finalize, which waits for this thread to end).
     let interp = unsafe { sys::PyInterpreterState_Main() };
@@ -432,7 +452,10 @@ fn main_thread_state(id: InterpreterId) -> Result<Created> {
     let interrupts = {
         // SAFETY: R2/R4: this thread owns `ts` (just made for it) and has none attached.
         let guard = unsafe { AttachGuard::attach(ts, id) };
-        InterruptClasses::create(&guard.token())
+        match first {
+            Some(first) => Ok(first.interrupts.share(&guard.token())),
+            None => InterruptClasses::create(&guard.token()),
+        }
     };
     Ok(Created {
         ts,
@@ -462,12 +485,17 @@ impl Owner {
         // Read on every turn: the interpreter may join a group while this loop runs (the
         // join is a job of this very loop).
         let group = || self.group_rx.get().filter(|_| !self.left_group.get());
-        let queued = || !self.rx.is_empty() || group().is_some_and(|g| !g.is_empty());
+        let queued = || {
+            !self.rx.is_empty()
+                || group().is_some_and(|g| !g.is_empty())
+                || self.seat.is_some_and(main_pool::has_work)
+        };
         sh.state.store(waiting, Ordering::Relaxed);
         loop {
-            if let Some(job) = self.next_job(group()) {
+            if let Some((job, hold)) = self.next_job(group()) {
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
                 self.run_posted(job);
+                drop(hold);
                 sh.state.store(waiting, Ordering::Relaxed);
                 continue;
             }
@@ -495,12 +523,16 @@ impl Owner {
     }
 
     /// The next job: this interpreter's own queue first (calls that must run here), then
-    /// its group's.
-    fn next_job(&self, group: Option<&Receiver<Job>>) -> Option<Job> {
+    /// its group's, then (a main-pool seat) a lane's, with the hold it runs under.
+    fn next_job(&self, group: Option<&Receiver<Job>>) -> Option<(Job, Option<main_pool::Hold>)> {
         if let Ok(job) = self.rx.try_recv() {
-            return Some(job);
+            return Some((job, None));
         }
-        group.and_then(|g| g.try_recv().ok())
+        if let Some(job) = group.and_then(|g| g.try_recv().ok()) {
+            return Some((job, None));
+        }
+        let (job, hold) = main_pool::take(self.seat?)?;
+        Some((job, Some(hold)))
     }
 
     /// Stops serving the group's queue (its own goes on). Runs on the owner, inside a job:
@@ -525,9 +557,10 @@ impl Owner {
     /// queue elsewhere). Detached, like every serving loop.
     pub(crate) fn run_queued(&self) {
         let group = self.group_rx.get().filter(|_| !self.left_group.get());
-        while let Some(job) = self.next_job(group) {
+        while let Some((job, hold)) = self.next_job(group) {
             let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
             self.run_posted(job);
+            drop(hold);
             self.link.state.store(before, Ordering::Relaxed);
         }
     }

@@ -34,10 +34,13 @@ class GuestOutput(io.TextIOBase):
         if self._key is not None and k == 0:
             self._passthrough(s)
             return len(s)
+        # Partial lines wait per bundle and thread: in main, one bundle's calls may run on
+        # several threads at once, and another bundle's beside them.
+        b = (k, _thread.get_ident())
         with self._lock:
-            *lines, rest = (self._bufs.pop(k, "") + s).split("\n")
+            *lines, rest = (self._bufs.pop(b, "") + s).split("\n")
             if rest:
-                self._bufs[k] = rest
+                self._bufs[b] = rest
             for line in lines:
                 if not self._emit(self._stream, line):
                     self._passthrough(line + "\n")
@@ -48,12 +51,14 @@ class GuestOutput(io.TextIOBase):
             self._fallback.flush()
 
     def _polyplug_drain(self):
-        """Emits a last line that has no newline (the bundle is being unloaded)."""
+        """Emits the last lines that have no newline, one per thread that left one (the
+        bundle is being unloaded)."""
         k = 0 if self._key is None else self._key()
         with self._lock:
-            rest = self._bufs.pop(k, "")
-            if rest and not self._emit(self._stream, rest):
-                self._passthrough(rest)
+            for b in [b for b in self._bufs if b[0] == k]:
+                rest = self._bufs.pop(b)
+                if rest and not self._emit(self._stream, rest):
+                    self._passthrough(rest)
 
 
 def install_output(emit, key):

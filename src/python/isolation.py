@@ -1,10 +1,17 @@
 """Main mode: the per-bundle import finder, the alias loader and the bookkeeping (see
 isolation.rs). Run once per process into the module `_polyplug_subinterp_isolation`."""
 
-import sys, importlib.machinery as _m
+import builtins, importlib, sys, _thread, importlib.machinery as _m
 
 _bundles = {}   # key -> (prefix, dirs)
 _pending = {}   # key -> top-level names imported through the finder since the last settle
+
+# Several threads run bundles' code at once (the main interpreter's pool). A module a
+# bundle imports sits under its plain name (`guest.contracts`) until `settle` re-keys it,
+# and the import system looks in sys.modules before any finder: a second bundle importing
+# the same name meanwhile would get the first one's. So imports made by bundle code are
+# serialised, and settled when the outermost one returns, before the lock is let go.
+_lock = _thread.RLock()
 
 def _is_extension(module):
     spec = getattr(module, "__spec__", None)
@@ -49,16 +56,37 @@ class BundleFinder:
     def invalidate_caches(cls):
         pass
 
+def _serialised(imp):
+    def serialised_import(*args, **kwargs):
+        if not current():
+            return imp(*args, **kwargs)   # host code and plugin-started threads
+        outermost = not _lock._is_owned()
+        with _lock:
+            try:
+                return imp(*args, **kwargs)
+            finally:
+                if outermost and _pending:
+                    _settle()
+    serialised_import.__wrapped__ = imp
+    serialised_import.__name__ = getattr(imp, "__name__", "serialised_import")
+    return serialised_import
+
 def install(current_fn, mark_dirty_fn):
     global current, mark_dirty
     current, mark_dirty = current_fn, mark_dirty_fn
     sys.meta_path.insert(0, BundleFinder)
+    builtins.__import__ = _serialised(builtins.__import__)
+    importlib.import_module = _serialised(importlib.import_module)
 
 def register(key, prefix, dirs):
     _bundles[key] = (prefix, list(dirs))
 
 def settle():
     """Moves what bundles imported since the last call under their prefixes."""
+    with _lock:
+        _settle()
+
+def _settle():
     pending = list(_pending.items())
     _pending.clear()
     for key, tops in pending:
@@ -74,6 +102,10 @@ def settle():
                 sys.modules[prefix + "." + n] = sys.modules.pop(n)
 
 def forget(key):
+    with _lock:
+        _forget(key)
+
+def _forget(key):
     bundle = _bundles.pop(key, None)
     _pending.pop(key, None)
     if bundle is not None:

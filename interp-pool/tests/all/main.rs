@@ -12,6 +12,7 @@ mod group;
 mod isolation;
 mod lifecycle;
 mod main_interp;
+mod main_pool;
 mod memory;
 mod native;
 mod own_gil;

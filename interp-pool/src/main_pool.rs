@@ -1,0 +1,512 @@
+//! The main interpreter's pool of owner threads, and [`MainLane`]: one workload's share
+//! of it.
+//!
+//! Extension modules that refuse subinterpreters run in the main interpreter, which every
+//! such workload shares. One owner thread would serialise all of them, and C code that
+//! releases the GIL (BLAS, compression, I/O) could never overlap. So main is served by a
+//! pool of owner threads ("seats"), each with a thread state of its own in main for its
+//! whole life (mod_wsgi's pattern), all under main's one [`InterpreterId`].
+//!
+//! A lane is a queue plus a *limit*: at most `limit` seats run the lane's calls at once. A
+//! seat *holds* a lane while it runs one of its calls; a call made on a seat that already
+//! holds the lane (re-entry, A→B→A) runs inline there and does not count again. A call
+//! from a seat that does not hold the lane runs inline too if the lane has room, else it
+//! is queued. Idle or waiting seats take queued calls from any lane they hold or that has
+//! room, so a chain of calls through lanes at their limit cannot deadlock: the seat
+//! holding the lane a queued call needs is the one that takes it.
+//!
+//! Waking follows `group.rs`: a poster queues, fences, and claims a parked seat that may
+//! take the call (any seat if the lane has room, else one holding it); a seat stores
+//! Parked, fences and re-checks the lanes before it parks. A seat releasing a lane fences
+//! and, if calls are still queued there, claims a parked seat for them, so a call queued
+//! while the lane was full is never left behind by a releaser that returns to its own
+//! caller instead of serving.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::activation;
+use crate::attach::Attached;
+use crate::cancel::{self, CallOptions, Interruptible};
+use crate::config::{InterpreterConfig, WhenFull};
+use crate::error::{Error, Result};
+use crate::handle::{self, InterpreterHandle};
+use crate::job::{Call, Job};
+use crate::runtime;
+use crate::worker::{self, MainSeat, Owner, QueueFull};
+use crate::InterpreterId;
+
+/// Most seats a pool may have (a lane tracks holds per seat).
+pub const MAX_MAIN_THREADS: usize = 64;
+
+/// Seats requested for the pool (0: available parallelism), read when it starts.
+static REQUESTED: AtomicUsize = AtomicUsize::new(0);
+
+/// The pool, once started (it lives until `shutdown`).
+static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
+
+/// Every open lane, scanned by idle seats.
+static LANES: RwLock<Vec<Arc<LaneLink>>> = RwLock::new(Vec::new());
+
+/// Sets how many owner threads serve the main interpreter: `0` (the default) means
+/// `std::thread::available_parallelism()`, and the value is capped at
+/// [`MAX_MAIN_THREADS`]. Takes effect when the pool starts (the first
+/// [`MainLane::new`] or [`InterpreterHandle::main`]); returns whether it will, `false`
+/// once the pool is running with the size it started with.
+pub fn set_main_threads(threads: usize) -> bool {
+    let pool = lock_pool();
+    REQUESTED.store(threads, Ordering::Relaxed);
+    pool.is_none()
+}
+
+/// How many owner threads serve the main interpreter: the running pool's size, or the
+/// size it will start with.
+pub fn main_threads() -> usize {
+    match &*lock_pool() {
+        Some(p) => p.seats.len(),
+        None => pool_size(),
+    }
+}
+
+fn pool_size() -> usize {
+    let n = match REQUESTED.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    n.clamp(1, MAX_MAIN_THREADS)
+}
+
+fn lock_pool() -> std::sync::MutexGuard<'static, Option<Arc<Pool>>> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lanes() -> std::sync::RwLockReadGuard<'static, Vec<Arc<LaneLink>>> {
+    LANES.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The seats, in order: seat 0 is `py-__main__`, the one [`InterpreterHandle::main`]
+/// names.
+pub(crate) struct Pool {
+    seats: Vec<InterpreterHandle>,
+}
+
+impl Pool {
+    /// The running pool, started with `config`'s depth cap, stack size and wait policy
+    /// on first use.
+    pub(crate) fn get(config: &InterpreterConfig) -> Result<Arc<Pool>> {
+        let mut slot = lock_pool();
+        if let Some(p) = slot.as_ref().filter(|p| !p.is_closed()) {
+            return Ok(Arc::clone(p));
+        }
+        let rt = runtime::get()?;
+        let size = pool_size();
+        let mut seats: Vec<InterpreterHandle> = Vec::with_capacity(size);
+        for index in 0..size {
+            let name = match index {
+                0 => "__main__".to_owned(),
+                i => format!("__main__-{i}"),
+            };
+            let config = InterpreterConfig {
+                name,
+                ..config.clone()
+            };
+            let seat = MainSeat {
+                index,
+                first: seats.first().map(|h| Arc::clone(h.link_arc())),
+            };
+            match worker::spawn(rt, config, worker::Origin::Main, Some(seat)) {
+                Ok(link) => seats.push(InterpreterHandle::from_link(link)),
+                // Seat 0 is needed; a pool smaller than asked still serves.
+                Err(e) if seats.is_empty() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, seats = seats.len(), "main pool runs with fewer threads");
+                    break;
+                }
+            }
+        }
+        let pool = Arc::new(Pool { seats });
+        *slot = Some(Arc::clone(&pool));
+        Ok(pool)
+    }
+
+    /// Seat 0's handle.
+    pub(crate) fn first(&self) -> InterpreterHandle {
+        self.seats[0].clone()
+    }
+
+    fn id(&self) -> InterpreterId {
+        self.seats[0].id()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.seats[0].link().closing.load(Ordering::Acquire)
+    }
+
+    /// Claims one parked seat for which `may_take(index)` holds; true if it did.
+    fn claim_parked(&self, may_take: impl Fn(usize) -> bool) -> bool {
+        self.seats
+            .iter()
+            .enumerate()
+            .any(|(i, s)| may_take(i) && s.claim_parked())
+    }
+}
+
+/// What callers and seats share about one lane.
+struct LaneLink {
+    name: String,
+    pool: Arc<Pool>,
+    tx: Sender<Job>,
+    rx: Receiver<Job>,
+    /// Seats that may run the lane's calls at once.
+    limit: AtomicUsize,
+    /// Seats holding the lane now (each counted once however deep it holds it).
+    active: AtomicUsize,
+    /// Per seat: how deep it holds the lane (written only by that seat).
+    holds: Vec<AtomicUsize>,
+    closing: AtomicBool,
+    served: AtomicU64,
+    max_depth: usize,
+    caller_spin: Duration,
+    queue_capacity: usize,
+    when_full: WhenFull,
+    /// `end` waits here for the last hold to go.
+    idle: (Mutex<()>, Condvar),
+}
+
+/// One workload's share of the main interpreter's thread pool: a queue, and a limit on
+/// how many pool threads run its calls at once (see the module docs). Cheap to clone;
+/// `Send + Sync`.
+///
+/// Every lane runs in the same interpreter: module state is shared by all of them and by
+/// all of a lane's concurrent calls. A limit of 1 keeps a workload's calls one at a time,
+/// as code never run concurrently expects.
+#[derive(Clone)]
+pub struct MainLane {
+    link: Arc<LaneLink>,
+}
+
+impl std::fmt::Debug for MainLane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MainLane")
+            .field("name", &self.link.name)
+            .field("limit", &self.limit())
+            .field("running", &self.running())
+            .finish()
+    }
+}
+
+impl MainLane {
+    /// A lane named `config.name` with room for `limit` concurrent calls (at least 1, at
+    /// most the pool's size: more could never run), its queue, depth cap and wait policy
+    /// from `config`. Starts the pool if it is not running (with `config`'s stack size
+    /// and server wait policy; see [`set_main_threads`]).
+    pub fn new(config: &InterpreterConfig, limit: usize) -> Result<Self> {
+        let pool = Pool::get(config)?;
+        let capacity = config.queue_capacity.max(1);
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let seats = pool.seats.len();
+        let link = Arc::new(LaneLink {
+            name: config.name.clone(),
+            limit: AtomicUsize::new(limit.clamp(1, seats)),
+            active: AtomicUsize::new(0),
+            holds: (0..seats).map(|_| AtomicUsize::new(0)).collect(),
+            pool,
+            tx,
+            rx,
+            closing: AtomicBool::new(false),
+            served: AtomicU64::new(0),
+            max_depth: config.max_depth,
+            caller_spin: config.wait.caller_spin,
+            queue_capacity: capacity,
+            when_full: config.when_full,
+            idle: (Mutex::new(()), Condvar::new()),
+        });
+        LANES
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&link));
+        Ok(Self { link })
+    }
+
+    /// The main interpreter's id (the same for every lane).
+    pub fn id(&self) -> InterpreterId {
+        self.link.pool.id()
+    }
+
+    /// The name it was made with.
+    pub fn name(&self) -> &str {
+        &self.link.name
+    }
+
+    /// How many pool threads may run its calls at once.
+    pub fn limit(&self) -> usize {
+        self.link.limit.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit (clamped to 1..=pool size); calls already running finish. Returns
+    /// the limit now in force.
+    pub fn set_limit(&self, limit: usize) -> usize {
+        let l = &*self.link;
+        let limit = limit.clamp(1, l.holds.len());
+        l.limit.store(limit, Ordering::SeqCst);
+        // A raised limit may let queued calls start now.
+        fence(Ordering::SeqCst);
+        if !l.rx.is_empty() {
+            l.wake_for_queued();
+        }
+        limit
+    }
+
+    /// Pool threads running its calls now.
+    pub fn running(&self) -> usize {
+        self.link.active.load(Ordering::Relaxed)
+    }
+
+    /// Calls waiting in its queue now (not counting running ones).
+    pub fn queue_len(&self) -> usize {
+        self.link.tx.len()
+    }
+
+    /// Calls a pool thread took from its queue so far (inline calls not counted).
+    pub fn calls_served(&self) -> u64 {
+        self.link.served.load(Ordering::Relaxed)
+    }
+
+    /// The pool's threads (seat 0 first), for their clocks and memory accounts.
+    pub fn threads(&self) -> &[InterpreterHandle] {
+        &self.link.pool.seats
+    }
+
+    /// Whether [`end`](Self::end) was called.
+    pub fn is_ended(&self) -> bool {
+        self.link.closing.load(Ordering::SeqCst)
+    }
+
+    /// Runs `f` in the main interpreter on a pool thread, within the lane's limit, and
+    /// returns the result: inline on a pool thread that holds the lane or finds room in
+    /// it, else queued (this thread blocks, detached; an owner thread serves its own
+    /// queues meanwhile). A panic in `f` resumes here.
+    ///
+    /// # Errors
+    /// [`Error::InterpreterGone`] once the lane (or the pool) has ended,
+    /// [`Error::ReentryLimit`], [`Error::Busy`] with `WhenFull::Fail`, or whatever `f`
+    /// returns.
+    pub fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        let l = &*self.link;
+        if l.closing.load(Ordering::Acquire) || l.pool.is_closed() {
+            return Err(self.gone());
+        }
+        let depth = activation::depth() + 1;
+        if depth > l.max_depth {
+            return Err(Error::ReentryLimit {
+                depth,
+                limit: l.max_depth,
+            });
+        }
+        let owner = activation::owner();
+        if let Some((owner, seat)) = owner.and_then(|o| Some((o, o.seat?))) {
+            if let Some(_hold) = Hold::acquire(&self.link, seat) {
+                return handle::run_inline(owner, depth, f);
+            }
+        }
+        let mut call = Call::new(f);
+        handle::post_and_wait(
+            &mut call,
+            owner,
+            depth,
+            |job, serving| self.post(job, serving),
+            &|| false,
+        )?;
+        handle::take_result(call, self.gone())
+    }
+
+    /// [`call`](Self::call) with a deadline and/or a cancel token, as
+    /// [`InterpreterHandle::call_with`]; the interrupt is aimed at the pool thread that
+    /// runs the call, bound when the call starts there.
+    pub fn call_with<R, F>(&self, opts: &CallOptions, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        if opts.is_plain() {
+            return self.call(f);
+        }
+        let ctl = Interruptible::new(opts);
+        let _armed = opts.timeout.map(|t| cancel::arm(&ctl, t));
+        self.call(|att| ctl.run(att, f))
+    }
+
+    /// Closes the lane: new calls fail with [`Error::InterpreterGone`], queued ones fail the
+    /// same way, running ones finish; waits for those unless called on an owner thread
+    /// (which could be one of them). The pool and the main interpreter live on.
+    pub fn end(&self) {
+        let l = &*self.link;
+        l.closing.store(true, Ordering::SeqCst);
+        LANES
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| !Arc::ptr_eq(x, &self.link));
+        // Pairs with the fence in `post`: a call queued after our store is drained either
+        // here or by its poster.
+        fence(Ordering::SeqCst);
+        l.drain();
+        if activation::owner().is_some() {
+            return;
+        }
+        let (lock, cv) = &l.idle;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while l.active.load(Ordering::SeqCst) != 0 {
+            guard = cv
+                .wait_timeout(guard, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn gone(&self) -> Error {
+        Error::InterpreterGone { interp: self.id() }
+    }
+
+    /// Queues `job` and wakes a seat that may take it. Returns the caller's spin budget:
+    /// zero if it woke a parked seat (which needs a moment to run), else the lane's spin.
+    fn post(&self, job: Job, serving: Option<&Owner>) -> Result<Duration> {
+        let l = &*self.link;
+        let full = QueueFull {
+            when_full: l.when_full,
+            gone: || self.gone(),
+            busy: || Error::Busy {
+                interp: self.id(),
+                capacity: l.queue_capacity,
+            },
+        };
+        full.send(&l.tx, job, serving)?;
+        // Pairs with each seat's `park_unless` (it stores Parked, fences, re-checks the
+        // lanes), with `Hold::drop`'s fence and with `end`'s: either a seat sees the job
+        // or we see it Parked and claim it; either a releaser sees the job or we see its
+        // release; either `end` drains the job or we see `closing`.
+        fence(Ordering::SeqCst);
+        if l.closing.load(Ordering::SeqCst) || l.pool.is_closed() {
+            l.drain();
+            return Err(self.gone());
+        }
+        if l.wake_for_queued() {
+            Ok(Duration::ZERO)
+        } else {
+            Ok(l.caller_spin)
+        }
+    }
+}
+
+impl LaneLink {
+    /// Whether seat `index` may take one of the lane's queued calls now.
+    fn takeable_by(&self, index: usize) -> bool {
+        self.holds[index].load(Ordering::Relaxed) > 0
+            || self.active.load(Ordering::SeqCst) < self.limit.load(Ordering::SeqCst)
+    }
+
+    /// Claims a parked seat that may take a queued call; true if it did.
+    fn wake_for_queued(&self) -> bool {
+        self.pool.claim_parked(|i| self.takeable_by(i))
+    }
+
+    /// Drops every queued call unrun: each completes its caller with InterpreterGone.
+    fn drain(&self) {
+        while let Ok(job) = self.rx.try_recv() {
+            drop(job);
+        }
+    }
+}
+
+/// Seat `index` holding a lane: while it lives the seat counts against the lane's limit
+/// (once, however deep it nests).
+pub(crate) struct Hold {
+    lane: Arc<LaneLink>,
+    index: usize,
+}
+
+impl Hold {
+    /// Takes the lane for seat `index`: always if the seat already holds it (re-entry),
+    /// else if the lane has room.
+    fn acquire(lane: &Arc<LaneLink>, index: usize) -> Option<Self> {
+        let mine = &lane.holds[index];
+        if mine.load(Ordering::Relaxed) == 0 {
+            let limit = lane.limit.load(Ordering::SeqCst);
+            lane.active
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                    (a < limit).then_some(a + 1)
+                })
+                .ok()?;
+        }
+        mine.fetch_add(1, Ordering::Relaxed);
+        Some(Self {
+            lane: Arc::clone(lane),
+            index,
+        })
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let l = &*self.lane;
+        if l.holds[self.index].fetch_sub(1, Ordering::Relaxed) != 1 {
+            return;
+        }
+        l.active.fetch_sub(1, Ordering::SeqCst);
+        // Pairs with the fence in `MainLane::post` (see there).
+        fence(Ordering::SeqCst);
+        if !l.rx.is_empty() {
+            l.wake_for_queued();
+        }
+        if l.closing.load(Ordering::SeqCst) {
+            let _guard = l.idle.0.lock().unwrap_or_else(|e| e.into_inner());
+            l.idle.1.notify_all();
+        }
+    }
+}
+
+/// Seat side: the next queued call seat `index` may take, with the hold it runs under.
+/// Scans the lanes from a rotating start so one busy lane cannot starve the others.
+pub(crate) fn take(index: usize) -> Option<(Job, Hold)> {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let lanes = lanes();
+    let n = lanes.len();
+    if n == 0 {
+        return None;
+    }
+    let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    for k in 0..n {
+        let lane = &lanes[(start + k) % n];
+        if lane.rx.is_empty() {
+            continue;
+        }
+        let Some(hold) = Hold::acquire(lane, index) else {
+            continue;
+        };
+        if let Ok(job) = lane.rx.try_recv() {
+            lane.served.fetch_add(1, Ordering::Relaxed);
+            return Some((job, hold));
+        }
+    }
+    None
+}
+
+/// Seat side: whether any lane has a call seat `index` may take (the park re-check).
+pub(crate) fn has_work(index: usize) -> bool {
+    lanes()
+        .iter()
+        .any(|l| !l.rx.is_empty() && l.takeable_by(index))
+}
+
+/// At shutdown, after the seats ended: fails every call still queued on a lane.
+pub(crate) fn drain_all() {
+    for l in lanes().iter() {
+        l.drain();
+    }
+}
