@@ -18,6 +18,9 @@
 //!   interpreter detached, and finalized only by [`shutdown`].
 //! * Each interpreter is created, used and ended on its owner thread (`py-<name>`), with
 //!   one thread state for its whole life. Nothing else ever attaches it.
+//! * The main interpreter is served by a pool of owner threads (`py-__main__`, ...), each
+//!   with a thread state of its own there; [`MainLane`] gives a workload a queue on it and
+//!   a limit on how many of those threads run its calls at once.
 //! * [`InterpreterHandle::call`] runs a closure there. Python objects ([`PyObj`]) cannot
 //!   leave the closure; results and errors cross as plain Rust data.
 //! * Calls from the owner thread run inline (re-attaching if a `ctypes` callback detached
