@@ -20,7 +20,7 @@ use crate::InterpreterId;
 /// none can outlive the job or leave the thread. `Attached` is neither `Send` nor `Sync`.
 ///
 /// It says nothing about *which* thread state: on an owner thread it is the interpreter's
-/// own, inside a [native function](crate::NativeFunction) it is whatever thread state
+/// own, inside a [native function](crate::Attached::native_function) it is whatever thread state
 /// CPython called from (a plugin's `threading` thread, a host thread in the main
 /// interpreter). No operation that takes a token needs more than "this interpreter's GIL
 /// is held here"; what needs ownership (inline calls, [`Persistent`](crate::Persistent)'s

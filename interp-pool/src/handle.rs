@@ -134,7 +134,7 @@ impl InterpreterHandle {
 
     /// The interpreter's memory account (`memory_accounting()` says whether anything is
     /// counted): what its owner thread allocates in CPython's MEM and OBJ domains. For
-    /// the main interpreter's owner, what runs outside any [`MemoryAccount::enter`].
+    /// the main interpreter's owner, what runs outside any [`MemoryAccount::enter`](crate::MemoryAccount::enter).
     pub fn memory_account(&self) -> &Arc<crate::MemoryAccount> {
         &self.link.memory
     }
