@@ -484,9 +484,6 @@ impl Loader {
         let count = if mode == InterpreterMode::OwnGil {
             wanted
         } else {
-            if max > 1 && mode == InterpreterMode::SharedGil {
-                replicas::warn_unreplicated(&runtime.logger(), bundle, mode.as_str(), max);
-            }
             1
         };
         let rss0 = crate::rss_bytes().unwrap_or(0);
@@ -719,6 +716,11 @@ impl Loader {
                 replicas::note_main_threads(&runtime.logger(), bundle, lane.limit(), pool);
             }
             return Ok(Target::Main(lane));
+        }
+        // Said once the load worked: an attempt that fails moves on to another mode.
+        let (_, max) = self.config.replicas_for(bundle).bounds().unwrap_or((1, 1));
+        if mode == InterpreterMode::SharedGil && max > 1 {
+            replicas::warn_unreplicated(&runtime.logger(), bundle, mode.as_str(), max);
         }
         if !replicated {
             return Ok(Target::One(members[0].clone()));

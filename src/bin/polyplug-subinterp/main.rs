@@ -1,8 +1,8 @@
 //! `polyplug-subinterp`: load and exercise Python bundles with the subinterpreter loader.
 //!
 //! ```text
-//! polyplug-subinterp check <plugin-dir> [--json] [--replicas NAME=K]...   one row per bundle
-//! polyplug-subinterp bench <plugin-dir> [--replicas NAME=K]... [--threads N] [--seconds S]
+//! polyplug-subinterp check <plugin-dir> [--json] [--replicas NAME=K]... [--main-threads N]   one row per bundle
+//! polyplug-subinterp bench <plugin-dir> [--replicas NAME=K]... [--main-threads N] [--threads N] [--seconds S]
 //! ```
 //! Logs go to stderr through `tracing-subscriber`; set `RUST_LOG` (e.g. `RUST_LOG=debug`).
 //! Exit codes: 0 everything loaded (and ran without errors), 1 a bundle failed, 2 a usage
@@ -71,9 +71,14 @@ struct LoadArgs {
     #[arg(value_name = "PLUGIN_DIR", value_parser = plugin_dir)]
     dir: PathBuf,
     /// Serve bundle NAME with K own-GIL interpreters (repeatable). K is a count, `auto`
-    /// (one per core) or MIN..MAX (elastic). Replicas keep separate module globals.
+    /// (one per core) or MIN..MAX (elastic). Replicas keep separate module globals. For a
+    /// bundle in main mode: up to K of the main interpreter's threads at once, sharing its
+    /// module globals.
     #[arg(long = "replicas", value_name = "NAME=K", value_parser = replicas_arg)]
     replicas: Vec<(String, Replicas)>,
+    /// Threads serving the main interpreter (main-mode bundles). Default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    main_threads: Option<u16>,
     /// Leave ctypes.string_at / memmove / cast to ctypes (PythonConfig::fast_glue = false).
     #[arg(long)]
     no_fast_glue: bool,
@@ -84,6 +89,7 @@ impl LoadArgs {
     fn config(&self) -> PythonConfig {
         PythonConfig {
             replicas: self.replicas.iter().cloned().collect(),
+            main_threads: self.main_threads.map(usize::from),
             fast_glue: !self.no_fast_glue,
             ..PythonConfig::default()
         }
