@@ -71,11 +71,12 @@ impl Job {
         }
     }
 
-    /// Runs the job on the owner thread and completes its slot.
-    pub(crate) fn execute(self, att: &Attached<'_>) {
+    /// Runs the job on the owner thread, then `before_reply`, then completes its slot.
+    pub(crate) fn execute_then(self, att: &Attached<'_>, before_reply: impl FnOnce()) {
         // SAFETY: the caller is still blocked on our slot (R7), so `data` is live and
         // exclusively ours; `att` proves the interpreter is attached.
         unsafe { (self.run)(self.data, att) };
+        before_reply();
         // Dropping completes the slot.
     }
 }

@@ -16,8 +16,9 @@
 //! holding the lane a queued call needs is the one that takes it.
 //!
 //! Waking follows `group.rs`: a poster queues, fences, and claims a parked seat that may
-//! take the call (any seat if the lane has room, else one holding it); a seat stores
-//! Parked, fences and re-checks the lanes before it parks. A seat releasing a lane fences
+//! take the call (any seat if the lane has room, else one holding it) unless such a seat
+//! is spinning for work (`Looking`: it clears that flag before it stores Parked, fences
+//! and re-checks the lanes, so if the poster saw the flag the seat sees the call). A seat releasing a lane fences
 //! and, if calls are still queued there, claims a parked seat for them, so a call queued
 //! while the lane was full is never left behind by a releaser that returns to its own
 //! caller instead of serving.
@@ -50,6 +51,27 @@ static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
 
 /// Every open lane, scanned by idle seats.
 static LANES: RwLock<Vec<Arc<LaneLink>>> = RwLock::new(Vec::new());
+
+/// Per seat: spinning for work right now (it will see a queued call without a wake-up).
+static LOOKING: [AtomicBool; MAX_MAIN_THREADS] =
+    [const { AtomicBool::new(false) }; MAX_MAIN_THREADS];
+
+/// Marks seat `index` as spinning for work until dropped.
+pub(crate) struct Looking(usize);
+
+impl Looking {
+    pub(crate) fn enter(index: usize) -> Self {
+        LOOKING[index].store(true, Ordering::SeqCst);
+        Self(index)
+    }
+}
+
+impl Drop for Looking {
+    fn drop(&mut self) {
+        // Before the seat stores Parked and fences (see `MainLane::post`).
+        LOOKING[self.0].store(false, Ordering::SeqCst);
+    }
+}
 
 /// Sets how many owner threads serve the main interpreter: `0` (the default) means
 /// `std::thread::available_parallelism()`, and the value is capped at
@@ -411,8 +433,19 @@ impl LaneLink {
             || self.active.load(Ordering::SeqCst) < self.limit.load(Ordering::SeqCst)
     }
 
-    /// Claims a parked seat that may take a queued call; true if it did.
+    /// Claims a parked seat that may take a queued call, unless as many seats that may are
+    /// spinning for work as calls are queued (they will see them: waking another would
+    /// cost a futex wake-up and leave the caller parking for a reply that comes in
+    /// microseconds); true if it claimed one.
     fn wake_for_queued(&self) -> bool {
+        let seats = self.holds.len();
+        let looking = (0..seats)
+            .filter(|&i| LOOKING[i].load(Ordering::SeqCst) && self.takeable_by(i))
+            .count();
+        // Each looking seat takes one call; more queued than that need another seat.
+        if looking > 0 && looking >= self.rx.len() {
+            return false;
+        }
         self.pool.claim_parked(|i| self.takeable_by(i))
     }
 

@@ -494,8 +494,7 @@ impl Owner {
         loop {
             if let Some((job, hold)) = self.next_job(group()) {
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
-                self.run_posted(job);
-                drop(hold);
+                self.run_posted(job, hold);
                 sh.state.store(waiting, Ordering::Relaxed);
                 continue;
             }
@@ -503,7 +502,11 @@ impl Owner {
                 break;
             }
             let spun = Instant::now();
-            let ready = spin_until(spin, || finished() || queued(), defer);
+            let ready = {
+                // A main-pool seat spinning here takes a lane's call without being woken.
+                let _looking = self.seat.map(main_pool::Looking::enter);
+                spin_until(spin, || finished() || queued(), defer)
+            };
             sh.clock.add_spin(spun.elapsed());
             if ready {
                 continue;
@@ -559,15 +562,14 @@ impl Owner {
         let group = self.group_rx.get().filter(|_| !self.left_group.get());
         while let Some((job, hold)) = self.next_job(group) {
             let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
-            self.run_posted(job);
-            drop(hold);
+            self.run_posted(job, hold);
             self.link.state.store(before, Ordering::Relaxed);
         }
     }
 
     /// Runs a job that came through the queue. The thread is detached here: the top-level
     /// loop and every nested wait detach before serving.
-    fn run_posted(&self, job: Job) {
+    fn run_posted(&self, job: Job, hold: Option<main_pool::Hold>) {
         let _depth = DepthGuard::enter(job.depth);
         // SAFETY: R2/R4: thread: owner of `self.ts`. interp: alive until `retire` after
         // the loop. tstate: none attached (we serve only while detached).
@@ -578,7 +580,9 @@ impl Owner {
         // `running`).
         let outer = self.link.running.swap(0, Ordering::SeqCst);
         let token = attached.token();
-        job.execute(&token);
+        // A lane's hold goes before the caller has its reply: a call that returned no
+        // longer counts against the lane's limit.
+        job.execute_then(&token, || drop(hold));
         self.link.running.store(outer, Ordering::SeqCst);
         cancel::raise_deferred(&token, &self.link, outer);
     }

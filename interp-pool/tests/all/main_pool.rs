@@ -52,7 +52,14 @@ fn a_lane_never_runs_more_calls_at_once_than_its_limit() {
         }
         let two = lane("lane-limit-2", 2);
         assert_eq!(two.limit(), 2);
-        assert_eq!(most_at_once(&two, 4, 5, Duration::from_millis(5)), 2);
+        // Other tests' calls may hold a seat for a while: a few rounds, each within the
+        // limit, one at least reaching it.
+        let reached = (0..10).any(|_| {
+            let m = most_at_once(&two, 4, 5, Duration::from_millis(5));
+            assert!(m <= 2, "{m} calls at once with a limit of 2");
+            m == 2
+        });
+        assert!(reached, "a limit of 2 was never reached");
         // Lowered at run time: later calls respect it.
         two.set_limit(1);
         assert_eq!(most_at_once(&two, 4, 3, Duration::from_millis(2)), 1);
@@ -172,11 +179,12 @@ fn ending_a_lane_with_calls_in_flight_waits_for_them_and_fails_the_queued() {
                 .map(|_| {
                     let (l, done) = (l.clone(), Arc::clone(&done));
                     s.spawn(move || {
-                        let r = l.call(|py| py.run("import time; time.sleep(0.1)"));
-                        if r.is_ok() {
+                        l.call(|py| {
+                            py.run("import time; time.sleep(0.1)")?;
+                            // Inside the call: `end` waits for it.
                             done.fetch_add(1, Ordering::SeqCst);
-                        }
-                        r
+                            Ok(())
+                        })
                     })
                 })
                 .collect();
