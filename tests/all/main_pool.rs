@@ -452,3 +452,52 @@ fn output_of_two_main_mode_bundles_printing_at_once_goes_to_each() {
         }
     });
 }
+
+/// Two main-mode bundles whose same-named package (`mods`, and `mods.m0` .. `mods.m15`
+/// in it) holds different values, imported for the first time at call time, on pool
+/// threads at once (a barrier lines the calls up): each bundle gets its own modules, the
+/// package and its submodules alike (issue 16's hazard 1: `sys.modules` is looked at
+/// before `sys.meta_path`).
+#[test]
+fn same_named_modules_imported_at_once_by_two_main_mode_bundles_stay_apart() {
+    const MODULES: i64 = 16;
+    within_for(HANG, "main imports", || {
+        let bundles = [("imp_a", 1i64), ("imp_b", 2)];
+        let loader = PythonLoader::new(main_mode(&[("imp_a", 2), ("imp_b", 2)]));
+        let (rt, _logs) = runtime_with(loader.clone(), &[]);
+        for (name, tag) in bundles {
+            let mut files = vec![("mods/__init__.py".to_owned(), format!("TAG = {tag}\n"))];
+            for i in 0..MODULES {
+                files.push((
+                    format!("mods/m{i}.py"),
+                    format!("from mods import TAG\nVALUE = TAG * 100 + {i}\n"),
+                ));
+            }
+            let extra: Vec<(&str, &str)> = files
+                .iter()
+                .map(|(p, t)| (p.as_str(), t.as_str()))
+                .collect();
+            let src = plugin_source(
+                &format!("{name}@1"),
+                "import importlib\ndef load(impl, args, out, arena, alloc):\n    \
+                 put_i64(out, importlib.import_module(f'mods.m{i64_at(args)}').VALUE)\n",
+                "load",
+            );
+            load_dir(&loader, &rt, &write_bundle(name, &src, &extra).1).unwrap();
+            assert_eq!(mode_of(&loader, name), "main", "{name}");
+        }
+        // Two host threads per bundle, all four importing `mods.m{i}` at the same moment.
+        let barrier = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            for t in 0..4usize {
+                let (rt, barrier, (name, tag)) = (&rt, &barrier, bundles[t % 2]);
+                s.spawn(move || {
+                    for i in 0..MODULES {
+                        barrier.wait();
+                        assert_eq!(call_i64(rt, name, 0, i), Ok(tag * 100 + i), "{name}: m{i}");
+                    }
+                });
+            }
+        });
+    });
+}
