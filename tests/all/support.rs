@@ -162,11 +162,16 @@ pub fn null_instance(iface: *const GuestContractInterface) -> GuestContractInsta
 
 /// Runs `f`, aborting the process if it hangs (a deadlock must fail, not stall).
 pub fn within<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    within_for(LIMIT, what, f)
+}
+
+/// [`within`] with its own limit, for tests that take seconds: a hang fails sooner.
+pub fn within_for<T>(limit: Duration, what: &str, f: impl FnOnce() -> T) -> T {
     let (tx, rx) = mpsc::channel::<()>();
     let what = what.to_owned();
     std::thread::spawn(move || {
-        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(LIMIT) {
-            eprintln!("watchdog: `{what}` did not finish within {LIMIT:?}; aborting");
+        if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+            eprintln!("watchdog: `{what}` did not finish within {limit:?}; aborting");
             std::process::abort();
         }
     });
