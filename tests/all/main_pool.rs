@@ -136,7 +136,6 @@ fn a_main_mode_bundle_with_one_replica_runs_one_call_at_a_time() {
 }
 
 #[test]
-#[ignore = "needs the main-interpreter pool (issue 16): revert this commit when it lands"]
 fn a_main_mode_bundle_with_two_replicas_runs_two_calls_at_once_and_no_more() {
     within_for(HANG, "main k=2", || at_most_k_at_once(2));
 }
@@ -262,7 +261,6 @@ def echo(impl, args, out, arena, alloc):
 "#;
 
 #[test]
-#[ignore = "needs the main-interpreter pool (issue 16): revert this commit when it lands"]
 fn a_deadline_interrupts_its_own_call_and_not_the_one_beside_it() {
     // `spin` never returns by itself: a `steady` that starts less than DEADLINE after
     // `spin` did runs beside it.
