@@ -470,7 +470,13 @@ fn same_named_modules_imported_at_once_by_two_main_mode_bundles_stay_apart() {
             for i in 0..MODULES {
                 files.push((
                     format!("mods/m{i}.py"),
-                    format!("from mods import TAG\nVALUE = TAG * 100 + {i}\n"),
+                    // The sleep drops the GIL mid-import, with the half-made module in
+                    // `sys.modules` under its plain name: the other bundle's import of
+                    // the same name then finds it unless imports are serialised.
+                    format!(
+                        "import time\ntime.sleep(0.002)\nfrom mods import TAG\n\
+                         VALUE = TAG * 100 + {i}\n"
+                    ),
                 ));
             }
             let extra: Vec<(&str, &str)> = files
@@ -479,25 +485,42 @@ fn same_named_modules_imported_at_once_by_two_main_mode_bundles_stay_apart() {
                 .collect();
             let src = plugin_source(
                 &format!("{name}@1"),
-                "import importlib\ndef load(impl, args, out, arena, alloc):\n    \
-                 put_i64(out, importlib.import_module(f'mods.m{i64_at(args)}').VALUE)\n",
+                // The call drops the GIL after its import too (as a numpy call would):
+                // until the call's end re-keys it, the module is under its plain name.
+                "import importlib, time\ndef load(impl, args, out, arena, alloc):\n    \
+                 m = importlib.import_module(f'mods.m{i64_at(args)}')\n    \
+                 time.sleep(0.002)\n    put_i64(out, m.VALUE)\n",
                 "load",
             );
             load_dir(&loader, &rt, &write_bundle(name, &src, &extra).1).unwrap();
             assert_eq!(mode_of(&loader, name), "main", "{name}");
         }
         // Two host threads per bundle, all four importing `mods.m{i}` at the same moment.
+        // Answers are checked after the rounds: a wrong one must not leave the others
+        // waiting at the barrier.
         let barrier = std::sync::Barrier::new(4);
-        std::thread::scope(|s| {
-            for t in 0..4usize {
-                let (rt, barrier, (name, tag)) = (&rt, &barrier, bundles[t % 2]);
-                s.spawn(move || {
-                    for i in 0..MODULES {
-                        barrier.wait();
-                        assert_eq!(call_i64(rt, name, 0, i), Ok(tag * 100 + i), "{name}: m{i}");
-                    }
-                });
-            }
+        let wrong: Vec<String> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4usize)
+                .map(|t| {
+                    let (rt, barrier, (name, tag)) = (&rt, &barrier, bundles[t % 2]);
+                    s.spawn(move || {
+                        let mut wrong = Vec::new();
+                        for i in 0..MODULES {
+                            barrier.wait();
+                            let got = call_i64(rt, name, 0, i);
+                            if got != Ok(tag * 100 + i) {
+                                wrong.push(format!("{name}: m{i} gave {got:?}"));
+                            }
+                        }
+                        wrong
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
         });
+        assert!(wrong.is_empty(), "a bundle got another's module: {wrong:?}");
     });
 }
