@@ -19,12 +19,49 @@ use polyplug_utils::GuestContractId;
 use crate::core_api::host::host_callers::{
     CalculatorContract, CounterContract, CruncherContract, PipelineContract,
 };
+use crate::ext_api::host::host_callers::StatsContract;
 
 /// `crunch(N)`: ~100–200 µs of pure Python per call.
 pub const CRUNCH_N: i64 = 2000;
 
+/// `crunch(CRUNCH_N_LONG)`: ~1 ms of pure Python per call (12 × `CRUNCH_N`).
+pub const CRUNCH_N_LONG: i64 = 24_000;
+
+/// What `stats.matmul(1)` returns: the trace of the product of py_numpy's two 220×220
+/// matrices (integer-valued, so exact).
+pub const MATMUL_TRACE: i64 = 290_402;
+
+/// Sets `OPENBLAS_NUM_THREADS=1` in the process environment. Call first thing in `main`,
+/// before any thread exists and before numpy is first imported: OpenBLAS reads it when
+/// numpy loads it, and one BLAS thread per call is what the BLAS benches measure (its own
+/// thread pool would otherwise use every core for one `numpy.dot`).
+pub fn one_blas_thread() {
+    std::env::set_var("OPENBLAS_NUM_THREADS", "1");
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bundles")
+}
+
+/// The bundles that need C extensions from PyPI (`tools/provision-fixtures` installs them).
+pub fn ext_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/ext-bundles")
+}
+
+/// A runtime over py_numpy alone (numpy refuses subinterpreters: it lands in main mode).
+pub fn numpy_runtime<L: BundleLoader + 'static>(loader: L) -> Arc<Runtime> {
+    let np = ext_fixtures().join("py_numpy");
+    assert!(
+        np.join("site-packages/numpy").is_dir(),
+        "run tools/provision-fixtures first (no numpy in {})",
+        np.display()
+    );
+    let rt = RuntimeBuilder::new()
+        .loader(loader)
+        .build()
+        .expect("runtime builds");
+    rt.load_bundle(&np).expect("py_numpy loads");
+    rt
 }
 
 /// A runtime over the four fixture bundles with a fresh loader.
@@ -61,8 +98,15 @@ pub enum Op {
     Greet,
     Increment,
     Crunch,
+    /// `crunch(CRUNCH_N_LONG)`, ~1 ms.
+    CrunchLong,
     PipelineRun,
     ThreeDirect,
+    /// py_numpy's `stats.matmul(1)`: one `numpy.dot` of two 220×220 float64 matrices,
+    /// ~0.3 ms in BLAS with the GIL released.
+    Matmul,
+    /// py_numpy's `stats.sum_squares(100)`: a few µs of numpy, a trivial main-mode call.
+    SumSquares,
 }
 
 impl Op {
@@ -72,8 +116,21 @@ impl Op {
             Op::Greet => "calculator.greet",
             Op::Increment => "counter.increment",
             Op::Crunch => "cruncher.crunch",
+            Op::CrunchLong => "cruncher.crunch-1ms",
             Op::PipelineRun => "pipeline.run",
             Op::ThreeDirect => "3 direct calls",
+            Op::Matmul => "stats.matmul",
+            Op::SumSquares => "stats.sum_squares",
+        }
+    }
+
+    /// Calls per batch for ~50 ms of calls in the caller-cost figures (`caller_cost`).
+    fn batch(self) -> u64 {
+        match self {
+            Op::Crunch => 400,
+            Op::CrunchLong => 50,
+            Op::Matmul => 150,
+            _ => 30_000,
         }
     }
 
@@ -110,6 +167,20 @@ impl Op {
                 Box::new(move || {
                     c.crunch(CRUNCH_N).unwrap();
                 })
+            }
+            Op::CrunchLong => {
+                let mut c = CruncherContract::new(handle(rt, "cruncher"), host).unwrap();
+                Box::new(move || {
+                    c.crunch(CRUNCH_N_LONG).unwrap();
+                })
+            }
+            Op::Matmul => {
+                let mut s = StatsContract::new(handle(rt, "stats"), host).unwrap();
+                Box::new(move || assert_eq!(s.matmul(1).unwrap(), MATMUL_TRACE))
+            }
+            Op::SumSquares => {
+                let mut s = StatsContract::new(handle(rt, "stats"), host).unwrap();
+                Box::new(move || assert_eq!(s.sum_squares(100).unwrap(), 328_350))
             }
             Op::PipelineRun => {
                 let mut p = PipelineContract::new(handle(rt, "pipeline"), host).unwrap();
@@ -264,6 +335,178 @@ pub fn nested(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
         g.bench_function(BenchmarkId::new(op.name(), loader), |b| b.iter(&mut call));
     }
     g.finish();
+}
+
+/// Latency of calls that run a while (`cruncher.crunch`, ~100 µs, and
+/// `cruncher.crunch-1ms`), from the bench's main thread and from a spawned thread:
+/// what a caller waits on top of the call's own run time (`caller_cost` gives the CPU
+/// the wait costs it).
+pub fn latency_long(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
+    let mut g = c.benchmark_group("latency-long");
+    g.sample_size(10);
+    for op in [Op::Crunch, Op::CrunchLong] {
+        let mut call = op.caller(rt);
+        g.bench_function(
+            BenchmarkId::new(format!("{}/main", op.name()), loader),
+            |b| b.iter(&mut call),
+        );
+        let crew = Crew::new(std::slice::from_ref(rt), op);
+        g.bench_function(
+            BenchmarkId::new(format!("{}/spawned", op.name()), loader),
+            |b| b.iter_custom(|iters| crew.round(iters)),
+        );
+    }
+    g.finish();
+}
+
+/// Trivial calls into main-mode bundles (`calculator.add` with py_calculator forced into
+/// main; py_numpy's `stats.sum_squares(100)`), from the main and a spawned thread: kept to
+/// show that serving main mode from a pool does not slow them down. `calc` is a runtime
+/// over the core fixtures with py_calculator in main mode (the reference's is always),
+/// `numpy` one over py_numpy.
+pub fn main_mode_latency(
+    c: &mut Criterion,
+    loader: &str,
+    calc: &Arc<Runtime>,
+    numpy: &Arc<Runtime>,
+) {
+    let mut g = c.benchmark_group("main-mode");
+    for (op, rt) in [(Op::Add, calc), (Op::SumSquares, numpy)] {
+        let mut call = op.caller(rt);
+        g.bench_function(
+            BenchmarkId::new(format!("{}/main", op.name()), loader),
+            |b| b.iter(&mut call),
+        );
+        let crew = Crew::new(std::slice::from_ref(rt), op);
+        g.bench_function(
+            BenchmarkId::new(format!("{}/spawned", op.name()), loader),
+            |b| b.iter_custom(|iters| crew.round(iters)),
+        );
+    }
+    g.finish();
+}
+
+/// The BLAS bundle (py_numpy's `stats.matmul(1)`: one `numpy.dot` of two 220×220 float64
+/// matrices, ~0.3 ms in BLAS with the GIL released) driven by T = 1 and 2 host threads on
+/// one runtime. `label` names the loader and its setting (`ours-r2`: replicas 2). One
+/// iteration = one call per thread; throughput counts the T calls.
+pub fn blas(c: &mut Criterion, label: &str, rt: &Arc<Runtime>) {
+    let mut g = c.benchmark_group("blas/stats.matmul");
+    g.sample_size(10);
+    for t in [1usize, 2] {
+        let shared: Vec<_> = (0..t).map(|_| Arc::clone(rt)).collect();
+        let crew = Crew::new(&shared, Op::Matmul);
+        g.throughput(Throughput::Elements(t as u64));
+        g.bench_function(BenchmarkId::new(label, t), |b| {
+            b.iter_custom(|iters| crew.round(iters))
+        });
+    }
+    g.finish();
+}
+
+/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`), in ns.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: no CPython call (no rule applies); `ts` is a valid out-pointer and the
+    // clock id a constant Linux always has.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one thread's calls of one op cost it (`cost_here`), in ns per call.
+#[derive(Clone, Copy)]
+struct Cost {
+    /// Wall time per call of the fastest batch.
+    best: f64,
+    /// The calling thread's CPU time per call in that batch.
+    cpu: f64,
+    /// Wall time per call over every measured batch.
+    mean: f64,
+    /// Single-call latency percentiles over every measured call.
+    p50: f64,
+    p99: f64,
+}
+
+/// Wall time and caller-thread CPU time per call of `op` made by the calling thread: one
+/// warm-up batch, then `batches` batches of ~50 ms of calls, each call timed.
+fn cost_here(op: Op, rt: &Runtime, batches: usize) -> Cost {
+    let mut call = op.caller(rt);
+    let n = if quick() {
+        (op.batch() / 10).max(5)
+    } else {
+        op.batch()
+    };
+    let mut best = (f64::MAX, 0.0);
+    let mut each = Vec::with_capacity(n as usize * batches);
+    let mut total = 0.0;
+    for i in 0..=batches {
+        let (t, cpu) = (Instant::now(), thread_cpu_ns());
+        for _ in 0..n {
+            let t = Instant::now();
+            call();
+            if i > 0 {
+                each.push(t.elapsed().as_nanos() as u64);
+            }
+        }
+        let cpu = (thread_cpu_ns() - cpu) as f64 / n as f64;
+        let wall = t.elapsed().as_nanos() as f64 / n as f64;
+        if i > 0 {
+            total += wall;
+            if wall < best.0 {
+                best = (wall, cpu);
+            }
+        }
+    }
+    each.sort_unstable();
+    let pct = |p: f64| each[((each.len() as f64 * p) as usize).min(each.len() - 1)] as f64;
+    Cost {
+        best: best.0,
+        cpu: best.1,
+        mean: total / batches as f64,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
+}
+
+/// The caller's side of each call in `ops`: latency and the CPU the calling thread spends
+/// per call (working and waiting: spinning shows here, parking does not), from the bench's
+/// main thread and from a spawned one, in the fastest of 7 batches (2 with `--quick`); and
+/// the mean over all batches and single-call p50/p99. Keys `<mode>/<op>/<thread>_latency_ns`,
+/// `_cpu_ns`, `_mean_ns`, `_p50_ns`, `_p99_ns`, added to `out`.
+pub fn caller_cost(
+    mut out: serde_like::Obj,
+    mode: &str,
+    rt: &Arc<Runtime>,
+    ops: &[Op],
+) -> serde_like::Obj {
+    let batches = if quick() { 2 } else { 7 };
+    for &op in ops {
+        let main = cost_here(op, rt, batches);
+        let spawned = std::thread::scope(|s| s.spawn(|| cost_here(op, rt, batches)).join())
+            .expect("spawned caller");
+        for (th, cost) in [("main", main), ("spawned", spawned)] {
+            let key = format!("{mode}/{}/{th}", op.name());
+            println!(
+                "caller cost {key}: best batch {:.1} µs per call, caller CPU {:.1} µs per call; mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs",
+                cost.best / 1e3,
+                cost.cpu / 1e3,
+                cost.mean / 1e3,
+                cost.p50 / 1e3,
+                cost.p99 / 1e3,
+            );
+            out = out
+                .num(&format!("{key}_latency_ns"), cost.best)
+                .num(&format!("{key}_cpu_ns"), cost.cpu)
+                .num(&format!("{key}_mean_ns"), cost.mean)
+                .num(&format!("{key}_p50_ns"), cost.p50)
+                .num(&format!("{key}_p99_ns"), cost.p99);
+        }
+    }
+    out
 }
 
 /// A runtime over the fixture bundles whose logger only counts the lines it gets (the
@@ -488,6 +731,49 @@ pub mod serde_like {
             .unwrap();
         }
     }
+}
+
+/// The benchmark filter criterion was given (its positional argument), if any.
+fn filter() -> Option<String> {
+    const TAKES_VALUE: &[&str] = &[
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--profile-time",
+        "--output-format",
+        "--color",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+        "--plotting-backend",
+        "--format",
+    ];
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a.starts_with('-') {
+            if TAKES_VALUE.contains(&a.as_str()) {
+                args.next();
+            }
+            continue;
+        }
+        return Some(a);
+    }
+    None
+}
+
+/// Whether the figures outside criterion named `name` (criterion skips its own) should be
+/// taken in this run: with no filter always; with one, when one of its `|`-separated parts
+/// occurs in `name` or `name` in it (so `cargo bench --bench ours -- 'blas|caller-cost'`
+/// takes only those, and `-- latency/calculator.add/` the `latency` best-of figures).
+pub fn wanted(name: &str) -> bool {
+    filter().is_none_or(|f| {
+        f.split('|')
+            .any(|part| name.contains(part) || part.contains(name))
+    })
 }
 
 /// Whether criterion was asked for a quick smoke run.
