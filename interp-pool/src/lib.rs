@@ -43,6 +43,7 @@ mod job;
 mod memory;
 mod native;
 mod object;
+mod pace;
 mod persistent;
 mod raised;
 mod runtime;

@@ -20,6 +20,7 @@ use crate::ffi::{self, sys};
 use crate::group::GroupId;
 use crate::job::Job;
 use crate::memory::{self, MemoryAccount};
+use crate::pace::{Pace, Running};
 use crate::runtime::Runtime;
 use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
 use crate::InterpreterId;
@@ -40,6 +41,8 @@ pub(crate) struct OwnerLink {
     pub(crate) closing: AtomicBool,
     pub(crate) max_depth: usize,
     pub(crate) caller_spin: Duration,
+    /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
+    pub(crate) pace: Pace,
     /// Serves the main interpreter (which it never ends) rather than one it created.
     pub(crate) origin: Origin,
     pub(crate) queue_capacity: usize,
@@ -229,6 +232,7 @@ impl Owner {
             closing: AtomicBool::new(false),
             max_depth: config.max_depth,
             caller_spin: config.wait.caller_spin,
+            pace: Pace::new(config.wait.caller_spin_max),
             origin,
             queue_capacity: config.queue_capacity.max(1),
             when_full: config.when_full,
@@ -536,6 +540,7 @@ impl Owner {
     /// loop and every nested wait detach before serving.
     fn run_posted(&self, job: Job) {
         let _depth = DepthGuard::enter(job.depth);
+        let _running = Running::enter();
         // SAFETY: R2/R4: thread: owner of `self.ts`. interp: alive until `retire` after
         // the loop. tstate: none attached (we serve only while detached).
         let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };

@@ -15,6 +15,7 @@ mod main_interp;
 mod memory;
 mod native;
 mod own_gil;
+mod pace;
 mod reentry;
 mod util;
 mod wakeups;
