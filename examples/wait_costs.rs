@@ -1,5 +1,7 @@
 //! What waiting for a reply costs the calling thread: wall time per call next to the
-//! caller's own CPU time per call (`interp_pool::thread_cpu_time`, spinning included), for trivial (`calculator.add`), ~100 µs and ~1 ms calls
+//! caller's own CPU time per call (`interp_pool::thread_cpu_time`, spinning included) and
+//! the bundle's interpreter CPU per call (`BundleMetrics::cpu_time`: the call's run time;
+//! for own-GIL bundles plus the owner's spin for the next call, ≤ `server_spin`), for trivial (`calculator.add`), ~100 µs and ~1 ms calls
 //! (`cruncher.crunch(n)`), one host thread calling back to back.
 //!
 //! `cargo run --release --example wait_costs -- <own|main> <adaptive|fixed> [calls]`:
@@ -28,7 +30,7 @@ use std::time::{Duration, Instant};
 use polyplug::runtime::Runtime;
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader};
-use polyplug_utils::GuestContractId;
+use polyplug_utils::{BundleId, GuestContractId};
 
 use core_api::host::host_callers::{CalculatorContract, CruncherContract};
 
@@ -38,10 +40,12 @@ fn handle(rt: &Runtime, contract: &str) -> polyplug_abi::GuestContractHandle {
 }
 
 /// Runs `n` calls of `call` after a tenth as many to warm up; prints per-call figures.
-fn measure(label: &str, n: u64, mut call: impl FnMut()) {
+fn measure(label: &str, n: u64, loader: &PythonLoader, bundle: &str, mut call: impl FnMut()) {
     for _ in 0..n / 10 {
         call();
     }
+    let id = BundleId::new(bundle).id();
+    let m0 = loader.metrics(id).expect("metrics");
     let cpu0 = interp_pool::thread_cpu_time().unwrap_or_default();
     let t = Instant::now();
     for _ in 0..n {
@@ -49,11 +53,15 @@ fn measure(label: &str, n: u64, mut call: impl FnMut()) {
     }
     let wall = t.elapsed();
     let cpu = interp_pool::thread_cpu_time().unwrap_or_default() - cpu0;
+    let m1 = loader.metrics(id).expect("metrics");
+    let run = m1.cpu_time - m0.cpu_time;
     let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     println!(
-        "{label:<22} {n:>6} calls  latency {:>8.1} µs/call  caller CPU {:>7.1} µs/call",
+        "{label:<22} {n:>6} calls  latency {:>8.1} µs/call  caller CPU {:>7.1} µs/call  \
+         interpreter CPU {:>7.1} µs/call",
         per(wall),
         per(cpu),
+        per(run),
     );
 }
 
@@ -84,7 +92,7 @@ fn main() {
     let mut calc = CalculatorContract::new(handle(&rt, "calculator"), host).unwrap();
     let mut crunch = CruncherContract::new(handle(&rt, "cruncher"), host).unwrap();
     println!("{mode} GIL, {policy} spin:");
-    measure("calculator.add", n, || {
+    measure("calculator.add", n, &loader, "py_calculator", || {
         assert_eq!(calc.add(2, 3).unwrap(), 5);
     });
     for (label, arg, calls) in [
@@ -92,7 +100,7 @@ fn main() {
         ("crunch(2000) ~115 µs", 2000, n / 4),
         ("crunch(17500) ~1 ms", 17_500, n / 40),
     ] {
-        measure(label, calls, || {
+        measure(label, calls, &loader, "py_cruncher", || {
             crunch.crunch(arg).unwrap();
         });
     }
