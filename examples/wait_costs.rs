@@ -1,15 +1,18 @@
 //! What waiting for a reply costs the calling thread: wall time per call next to the
 //! caller's own CPU time per call (`interp_pool::thread_cpu_time`, spinning included) and
 //! the bundle's interpreter CPU per call (`BundleMetrics::cpu_time`: the call's run time;
-//! for own-GIL bundles plus the owner's spin for the next call, ≤ `server_spin`), for trivial (`calculator.add`), ~100 µs and ~1 ms calls
-//! (`cruncher.crunch(n)`), one host thread calling back to back.
+//! for own-GIL bundles plus the owner's spin for the next call, ≤ `server_spin`), for
+//! trivial (`calculator.add`), ~100 µs, ~300 µs and ~1 ms calls (`cruncher.crunch(n)`),
+//! one host thread calling back to back.
 //!
-//! `cargo run --release --example wait_costs -- <own|main> <adaptive|fixed> [calls]`:
+//! `cargo run --release --example wait_costs -- <own|main> <adaptive|fixed|µs> [calls]`:
 //! `own` loads both bundles in own-GIL interpreters, `main` in the main interpreter
 //! (`PythonConfig::bundle_modes`); `fixed` sets `WaitPolicy::caller_spin_max` to zero (the
 //! caller spins `caller_spin`, 20 µs, then parks: the policy before the adaptive spin),
-//! `adaptive` keeps the default. One process per setting: the main interpreter keeps the
-//! wait policy of its first user for the life of the process.
+//! `adaptive` keeps the default, a number sets `caller_spin_max` in µs. One process per
+//! setting: the main interpreter keeps the wait policy of its first user for the life of
+//! the process. The table in ARCHITECTURE.md ("Waiting") is the median of 5 alternating
+//! rounds of `own`/`main` × `fixed`/`adaptive`/`1000` with 4000 calls.
 
 #[path = "../fixtures/host/rust/core/mod.rs"]
 #[allow(
@@ -73,6 +76,8 @@ fn main() {
     let mut config = PythonConfig::default();
     if policy == "fixed" {
         config.wait.caller_spin_max = Duration::ZERO;
+    } else if let Ok(us) = policy.parse() {
+        config.wait.caller_spin_max = Duration::from_micros(us);
     }
     if mode == "main" {
         for b in ["py_calculator", "py_cruncher"] {
@@ -98,6 +103,7 @@ fn main() {
     for (label, arg, calls) in [
         ("crunch(1750) ~100 µs", 1750, n / 4),
         ("crunch(2000) ~115 µs", 2000, n / 4),
+        ("crunch(5250) ~300 µs", 5250, n / 10),
         ("crunch(17500) ~1 ms", 17_500, n / 40),
     ] {
         measure(label, calls, &loader, "py_cruncher", || {

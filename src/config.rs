@@ -125,7 +125,7 @@ pub struct PythonConfig {
     pub allow_threads: bool,
     /// Spin-then-park policy of the calling and interpreter threads, passed to each
     /// bundle's interpreter as is: `caller_spin` 20 µs, `server_spin` 20 µs, and
-    /// `caller_spin_max` 1 ms, the longest a caller's spin is stretched to for a bundle
+    /// `caller_spin_max` 500 µs, the longest a caller's spin is stretched to for a bundle
     /// whose recent calls answered within it (zero: never stretch). Each own-GIL or
     /// shared-GIL bundle has its own estimate (its interpreter, or its replica group); the
     /// main interpreter keeps the policy of the first bundle that used it.

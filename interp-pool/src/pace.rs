@@ -1,7 +1,7 @@
 //! How long a caller spins for its reply: a per-call-site estimate of recent reply times
 //! (ARCHITECTURE.md, "Waiting").
 //!
-//! A parked caller pays a futex wake-up (~50 µs on the 2-core VMs this was measured on)
+//! A parked caller pays a futex wake-up (25–50 µs on the 2-core VMs this was measured on)
 //! when its reply comes. The fixed [`WaitPolicy::caller_spin`](crate::WaitPolicy) (20 µs)
 //! covers short calls only, so every call between that and a millisecond paid it. A
 //! [`Pace`] keeps a moving average of the reply times its callers saw and stretches the
