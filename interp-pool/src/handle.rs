@@ -14,7 +14,7 @@ use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::job::{Call, Job};
-use crate::pace::Pace;
+use crate::pace::{Pace, Runnable};
 use crate::runtime;
 use crate::wait;
 use crate::worker::{self, Origin, Owner, OwnerLink};
@@ -310,6 +310,8 @@ where
         // Detached while blocked (also for room in a full queue), or the interpreter
         // we hold could never be served (R4).
         let _detached = DetachGuard::detach_current();
+        // The call needs a core from now until its reply (`pace.rs`).
+        let _in_flight = Runnable::enter();
         let posted = Instant::now();
         let spin = post(job, owner)?;
         match owner {

@@ -9,11 +9,16 @@
 //! a reply that is likely to come soon is spun for, a slow one is still parked for after
 //! the short spin.
 //!
-//! Spinning holds a core. A process-wide count of runnable threads ([`Running`]: owner
-//! threads running a job, callers in a stretched spin) is compared with the cores
-//! (`available_parallelism`): a caller stretches its spin only while the count, itself
-//! included, fits, and gives up the spin (parks) as soon as it no longer does, so waiting
-//! callers do not steal the cores the replicas they wait for need.
+//! Spinning holds a core. A process-wide count of runnable threads ([`Runnable`]: one per
+//! call in flight, whose owner thread runs it or is about to, and one per caller in a
+//! stretched spin) is compared with the cores (`available_parallelism`): a caller
+//! stretches its spin only while the count, itself included, fits, and gives up the spin
+//! (parks) as soon as it no longer does, so waiting callers do not steal the cores the
+//! interpreters they wait for need. Calls in flight rather than owners running a job: an
+//! owner that was handed a job but has not started it (still in its idle spin, or being
+//! woken) needs its core as much, and counting it on the callers' side keeps the owner
+//! loop untouched. (A nested call counts while its outer call does too, and a queued call
+//! counts though it waits for a busy owner: both only make callers spin less.)
 //!
 //! One `Pace` per place with its own stream of calls: each interpreter (`OwnerLink`), each
 //! group (`GroupLink`); `handle::post_and_wait` takes it as a parameter. Lock-free: two
@@ -99,12 +104,12 @@ impl Pace {
 
     /// A caller that is no owner thread waits for `slot`: spins for the budget (yielding
     /// at once while `defer()`), counted as runnable while it spins beyond `base` and
-    /// parking as soon as the count exceeds the cores; then parks. Returns when the slot
+    /// giving up as soon as the count exceeds the cores; then parks. Returns when the slot
     /// is done.
     pub(crate) fn wait(&self, slot: &ReplySlot, base: Duration, defer: &dyn Fn() -> bool) {
         let budget = self.budget(base);
         let spin = if budget > base {
-            let _spinning = Running::enter();
+            let _spinning = Runnable::enter();
             if spin_until(budget, || slot.is_done() || oversubscribed(0), defer) && slot.is_done() {
                 return;
             }
@@ -118,8 +123,8 @@ impl Pace {
     }
 }
 
-/// Owner threads running a job plus callers in a stretched spin, process-wide.
-static RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// Calls in flight plus callers in a stretched spin, process-wide.
+static RUNNABLE: AtomicUsize = AtomicUsize::new(0);
 
 /// `available_parallelism`, read once (0: not yet).
 static CORES: AtomicUsize = AtomicUsize::new(0);
@@ -137,24 +142,23 @@ fn cores() -> usize {
 
 /// Whether the runnable threads, plus `extra` not yet counted, exceed the cores.
 fn oversubscribed(extra: usize) -> bool {
-    RUNNING.load(Ordering::Relaxed) + extra > cores()
+    RUNNABLE.load(Ordering::Relaxed) + extra > cores()
 }
 
-/// Counts the current thread as runnable while it lives: an owner thread running a job
-/// (`Owner::run_posted`; a nested job counts again, which only makes callers spin less),
-/// a caller in a stretched spin.
-pub(crate) struct Running(());
+/// Counts one runnable thread while it lives: a call in flight (`handle::post_and_wait`,
+/// from before the post until the reply), a caller in a stretched spin.
+pub(crate) struct Runnable(());
 
-impl Running {
+impl Runnable {
     pub(crate) fn enter() -> Self {
-        RUNNING.fetch_add(1, Ordering::Relaxed);
+        RUNNABLE.fetch_add(1, Ordering::Relaxed);
         Self(())
     }
 }
 
-impl Drop for Running {
+impl Drop for Runnable {
     fn drop(&mut self) {
-        RUNNING.fetch_sub(1, Ordering::Relaxed);
+        RUNNABLE.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -203,7 +207,7 @@ mod tests {
     fn more_runnable_threads_than_cores_keep_the_base() {
         let p = Pace::new(MAX);
         p.record(Duration::from_micros(100));
-        let _busy: Vec<Running> = (0..cores()).map(|_| Running::enter()).collect();
+        let _busy: Vec<Runnable> = (0..cores()).map(|_| Runnable::enter()).collect();
         assert_eq!(p.budget(BASE), BASE);
     }
 

@@ -20,7 +20,7 @@ use crate::ffi::{self, sys};
 use crate::group::GroupId;
 use crate::job::Job;
 use crate::memory::{self, MemoryAccount};
-use crate::pace::{Pace, Running};
+use crate::pace::Pace;
 use crate::runtime::Runtime;
 use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
 use crate::InterpreterId;
@@ -540,7 +540,6 @@ impl Owner {
     /// loop and every nested wait detach before serving.
     fn run_posted(&self, job: Job) {
         let _depth = DepthGuard::enter(job.depth);
-        let _running = Running::enter();
         // SAFETY: R2/R4: thread: owner of `self.ts`. interp: alive until `retire` after
         // the loop. tstate: none attached (we serve only while detached).
         let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };
