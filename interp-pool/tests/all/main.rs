@@ -15,7 +15,6 @@ mod main_interp;
 mod memory;
 mod native;
 mod own_gil;
-mod pace;
 mod reentry;
 mod util;
 mod wakeups;
