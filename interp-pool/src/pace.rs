@@ -25,7 +25,7 @@
 //! relaxed atomics per call (a lost sample under a race only delays the average).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::wait::{spin_until, ReplySlot};
 
@@ -104,13 +104,18 @@ impl Pace {
 
     /// A caller that is no owner thread waits for `slot`: spins for the budget (yielding
     /// at once while `defer()`), counted as runnable while it spins beyond `base` and
-    /// giving up as soon as the count exceeds the cores; then parks. Returns when the slot
+    /// giving up (once `base` has passed) as soon as the count exceeds the cores; then
+    /// parks. Returns when the slot
     /// is done.
     pub(crate) fn wait(&self, slot: &ReplySlot, base: Duration, defer: &dyn Fn() -> bool) {
         let budget = self.budget(base);
         let spin = if budget > base {
             let _spinning = Runnable::enter();
-            if spin_until(budget, || slot.is_done() || oversubscribed(0), defer) && slot.is_done() {
+            // Giving up never cuts the spin short of the base: a caller spins at least as
+            // long as without the stretch (e.g. while its target's nested call is in flight).
+            let start = Instant::now();
+            let give_up = || oversubscribed(0) && start.elapsed() >= base;
+            if spin_until(budget, || slot.is_done() || give_up(), defer) && slot.is_done() {
                 return;
             }
             Duration::ZERO
