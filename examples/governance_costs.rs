@@ -134,6 +134,7 @@ fn main() {
     let no_spin = || PythonConfig {
         wait: interp_pool::WaitPolicy {
             caller_spin: Duration::ZERO,
+            caller_spin_max: Duration::ZERO,
             server_spin: Duration::ZERO,
         },
         ..PythonConfig::default()

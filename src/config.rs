@@ -123,7 +123,12 @@ pub struct PythonConfig {
     /// Let plugins start (non-daemon) `threading` threads. Default `false`: an
     /// interpreter cannot end while its threads run, so unload would wait on them.
     pub allow_threads: bool,
-    /// Spin-then-park policy of the calling and interpreter threads.
+    /// Spin-then-park policy of the calling and interpreter threads, passed to each
+    /// bundle's interpreter as is: `caller_spin` 20 µs, `server_spin` 20 µs, and
+    /// `caller_spin_max` 500 µs, the longest a caller's spin is stretched to for a bundle
+    /// whose recent calls answered within it (zero: never stretch). Each bundle has its
+    /// own estimate (its interpreter, its replica group, or in `main` its lane); the main
+    /// interpreter's threads keep the server spin of the first bundle that started them.
     pub wait: WaitPolicy,
     /// Interpreter mode for bundles not named in `bundle_modes`. Default
     /// [`InterpreterMode::default_for_this_python`]: `OwnGil` on CPython 3.13+,

@@ -24,6 +24,7 @@ use crate::config::{InterpreterConfig, WhenFull};
 use crate::error::{Error, Result};
 use crate::handle::{self, InterpreterHandle};
 use crate::job::{Call, Job};
+use crate::pace::Pace;
 use crate::wait::OwnerState;
 use crate::worker::{Owner, QueueFull};
 
@@ -62,6 +63,8 @@ pub(crate) struct GroupLink {
     reserved_id: crate::InterpreterId,
     max_depth: usize,
     caller_spin: Duration,
+    /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
+    pace: Pace,
     queue_capacity: usize,
     when_full: WhenFull,
 }
@@ -92,6 +95,7 @@ impl InterpreterGroup {
                 reserved_id: crate::InterpreterId::next(),
                 max_depth: config.max_depth,
                 caller_spin: config.wait.caller_spin,
+                pace: Pace::new(config.wait.caller_spin_max),
                 queue_capacity: capacity,
                 when_full: config.when_full,
             }),
@@ -163,6 +167,12 @@ impl InterpreterGroup {
         &self.link.name
     }
 
+    /// How many times a caller of the group (one that is no owner thread) committed to
+    /// park for its reply; see [`InterpreterHandle::caller_parks`].
+    pub fn caller_parks(&self) -> u64 {
+        self.link.pace.parks()
+    }
+
     /// Calls waiting in the group's queue now (not those queued on one member).
     pub fn queue_len(&self) -> usize {
         self.link.tx.len()
@@ -204,6 +214,7 @@ impl InterpreterGroup {
                     depth,
                     |job, serving| self.post(job, serving),
                     &|| false,
+                    &g.pace,
                 )?;
                 handle::take_result(call, self.gone())
             }

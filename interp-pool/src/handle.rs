@@ -5,6 +5,7 @@ use std::fmt;
 use std::panic;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::activation::{self, DepthGuard};
 use crate::attach::{AttachGuard, Attached, DetachGuard};
@@ -13,6 +14,7 @@ use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::job::{Call, Job};
+use crate::pace::{Pace, Runnable};
 use crate::runtime;
 use crate::wait;
 use crate::worker::{self, Origin, Owner, OwnerLink};
@@ -119,6 +121,14 @@ impl InterpreterHandle {
         self.link.served.load(Ordering::Relaxed)
     }
 
+    /// How many times a caller of this interpreter (one that is no owner thread) gave up
+    /// spinning and committed to park for its reply, paying a wake-up when it came: with
+    /// the adaptive spin (`WaitPolicy::caller_spin_max`) this stays still for calls
+    /// shorter than the cap once a few calls taught it their length.
+    pub fn caller_parks(&self) -> u64 {
+        self.link.pace.parks()
+    }
+
     /// Whether the owner thread is running a job or looking for one (not parked).
     pub fn is_busy(&self) -> bool {
         self.link.state.load(Ordering::Relaxed) != crate::wait::OwnerState::Parked
@@ -216,6 +226,7 @@ impl InterpreterHandle {
             depth,
             |job, serving| target.post(job, serving),
             &|| target.is_nested_waiting(),
+            &target.pace,
         )?;
         take_result(call, Error::InterpreterGone { interp: target.id })
     }
@@ -267,13 +278,15 @@ where
 /// Posts `call` with `post` and waits until it ran (or was dropped unrun); an owner
 /// thread serves its own queues meanwhile (shape 4). `target_nested`: whether the thread
 /// that must run the call is itself waiting on another interpreter (then waiting yields
-/// rather than spins).
+/// rather than spins). `pace`: the call site's reply times, which set the caller's spin
+/// budget from `post`'s base spin and learn this call's reply time (`pace.rs`).
 pub(crate) fn post_and_wait<F, R>(
     call: &mut Call<F, R>,
     owner: Option<&Owner>,
     depth: usize,
     post: impl FnOnce(Job, Option<&Owner>) -> Result<std::time::Duration>,
     target_nested: &dyn Fn() -> bool,
+    pace: &Pace,
 ) -> Result<()>
 where
     F: FnOnce(&Attached<'_>) -> Result<R> + Send,
@@ -296,11 +309,15 @@ where
         // Detached while blocked (also for room in a full queue), or the interpreter
         // we hold could never be served (R4).
         let _detached = DetachGuard::detach_current();
+        // The call needs a core from now until its reply (`pace.rs`).
+        let _in_flight = Runnable::enter();
+        let posted = Instant::now();
         let spin = post(job, owner)?;
         match owner {
-            Some(owner) => owner.serve(Some((slot, target_nested)), spin),
-            None => slot.wait(spin, target_nested),
+            Some(owner) => owner.serve(Some((slot, target_nested)), pace.budget(spin)),
+            None => pace.wait(slot, spin, target_nested),
         }
+        pace.record(posted.elapsed());
         Ok(())
     })
 }

@@ -47,6 +47,7 @@ mod main_pool;
 mod memory;
 mod native;
 mod object;
+mod pace;
 mod persistent;
 mod raised;
 mod runtime;

@@ -36,6 +36,7 @@ use crate::config::{InterpreterConfig, WhenFull};
 use crate::error::{Error, Result};
 use crate::handle::{self, InterpreterHandle};
 use crate::job::{Call, Job};
+use crate::pace::Pace;
 use crate::runtime;
 use crate::worker::{self, MainSeat, Owner, QueueFull};
 use crate::InterpreterId;
@@ -192,6 +193,9 @@ struct LaneLink {
     served: AtomicU64,
     max_depth: usize,
     caller_spin: Duration,
+    /// Its callers' recent reply times, which stretch their spin (`pace.rs`): per lane,
+    /// since every lane shares the one interpreter.
+    pace: Pace,
     queue_capacity: usize,
     when_full: WhenFull,
     /// `end` waits here for the last hold to go.
@@ -242,6 +246,7 @@ impl MainLane {
             served: AtomicU64::new(0),
             max_depth: config.max_depth,
             caller_spin: config.wait.caller_spin,
+            pace: Pace::new(config.wait.caller_spin_max),
             queue_capacity: capacity,
             when_full: config.when_full,
             idle: (Mutex::new(()), Condvar::new()),
@@ -297,6 +302,12 @@ impl MainLane {
         self.link.served.load(Ordering::Relaxed)
     }
 
+    /// How many times a caller of the lane (one that is no owner thread) committed to park
+    /// for its reply; see [`InterpreterHandle::caller_parks`].
+    pub fn caller_parks(&self) -> u64 {
+        self.link.pace.parks()
+    }
+
     /// The pool's threads (seat 0 first), for their clocks and memory accounts.
     pub fn threads(&self) -> &[InterpreterHandle] {
         &self.link.pool.seats
@@ -345,6 +356,7 @@ impl MainLane {
             depth,
             |job, serving| self.post(job, serving),
             &|| false,
+            &l.pace,
         )?;
         handle::take_result(call, self.gone())
     }

@@ -223,22 +223,24 @@ impl ReplySlot {
     }
 
     /// Blocks the current (owning) thread until [`complete`](Self::complete); `defer`
-    /// as for [`spin_until`].
-    pub(crate) fn wait(&self, spin: Duration, defer: impl Fn() -> bool) {
+    /// as for [`spin_until`]. Returns whether it committed to park.
+    pub(crate) fn wait(&self, spin: Duration, defer: impl Fn() -> bool) -> bool {
         if spin_until(spin, || self.is_done(), defer) {
-            return;
+            return false;
         }
-        self.park_until_done();
+        self.park_until_done()
     }
 
-    /// Commits to sleeping and parks until Done (spurious wake-ups are absorbed).
-    pub(crate) fn park_until_done(&self) {
+    /// Commits to sleeping and parks until Done (spurious wake-ups are absorbed). Returns
+    /// whether it committed (false: the reply was already there).
+    pub(crate) fn park_until_done(&self) -> bool {
         if !self.prepare_park() {
-            return;
+            return false;
         }
         while !self.is_done() {
             thread::park();
         }
+        true
     }
 
     /// Announces that the waiter may park from now on, so completion will unpark it.
@@ -362,16 +364,20 @@ pub(crate) fn spin_until(
     let start = std::time::Instant::now();
     let mut i: u32 = 0;
     loop {
-        if i < PURE_SPINS && !defer() {
+        // A yield is a syscall that may give the core away for a whole time slice on a
+        // busy machine: the clock is read after each one (after every 16 pause hints).
+        let yielded = if i < PURE_SPINS && !defer() {
             std::hint::spin_loop();
+            false
         } else {
             thread::yield_now();
-        }
+            true
+        };
         i = i.wrapping_add(1);
         if ready() {
             return true;
         }
-        if i % 16 == 0 && start.elapsed() >= budget {
+        if (yielded || i % 16 == 0) && start.elapsed() >= budget {
             return false;
         }
     }

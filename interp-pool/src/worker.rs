@@ -21,6 +21,7 @@ use crate::group::GroupId;
 use crate::job::Job;
 use crate::main_pool;
 use crate::memory::{self, MemoryAccount};
+use crate::pace::Pace;
 use crate::runtime::Runtime;
 use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
 use crate::InterpreterId;
@@ -41,6 +42,8 @@ pub(crate) struct OwnerLink {
     pub(crate) closing: AtomicBool,
     pub(crate) max_depth: usize,
     pub(crate) caller_spin: Duration,
+    /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
+    pub(crate) pace: Pace,
     /// Serves the main interpreter (which it never ends) rather than one it created.
     pub(crate) origin: Origin,
     pub(crate) queue_capacity: usize,
@@ -240,6 +243,7 @@ impl Owner {
             closing: AtomicBool::new(false),
             max_depth: config.max_depth,
             caller_spin: config.wait.caller_spin,
+            pace: Pace::new(config.wait.caller_spin_max),
             origin,
             queue_capacity: config.queue_capacity.max(1),
             when_full: config.when_full,

@@ -87,6 +87,7 @@ fn posts_wake_an_idle_member_and_none_is_lost() {
     within(LIMIT, "group wake-ups", || {
         let zero = WaitPolicy {
             caller_spin: Duration::ZERO,
+            caller_spin_max: Duration::ZERO,
             server_spin: Duration::ZERO,
         };
         let g = group_of("wakes", 4, zero);

@@ -21,6 +21,7 @@ fn no_spin(name: &str) -> InterpreterHandle {
     spawn_with(InterpreterConfig {
         wait: WaitPolicy {
             caller_spin: Duration::ZERO,
+            caller_spin_max: Duration::ZERO,
             server_spin: Duration::ZERO,
         },
         ..InterpreterConfig::named(name)
