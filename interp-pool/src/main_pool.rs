@@ -53,24 +53,27 @@ static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
 /// Every open lane, scanned by idle seats.
 static LANES: RwLock<Vec<Arc<LaneLink>>> = RwLock::new(Vec::new());
 
-/// Per seat: spinning for work right now (it will see a queued call without a wake-up).
+/// Per seat: between jobs and not parked (it will see a queued call without a wake-up).
 static LOOKING: [AtomicBool; MAX_MAIN_THREADS] =
     [const { AtomicBool::new(false) }; MAX_MAIN_THREADS];
 
-/// Marks seat `index` as spinning for work until dropped.
+/// Seat `index`'s flag in `LOOKING`, set while it is between jobs and not parked; clear
+/// again when dropped.
 pub(crate) struct Looking(usize);
 
 impl Looking {
-    pub(crate) fn enter(index: usize) -> Self {
-        LOOKING[index].store(true, Ordering::SeqCst);
+    pub(crate) fn new(index: usize) -> Self {
         Self(index)
+    }
+
+    pub(crate) fn set(&self, on: bool) {
+        LOOKING[self.0].store(on, Ordering::SeqCst);
     }
 }
 
 impl Drop for Looking {
     fn drop(&mut self) {
-        // Before the seat stores Parked and fences (see `MainLane::post`).
-        LOOKING[self.0].store(false, Ordering::SeqCst);
+        self.set(false);
     }
 }
 
@@ -547,6 +550,17 @@ pub(crate) fn has_work(index: usize) -> bool {
     lanes()
         .iter()
         .any(|l| !l.rx.is_empty() && l.takeable_by(index))
+}
+
+/// A seat that stops looking without parking (its nested wait is over): after clearing its
+/// flag, wakes seats for calls queued meanwhile by posters that saw it looking.
+pub(crate) fn hand_off() {
+    // Pairs with the fence in `MainLane::post`: the flag's clearing is ordered before our
+    // reads of the queues.
+    fence(Ordering::SeqCst);
+    for l in lanes().iter().filter(|l| !l.rx.is_empty()) {
+        l.wake_for_queued();
+    }
 }
 
 /// At shutdown, after the seats ended: fails every call still queued on a lane.

@@ -495,22 +495,29 @@ impl Owner {
                 || self.seat.is_some_and(main_pool::has_work)
         };
         sh.state.store(waiting, Ordering::Relaxed);
+        // A main-pool seat here, between jobs and not parked, takes a lane's call without
+        // being woken: posters see this and wake no other seat for it.
+        let looking = self.seat.map(main_pool::Looking::new);
+        let look = |on: bool| looking.as_ref().inspect(|l| l.set(on));
         loop {
+            look(true);
             if let Some((job, hold)) = self.next_job(group()) {
+                look(false);
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
                 self.run_posted(job, hold);
                 sh.state.store(waiting, Ordering::Relaxed);
                 continue;
             }
             if finished() {
+                // A poster that saw us looking woke no one: hand its call on.
+                if looking.is_some() {
+                    look(false);
+                    main_pool::hand_off();
+                }
                 break;
             }
             let spun = Instant::now();
-            let ready = {
-                // A main-pool seat spinning here takes a lane's call without being woken.
-                let _looking = self.seat.map(main_pool::Looking::enter);
-                spin_until(spin, || finished() || queued(), defer)
-            };
+            let ready = spin_until(spin, || finished() || queued(), defer);
             sh.clock.add_spin(spun.elapsed());
             if ready {
                 continue;
@@ -521,6 +528,8 @@ impl Owner {
                     continue;
                 }
             }
+            // Before Parked is stored and fenced (see `main_pool::MainLane::post`).
+            look(false);
             // Pairs with `wake_if_parked` in `OwnerLink::post` and with the claim in
             // `group::GroupLink::post` (see there).
             sh.state.park_unless(|| !finished() && !queued());
