@@ -1,5 +1,5 @@
 //! Hand-off costs of interp-pool: foreign-thread round trip, inline call on the owner
-//! thread, and K interpreters driven by K threads (aggregate throughput).
+//! thread, a call into the main interpreter (its first thread, and a `MainLane`), and K interpreters driven by K threads (aggregate throughput).
 //!
 //! `cargo bench -p interp-pool --bench handoff` (add `-- --quick` for a smoke run).
 
@@ -7,7 +7,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use interp_pool::{Attached, InterpreterConfig, InterpreterHandle, Result};
+use interp_pool::{Attached, InterpreterConfig, InterpreterHandle, MainLane, Result};
 
 const SETUP: &str = r#"
 def add(a, b):
@@ -62,6 +62,15 @@ fn roundtrip(c: &mut Criterion) {
             .unwrap()
         })
     });
+    // The main interpreter: a call on its first pool thread, and through a lane (which adds
+    // the lane's limit bookkeeping: a hold taken and released per call).
+    let main = InterpreterHandle::main(InterpreterConfig::named("bench-main")).expect("main");
+    g.bench_function("main/noop", |b| b.iter(|| main.call(|_| Ok(1u8)).unwrap()));
+    let lane = MainLane::new(&InterpreterConfig::named("bench-lane"), 1).expect("lane");
+    g.bench_function("main-lane/noop", |b| {
+        b.iter(|| lane.call(|_| Ok(1u8)).unwrap())
+    });
+    lane.end();
     g.finish();
     h.end();
 }

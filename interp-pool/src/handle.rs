@@ -5,7 +5,6 @@ use std::fmt;
 use std::panic;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::activation::{self, DepthGuard};
 use crate::attach::{AttachGuard, Attached, DetachGuard};
@@ -14,7 +13,7 @@ use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::ffi;
 use crate::job::{Call, Job};
-use crate::pace::{Pace, Runnable};
+use crate::pace::Pace;
 use crate::runtime;
 use crate::wait;
 use crate::worker::{self, Origin, Owner, OwnerLink};
@@ -309,15 +308,17 @@ where
         // Detached while blocked (also for room in a full queue), or the interpreter
         // we hold could never be served (R4).
         let _detached = DetachGuard::detach_current();
-        // The call needs a core from now until its reply (`pace.rs`).
-        let _in_flight = Runnable::enter();
-        let posted = Instant::now();
+        // Timed, and counted as needing a core from now until its reply (`pace.rs`),
+        // unless it is a trivial call site's unsampled call.
+        let (posted, _in_flight) = pace.start();
         let spin = post(job, owner)?;
         match owner {
             Some(owner) => owner.serve(Some((slot, target_nested)), pace.budget(spin)),
             None => pace.wait(slot, spin, target_nested),
         }
-        pace.record(posted.elapsed());
+        if let Some(posted) = posted {
+            pace.record(posted.elapsed());
+        }
         Ok(())
     })
 }

@@ -53,6 +53,15 @@ static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
 /// Every open lane, scanned by idle seats.
 static LANES: RwLock<Vec<Arc<LaneLink>>> = RwLock::new(Vec::new());
 
+/// Calls queued on all lanes together: a seat looking for work reads this one word and
+/// takes the lanes' lock only when something is queued somewhere. Raised after a push
+/// (before the poster's fence), lowered after a take or a drop.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+/// Per seat: where its next scan of the lanes starts (only that seat writes it).
+static SCAN_FROM: [AtomicUsize; MAX_MAIN_THREADS] =
+    [const { AtomicUsize::new(0) }; MAX_MAIN_THREADS];
+
 /// Per seat: between jobs and not parked (it will see a queued call without a wake-up).
 static LOOKING: [AtomicBool; MAX_MAIN_THREADS] =
     [const { AtomicBool::new(false) }; MAX_MAIN_THREADS];
@@ -67,7 +76,9 @@ impl Looking {
     }
 
     pub(crate) fn set(&self, on: bool) {
-        LOOKING[self.0].store(on, Ordering::SeqCst);
+        // Relaxed: clearing it is ordered before the seat's queue checks by the fence that
+        // follows (`park_unless`, `hand_off`); setting it is only a hint to posters.
+        LOOKING[self.0].store(on, Ordering::Relaxed);
     }
 }
 
@@ -424,6 +435,7 @@ impl MainLane {
             },
         };
         full.send(&l.tx, job, serving)?;
+        QUEUED.fetch_add(1, Ordering::SeqCst);
         // Pairs with each seat's `park_unless` (it stores Parked, fences, re-checks the
         // lanes), with `Hold::drop`'s fence and with `end`'s: either a seat sees the job
         // or we see it Parked and claim it; either a releaser sees the job or we see its
@@ -467,6 +479,7 @@ impl LaneLink {
     /// Drops every queued call unrun: each completes its caller with InterpreterGone.
     fn drain(&self) {
         while let Ok(job) = self.rx.try_recv() {
+            QUEUED.fetch_sub(1, Ordering::SeqCst);
             drop(job);
         }
     }
@@ -492,7 +505,8 @@ impl Hold {
                 })
                 .ok()?;
         }
-        mine.fetch_add(1, Ordering::Relaxed);
+        // Only seat `index` writes its count: a plain load and store.
+        mine.store(mine.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         Some(Self {
             lane: Arc::clone(lane),
             index,
@@ -503,7 +517,10 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let l = &*self.lane;
-        if l.holds[self.index].fetch_sub(1, Ordering::Relaxed) != 1 {
+        let mine = &l.holds[self.index];
+        let depth = mine.load(Ordering::Relaxed);
+        mine.store(depth - 1, Ordering::Relaxed);
+        if depth != 1 {
             return;
         }
         l.active.fetch_sub(1, Ordering::SeqCst);
@@ -522,13 +539,16 @@ impl Drop for Hold {
 /// Seat side: the next queued call seat `index` may take, with the hold it runs under.
 /// Scans the lanes from a rotating start so one busy lane cannot starve the others.
 pub(crate) fn take(index: usize) -> Option<(Job, Hold)> {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    if QUEUED.load(Ordering::SeqCst) == 0 {
+        return None;
+    }
     let lanes = lanes();
     let n = lanes.len();
     if n == 0 {
         return None;
     }
-    let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    let start = SCAN_FROM[index].load(Ordering::Relaxed);
+    SCAN_FROM[index].store(start.wrapping_add(1), Ordering::Relaxed);
     for k in 0..n {
         let lane = &lanes[(start + k) % n];
         if lane.rx.is_empty() {
@@ -538,6 +558,7 @@ pub(crate) fn take(index: usize) -> Option<(Job, Hold)> {
             continue;
         };
         if let Ok(job) = lane.rx.try_recv() {
+            QUEUED.fetch_sub(1, Ordering::SeqCst);
             lane.served.fetch_add(1, Ordering::Relaxed);
             return Some((job, hold));
         }
@@ -547,9 +568,10 @@ pub(crate) fn take(index: usize) -> Option<(Job, Hold)> {
 
 /// Seat side: whether any lane has a call seat `index` may take (the park re-check).
 pub(crate) fn has_work(index: usize) -> bool {
-    lanes()
-        .iter()
-        .any(|l| !l.rx.is_empty() && l.takeable_by(index))
+    QUEUED.load(Ordering::SeqCst) != 0
+        && lanes()
+            .iter()
+            .any(|l| !l.rx.is_empty() && l.takeable_by(index))
 }
 
 /// A seat that stops looking without parking (its nested wait is over): after clearing its

@@ -32,6 +32,25 @@ use crate::wait::{spin_until, ReplySlot};
 /// The weight of a new sample in the moving average: 1/2^SHIFT.
 const SHIFT: u32 = 3;
 
+/// Replies faster than this (as the average goes) mark a trivial call site.
+pub(crate) const FAST: Duration = Duration::from_micros(4);
+const FAST_NS: u64 = FAST.as_nanos() as u64;
+
+/// A trivial site's calls are timed one in this many, per thread.
+pub(crate) const FAST_SAMPLE: u32 = 16;
+
+/// Whether this thread's call is the one in [`FAST_SAMPLE`] to time.
+fn sample_now() -> bool {
+    thread_local! {
+        static COUNT: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    COUNT.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n % FAST_SAMPLE == 0
+    })
+}
+
 /// A call site's recent reply times and the spin budget they give its callers.
 #[derive(Debug)]
 pub(crate) struct Pace {
@@ -70,6 +89,23 @@ impl Pace {
             old - (old >> SHIFT) + (sample >> SHIFT)
         };
         self.recent_ns.store(new.max(1), Ordering::Relaxed);
+    }
+
+    /// Starts one call's bookkeeping, before its post: the clock reading its reply time is
+    /// measured from (`None`: not measured this time) and its count as runnable (`None`:
+    /// not counted). A site whose replies come within [`FAST`] (trivial calls: they never
+    /// stretch a spin) is timed on one call in [`FAST_SAMPLE`] per thread and not counted,
+    /// so it pays neither two clock reads nor a shared counter per call; a sample that
+    /// comes out slower puts it back on every call.
+    pub(crate) fn start(&self) -> (Option<Instant>, Option<Runnable>) {
+        if self.max.is_zero() {
+            return (None, None);
+        }
+        let fast = matches!(self.recent_ns.load(Ordering::Relaxed), 1..FAST_NS);
+        if fast && !sample_now() {
+            return (None, None);
+        }
+        (Some(Instant::now()), (!fast).then(Runnable::enter))
     }
 
     /// The moving average of recent reply times, if any call was recorded.
@@ -222,5 +258,23 @@ mod tests {
         p.record(Duration::from_micros(100));
         assert_eq!(p.recent(), None);
         assert_eq!(p.budget(BASE), BASE);
+    }
+
+    #[test]
+    fn a_trivial_site_is_timed_one_call_in_sixteen_and_not_counted() {
+        let p = Pace::new(MAX);
+        // No sample yet, then a slow site: every call is timed and counted.
+        assert!(matches!(p.start(), (Some(_), Some(_))));
+        p.record(Duration::from_micros(200));
+        assert!(matches!(p.start(), (Some(_), Some(_))));
+        let p = Pace::new(MAX);
+        p.record(Duration::from_nanos(800));
+        let starts: Vec<_> = (0..FAST_SAMPLE * 4).map(|_| p.start()).collect();
+        let timed = starts.iter().filter(|(t, _)| t.is_some()).count();
+        assert_eq!(timed, 4);
+        assert!(starts.iter().all(|(_, r)| r.is_none()));
+        // A sample that comes out slow puts the site back on every call.
+        p.record(Duration::from_millis(2));
+        assert!(matches!(p.start(), (Some(_), Some(_))));
     }
 }

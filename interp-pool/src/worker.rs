@@ -504,7 +504,12 @@ impl Owner {
             if let Some((job, hold)) = self.next_job(group()) {
                 look(false);
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
-                self.run_posted(job, hold);
+                // Looking again before the caller has its reply: the call it may post at
+                // once finds us looking and wakes no other seat.
+                self.run_posted(job, || {
+                    drop(hold);
+                    look(true);
+                });
                 sh.state.store(waiting, Ordering::Relaxed);
                 continue;
             }
@@ -575,14 +580,16 @@ impl Owner {
         let group = self.group_rx.get().filter(|_| !self.left_group.get());
         while let Some((job, hold)) = self.next_job(group) {
             let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
-            self.run_posted(job, hold);
+            self.run_posted(job, || drop(hold));
             self.link.state.store(before, Ordering::Relaxed);
         }
     }
 
     /// Runs a job that came through the queue. The thread is detached here: the top-level
     /// loop and every nested wait detach before serving.
-    fn run_posted(&self, job: Job, hold: Option<main_pool::Hold>) {
+    /// `before_reply` runs after the job, before its caller is released (a lane's hold
+    /// goes there: a call that returned no longer counts against the lane's limit).
+    fn run_posted(&self, job: Job, before_reply: impl FnOnce()) {
         let _depth = DepthGuard::enter(job.depth);
         // SAFETY: R2/R4: thread: owner of `self.ts`. interp: alive until `retire` after
         // the loop. tstate: none attached (we serve only while detached).
@@ -593,9 +600,7 @@ impl Owner {
         // `running`).
         let outer = self.link.running.swap(0, Ordering::SeqCst);
         let token = attached.token();
-        // A lane's hold goes before the caller has its reply: a call that returned no
-        // longer counts against the lane's limit.
-        job.execute_then(&token, || drop(hold));
+        job.execute_then(&token, before_reply);
         self.link.running.store(outer, Ordering::SeqCst);
         cancel::raise_deferred(&token, &self.link, outer);
     }
