@@ -579,6 +579,10 @@ impl Loader {
                 return Err(error::init_failed(bundle, "cannot group the replicas", &e).into());
             }
         };
+        // Said once the load worked: an attempt that fails moves on to another mode.
+        if mode == InterpreterMode::SharedGil && max > 1 {
+            replicas::warn_unreplicated(&runtime.logger(), bundle, mode.as_str(), max);
+        }
         let t_init = t0.elapsed() - t_spawn;
         let shapes = load::shapes(&declared[0]);
         let meter = Arc::new(Meter::new(self.config.failure_log));
@@ -716,11 +720,6 @@ impl Loader {
                 replicas::note_main_threads(&runtime.logger(), bundle, lane.limit(), pool);
             }
             return Ok(Target::Main(lane));
-        }
-        // Said once the load worked: an attempt that fails moves on to another mode.
-        let (_, max) = self.config.replicas_for(bundle).bounds().unwrap_or((1, 1));
-        if mode == InterpreterMode::SharedGil && max > 1 {
-            replicas::warn_unreplicated(&runtime.logger(), bundle, mode.as_str(), max);
         }
         if !replicated {
             return Ok(Target::One(members[0].clone()));

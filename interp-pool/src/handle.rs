@@ -59,10 +59,7 @@ impl InterpreterHandle {
     /// made on any pool thread runs inline there: they all are the main interpreter.
     /// [`end`](Self::end) does nothing on it; [`shutdown`](crate::shutdown) stops it.
     pub fn main(config: InterpreterConfig) -> Result<Self> {
-        let config = InterpreterConfig {
-            name: "__main__".into(),
-            ..config
-        };
+        // The pool names its threads itself.
         Ok(crate::main_pool::Pool::get(&config)?.first())
     }
 

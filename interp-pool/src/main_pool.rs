@@ -461,9 +461,9 @@ impl LaneLink {
     }
 
     /// Claims a parked seat that may take a queued call, unless as many seats that may are
-    /// spinning for work as calls are queued (they will see them: waking another would
-    /// cost a futex wake-up and leave the caller parking for a reply that comes in
-    /// microseconds); true if it claimed one.
+    /// looking (`Looking`: between jobs, not parked) as calls are queued (they will see
+    /// them: waking another would cost a futex wake-up and leave the caller parking for a
+    /// reply that comes in microseconds); true if it claimed one.
     fn wake_for_queued(&self) -> bool {
         let seats = self.holds.len();
         let looking = (0..seats)
