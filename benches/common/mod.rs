@@ -404,17 +404,11 @@ pub fn blas(c: &mut Criterion, label: &str, rt: &Arc<Runtime>) {
     g.finish();
 }
 
-/// CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`), in ns.
+/// The calling thread's CPU time so far, in ns (`CLOCK_THREAD_CPUTIME_ID`, through
+/// interp-pool's reader: no CPython involved, so the reference bench uses it too).
 pub fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: no CPython call (no rule applies); `ts` is a valid out-pointer and the
-    // clock id a constant Linux always has.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    let t = interp_pool::thread_cpu_time().expect("CLOCK_THREAD_CPUTIME_ID");
+    u64::try_from(t.as_nanos()).expect("thread CPU time fits u64 ns")
 }
 
 /// What one thread's calls of one op cost it (`cost_here`), in ns per call.
