@@ -246,20 +246,31 @@ impl Crew {
     }
 }
 
+/// One op's latency from the bench's main thread (`<op>/main`) and from a spawned one
+/// (`<op>/spawned`).
+fn main_and_spawned(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    loader: &str,
+    op: Op,
+    rt: &Arc<Runtime>,
+) {
+    let mut call = op.caller(rt);
+    g.bench_function(
+        BenchmarkId::new(format!("{}/main", op.name()), loader),
+        |b| b.iter(&mut call),
+    );
+    let crew = Crew::new(std::slice::from_ref(rt), op);
+    g.bench_function(
+        BenchmarkId::new(format!("{}/spawned", op.name()), loader),
+        |b| b.iter_custom(|iters| crew.round(iters)),
+    );
+}
+
 /// Single-caller latency of `op`, from the bench's main thread and from a spawned thread.
 pub fn latency(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
     let mut g = c.benchmark_group("latency");
     for op in [Op::Add, Op::Greet, Op::Increment] {
-        let mut call = op.caller(rt);
-        g.bench_function(
-            BenchmarkId::new(format!("{}/main", op.name()), loader),
-            |b| b.iter(&mut call),
-        );
-        let crew = Crew::new(std::slice::from_ref(rt), op);
-        g.bench_function(
-            BenchmarkId::new(format!("{}/spawned", op.name()), loader),
-            |b| b.iter_custom(|iters| crew.round(iters)),
-        );
+        main_and_spawned(&mut g, loader, op, rt);
     }
     g.finish();
 }
@@ -345,16 +356,7 @@ pub fn latency_long(c: &mut Criterion, loader: &str, rt: &Arc<Runtime>) {
     let mut g = c.benchmark_group("latency-long");
     g.sample_size(10);
     for op in [Op::Crunch, Op::CrunchLong] {
-        let mut call = op.caller(rt);
-        g.bench_function(
-            BenchmarkId::new(format!("{}/main", op.name()), loader),
-            |b| b.iter(&mut call),
-        );
-        let crew = Crew::new(std::slice::from_ref(rt), op);
-        g.bench_function(
-            BenchmarkId::new(format!("{}/spawned", op.name()), loader),
-            |b| b.iter_custom(|iters| crew.round(iters)),
-        );
+        main_and_spawned(&mut g, loader, op, rt);
     }
     g.finish();
 }
@@ -372,16 +374,7 @@ pub fn main_mode_latency(
 ) {
     let mut g = c.benchmark_group("main-mode");
     for (op, rt) in [(Op::Add, calc), (Op::SumSquares, numpy)] {
-        let mut call = op.caller(rt);
-        g.bench_function(
-            BenchmarkId::new(format!("{}/main", op.name()), loader),
-            |b| b.iter(&mut call),
-        );
-        let crew = Crew::new(std::slice::from_ref(rt), op);
-        g.bench_function(
-            BenchmarkId::new(format!("{}/spawned", op.name()), loader),
-            |b| b.iter_custom(|iters| crew.round(iters)),
-        );
+        main_and_spawned(&mut g, loader, op, rt);
     }
     g.finish();
 }
