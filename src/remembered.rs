@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::UNIX_EPOCH;
 
 use crate::config::InterpreterMode;
-use crate::refusals::ModeReason;
+use crate::mode_reason::ModeReason;
 
 /// A bundle directory and the fingerprint of its files at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
