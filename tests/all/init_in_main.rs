@@ -328,3 +328,29 @@ fn an_extension_failing_for_an_unrelated_reason_does_not_move_the_bundle() {
         collect_main_garbage();
     });
 }
+
+/// Defect 9b: two symlinks back to the bundle dir made the fingerprint walk of
+/// remembered outcomes exponential. The load completes, and the second load finds the
+/// first one's outcome (the fingerprint is the same).
+#[test]
+fn a_bundle_with_two_cyclic_symlinks_loads_and_its_outcome_is_remembered() {
+    if skip_before_313("cyclic symlinks") {
+        return;
+    }
+    within("cyclic symlinks", || {
+        let name = "cyclic_links";
+        let (rt, loader, _logs) = empty_runtime();
+        let (_root, dir) = accel_bundle(name, Accel::ImportsOwnHelper);
+        std::os::unix::fs::symlink(&dir, dir.join("up")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("site-packages/top")).unwrap();
+        load_dir(&loader, &rt, &dir).unwrap();
+        assert_eq!(mode_of(&loader, name), "main");
+        assert!(!reason(&loader, name).remembered);
+        rt.unload_bundle(polyplug_utils::BundleId::new(name))
+            .unwrap();
+        load_dir(&loader, &rt, &dir).unwrap();
+        let r = reason(&loader, name);
+        assert_eq!(mode_of(&loader, name), "main", "{r}");
+        assert!(r.remembered, "{r}");
+    });
+}
