@@ -381,6 +381,9 @@ impl Loader {
                 };
             }
         }
+        if mode != InterpreterMode::Main {
+            crate::refusals::watch_main(|| self.interpreter(bundle, InterpreterMode::Main));
+        }
         let start = mode;
         loop {
             let (err, refusal) =
@@ -444,6 +447,7 @@ impl Loader {
                 from: mode,
                 how: refusal.how,
                 binding: refusal.binding,
+                seen: refusal.seen,
             });
             mode = next;
         }

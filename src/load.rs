@@ -22,7 +22,7 @@ use crate::error::{init_failed, init_failed_after_refusal, init_failed_msg};
 use crate::isolation::{self, BundleKey};
 use crate::metrics::Meter;
 use crate::output::{self, OutputSink};
-use crate::refusals::{self, Binding, CallWatch, RefusalHow};
+use crate::refusals::{self, Binding, CallWatch, Evidence, RefusalHow};
 use crate::replicas::Target;
 
 /// Run into a fresh namespace once per load, before the bundle, in this order: the
@@ -66,6 +66,8 @@ pub(crate) struct Refusal {
     pub(crate) binding: Binding,
     /// Whether the ImportError reached the loader or the importing package caught it.
     pub(crate) how: RefusalHow,
+    /// What made the loader count it as a refusal.
+    pub(crate) seen: Evidence,
 }
 
 /// Why one load attempt failed: the error for the host and, if an extension module
@@ -96,6 +98,7 @@ impl Plan<'_> {
                 module: module.clone(),
                 binding: Binding::C,
                 how: RefusalHow::Raised,
+                seen: Evidence::Message,
             }),
             _ => None,
         };
@@ -265,7 +268,7 @@ fn init_bundle(
             crate::deadlines::run_loader_code(py, src, &ns)?;
         }
         output::install(py, &ns, output)?;
-        refusals::install(py)?;
+        refusals::install(py, in_main)?;
         Ok(ns)
     })()
     .map_err(|e| plan.failed("interpreter bootstrap failed", &e))?;
@@ -383,6 +386,7 @@ fn judge(
                         module: first.module.clone(),
                         binding: Binding::sniff(&first.origin),
                         how: RefusalHow::Caught,
+                        seen: first.evidence.clone(),
                     }),
                 });
             }
@@ -401,6 +405,7 @@ fn judge(
         // Ignored or not, a raised refusal fails the import: it moves the bundle.
         if let Some(s) = seen.iter().chain(&ignored).find(|s| s.module == r.module) {
             r.binding = Binding::sniff(&s.origin);
+            r.seen = s.evidence.clone();
         }
         return Err(failure);
     }
@@ -444,6 +449,7 @@ fn judge(
     );
     failure.refusal = Some(Refusal {
         binding: Binding::sniff(&first.origin),
+        seen: first.evidence,
         how: if raised {
             RefusalHow::Raised
         } else {

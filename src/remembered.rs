@@ -5,19 +5,20 @@
 //! pinned bundle).
 //!
 //! The fingerprint: the entry file's path, size and mtime, then every file under the
-//! bundle directory (its `site-packages` included, symlinks followed, `__pycache__`
-//! skipped: CPython writes there), by relative path, size and mtime, sorted. Directory
+//! bundle directory (its `site-packages` included, symlinks followed but each directory
+//! entered once, `__pycache__` skipped: CPython writes there), by relative path, size and
+//! mtime, sorted. Directory
 //! mtimes are left out for the same reason. ~4 ms for the numpy bundle's 1,000 files,
 //! computed once per load of a bundle that is not pinned.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::UNIX_EPOCH;
 
 use crate::config::InterpreterMode;
-use crate::refusals::ModeReason;
+use crate::mode_reason::ModeReason;
 
 /// A bundle directory and the fingerprint of its files at load time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,12 +78,32 @@ fn stamp(h: &mut impl Hasher, path: &Path, name: &str) {
     }
 }
 
-/// `(relative path, size, mtime ns)` of every file under `dir`.
+/// `(relative path, size, mtime ns)` of every file under `dir`. Symlinks are followed
+/// (a bundle may link its `site-packages`), but each directory is entered once, by its
+/// canonical path, and entries are read in name order: links that point back up the
+/// tree (two of them made this walk exponential) end where the directory was already
+/// seen, and the same tree always yields the same list.
 fn walk(dir: &Path, rel: &str, depth: usize, out: &mut Vec<(String, u64, u128)>) {
+    let mut seen = HashSet::new();
+    if let Ok(canonical) = std::fs::canonicalize(dir) {
+        seen.insert(canonical);
+    }
+    walk_in(dir, rel, depth, &mut seen, out);
+}
+
+fn walk_in(
+    dir: &Path,
+    rel: &str,
+    depth: usize,
+    seen: &mut HashSet<PathBuf>,
+    out: &mut Vec<(String, u64, u128)>,
+) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for e in entries.flatten() {
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
         if name == "__pycache__" {
             continue;
@@ -93,8 +114,9 @@ fn walk(dir: &Path, rel: &str, depth: usize, out: &mut Vec<(String, u64, u128)>)
             continue;
         };
         if m.is_dir() {
-            if depth < 32 {
-                walk(&path, &rel, depth + 1, out);
+            let first_visit = std::fs::canonicalize(&path).is_ok_and(|c| seen.insert(c));
+            if first_visit && depth < 32 {
+                walk_in(&path, &rel, depth + 1, seen, out);
             }
             continue;
         }
@@ -131,4 +153,27 @@ pub(crate) fn store(key: &Key, mode: InterpreterMode, reason: ModeReason) {
             reason,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Key;
+
+    /// Defect 9b: two links back to the bundle dir made the walk exponential (2^32 paths).
+    #[test]
+    fn cyclic_symlinks_are_walked_once_and_the_fingerprint_is_stable() {
+        let dir = std::env::temp_dir().join(format!("remembered-cycle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("pkg")).unwrap();
+        std::fs::write(dir.join("entry.py"), "x = 1\n").unwrap();
+        std::fs::write(dir.join("pkg/mod.py"), "y = 2\n").unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("a")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("pkg/b")).unwrap();
+        let (d, f) = (dir.to_str().unwrap(), dir.join("entry.py"));
+        let first = Key::of(d, f.to_str().unwrap());
+        assert_eq!(first, Key::of(d, f.to_str().unwrap()));
+        std::fs::write(dir.join("pkg/mod.py"), "y = 3 # changed\n").unwrap();
+        assert_ne!(first, Key::of(d, f.to_str().unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use polyplug::error::LoaderError;
 use polyplug_abi::types::LogLevel;
 use polyplug_subinterp::{
-    Binding, CaughtRefusals, InterpreterMode, ModeCause, PythonConfig, PythonLoader, RefusalHow,
+    Binding, CaughtRefusals, Evidence, InterpreterMode, ModeCause, PythonConfig, PythonLoader,
+    RefusalHow,
 };
 
 use crate::ext_api::host::host_callers::{ImagingContract, PackerContract, YamlconvContract};
@@ -104,6 +105,7 @@ fn yaml_msgpack_and_pillow_land_in_the_mode_they_need_and_answer_from_8_threads(
                         from: InterpreterMode::OwnGil,
                         how: RefusalHow::Caught,
                         binding: Binding::Cython,
+                        seen: Evidence::Message,
                     },
                     "{bundle}: {r}"
                 );
@@ -117,6 +119,7 @@ fn yaml_msgpack_and_pillow_land_in_the_mode_they_need_and_answer_from_8_threads(
                     from: InterpreterMode::OwnGil,
                     how: RefusalHow::Raised,
                     binding: Binding::C,
+                    seen: Evidence::Message,
                 },
                 "{r}"
             );

@@ -32,6 +32,7 @@ mod fast_glue;
 mod governance;
 mod guest_output;
 mod hardening;
+mod init_in_main;
 mod isolation;
 mod lifecycle;
 mod main_pool;
