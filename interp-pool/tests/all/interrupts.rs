@@ -2,11 +2,11 @@
 //! cleanup runs on every exit (panics included), and no option value overflows or spins.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use interp_pool::{CallOptions, CancelToken, Error, MIN_GRACE};
+use interp_pool::{CallOptions, CancelToken, Error, InterpreterHandle, MIN_GRACE};
 
 use crate::util::*;
 
@@ -27,53 +27,137 @@ fn a_deadline_never_lands_in_a_call_served_from_its_nested_wait() {
     within(LIMIT, "deadline during a nested wait", || {
         let a = spawn("d2-a");
         let b = spawn("d2-b");
-        let (b_started_tx, b_started_rx) = mpsc::channel::<()>();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let (gate, held) = gate();
         let outer = {
             let (a, b) = (a.clone(), b.clone());
             thread::spawn(move || {
-                let opts = opts(Duration::from_millis(30), Duration::from_millis(10));
-                a.call_with(&opts, move |py| {
+                a.call_with(&short(), move |py| {
                     b.call(move |_| {
-                        b_started_tx.send(()).unwrap();
-                        let _ = release_rx.recv();
+                        held.hold();
                         Ok(())
                     })?;
                     py.run("while True:\n    pass\n")
                 })
             })
         };
-        b_started_rx.recv().unwrap();
-        let quick = |n: i64| a.call(move |py| py.eval(&format!("{n} + 1"))?.extract_i64(py));
-        let helper = {
-            let a = a.clone();
-            thread::spawn(move || {
-                for round in 1..=5 {
-                    wait_until(|| a.interrupt_rounds() >= round);
-                    for i in 0..20 {
-                        let r = a.call(move |py| py.eval(&format!("{i} * 2"))?.extract_i64(py));
-                        assert_eq!(r.unwrap(), i * 2, "helper call after round {round}");
-                    }
-                }
-            })
-        };
-        for round in 1..=5 {
-            // Counted by the interrupter after each attempt: the quick calls below are
-            // served after it, from A's nested wait.
-            wait_until(|| a.interrupt_rounds() >= round);
-            for i in 0..20 {
-                let r = quick(i);
-                assert!(matches!(r, Ok(v) if v == i + 1), "round {round}: {r:?}");
-            }
-        }
-        helper.join().unwrap();
-        release_tx.send(()).unwrap();
+        quick_calls_through_the_rounds(&a, gate);
         let r = outer.join().unwrap();
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
         assert_eq!(eval_i64(&a, "1 + 1"), 2);
         a.end();
         b.end();
     });
+}
+
+/// The same through a `ctypes.CFUNCTYPE` call, which releases the GIL before entering
+/// Rust: A's owner starts its nested wait detached (the loader's guest-to-host path).
+#[test]
+fn a_deadline_never_lands_in_a_call_served_from_a_wait_entered_through_ctypes() {
+    const TEST: &str =
+        "interrupts::a_deadline_never_lands_in_a_call_served_from_a_wait_entered_through_ctypes";
+    within(LIMIT, "deadline during a ctypes nested wait", || {
+        let a = spawn_with(ctypes_config(TEST, "d2c-a"));
+        let b = spawn("d2c-b");
+        let (gate, held) = gate();
+        *PEER.lock().unwrap() = Some((b.clone(), held));
+        let addr = hop as extern "C" fn() -> i64 as usize;
+        run(
+            &a,
+            &format!("import ctypes\nhop = ctypes.CFUNCTYPE(ctypes.c_int64)({addr})\n"),
+        );
+        let outer = {
+            let a = a.clone();
+            thread::spawn(move || {
+                a.call_with(&short(), |py| {
+                    py.run("assert hop() == 1\nwhile True:\n    pass\n")
+                })
+            })
+        };
+        quick_calls_through_the_rounds(&a, gate);
+        let r = outer.join().unwrap();
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        assert_eq!(eval_i64(&a, "1 + 1"), 2);
+        *PEER.lock().unwrap() = None;
+        a.end();
+        b.end();
+    });
+}
+
+static PEER: Mutex<Option<(InterpreterHandle, Held)>> = Mutex::new(None);
+
+/// Called by A's guest through ctypes (detached): waits on B, held by the test's gate.
+extern "C" fn hop() -> i64 {
+    let Some((b, held)) = PEER.lock().unwrap().take() else {
+        return -1;
+    };
+    match b.call(move |_| {
+        held.hold();
+        Ok(())
+    }) {
+        Ok(()) => 1,
+        Err(_) => -2,
+    }
+}
+
+fn short() -> CallOptions {
+    opts(Duration::from_millis(30), Duration::from_millis(10))
+}
+
+/// The test's side of a gate that holds B's call: entered, then released.
+struct Gate {
+    entered: mpsc::Receiver<()>,
+    release: mpsc::Sender<()>,
+}
+
+/// B's side of the gate.
+struct Held {
+    entered: mpsc::Sender<()>,
+    release: mpsc::Receiver<()>,
+}
+
+fn gate() -> (Gate, Held) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let held = Held {
+        entered: entered_tx,
+        release: release_rx,
+    };
+    (Gate { entered, release }, held)
+}
+
+impl Held {
+    fn hold(self) {
+        self.entered.send(()).unwrap();
+        let _ = self.release.recv();
+    }
+}
+
+/// Once B's call is held: after each of A's interrupter rounds (counted by the interrupter
+/// after it raised or deferred), quick calls of A from this thread and another, served by
+/// A's owner from its nested wait; none may fail. Then releases B.
+fn quick_calls_through_the_rounds(a: &InterpreterHandle, gate: Gate) {
+    gate.entered.recv().unwrap();
+    let quick = |a: &InterpreterHandle, round: u64, k: i64| {
+        for i in 0..20 {
+            let r = a.call(move |py| py.eval(&format!("{i} * {k}"))?.extract_i64(py));
+            assert!(matches!(r, Ok(v) if v == i * k), "round {round}: {r:?}");
+        }
+    };
+    let helper = {
+        let a = a.clone();
+        thread::spawn(move || {
+            for round in 1..=5 {
+                wait_until(|| a.interrupt_rounds() >= round);
+                quick(&a, round, 3);
+            }
+        })
+    };
+    for round in 1..=5 {
+        wait_until(|| a.interrupt_rounds() >= round);
+        quick(a, round, 2);
+    }
+    helper.join().unwrap();
+    gate.release.send(()).unwrap();
 }
 
 /// A panic in an interruptible call's closure after its deadline fired and the last step
