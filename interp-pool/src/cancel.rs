@@ -5,8 +5,8 @@
 //! interpreter stays usable. Setting it needs that interpreter's GIL, which the busy
 //! owner holds; so a short-lived `py-interrupt` thread creates a thread state of its own
 //! in the interpreter, attaches (CPython makes the owner drop the GIL within its switch
-//! interval, 5 ms), checks under the GIL that the same call is still running, sets the
-//! exception and deletes its thread state. That is the one exception to R3, guarded by
+//! interval, 5 ms), checks under the GIL that the call is still the innermost one
+//! executing there, sets the exception and deletes its thread state. That is the one exception to R3, guarded by
 //! the target's interrupt lock (`interrupt.rs`), which the owner also takes before ending
 //! the interpreter.
 //!
