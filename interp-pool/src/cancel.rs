@@ -327,7 +327,7 @@ impl Drop for Cleanup<'_> {
         if let Some(target) = &self.target {
             interrupt::leave(self.att, target, act);
             // No Python ran since `leave`: the interrupter (under the GIL) either turned
-            // the tool on before it and we see it here, or sees that the call is over.
+            // the tool on before it and we see it here, or sees that nothing executes.
             escalate::remove_at_end(self.att, target, act.id);
         }
         self.ctl.finish();

@@ -356,10 +356,12 @@ pub(crate) fn enter(att: &Attached<'_>, act: &Arc<Activation>) -> Option<Arc<Int
 }
 
 /// Leaves `act`, the top of this thread's stack (attached, `att`): takes back an async
-/// exception still set for it, pops it and mirrors the new top in `executing`. Call
-/// [`resume`] once the activation's own cleanup is done.
+/// exception still set for it and pops it. Until [`resume`], which the caller runs once
+/// the activation's own cleanup is done, no activation counts as executing here, so that
+/// cleanup (Python included) receives no interrupt.
 pub(crate) fn leave(att: &Attached<'_>, target: &InterruptTarget, act: &Activation) {
     target.take_back(att, act.id);
+    target.executing.store(0, Ordering::SeqCst);
     with_frames(|f| {
         if let Some(pos) = f
             .stack
@@ -368,22 +370,26 @@ pub(crate) fn leave(att: &Attached<'_>, target: &InterruptTarget, act: &Activati
         {
             f.stack.truncate(pos);
         }
-        let top = f
-            .stack
-            .last()
-            .and_then(|fr| fr.as_ref())
-            .map_or(0, |a| a.id);
-        target.executing.store(top, Ordering::SeqCst);
     });
 }
 
-/// Control returned to the top of this thread's stack (attached, `att`): if it is an
-/// activation whose interrupt was deferred, raise it now, on this thread.
+/// Control returned to the top of this thread's stack (attached, `att`): mirrors it in
+/// `executing`, and if it is an activation whose interrupt was deferred, raises it now,
+/// on this thread.
 pub(crate) fn resume(att: &Attached<'_>) {
-    let Some((target, act)) = innermost() else {
+    let top = with_frames(|f| {
+        let target = Arc::clone(f.target.as_ref()?);
+        let act = f.stack.last().cloned().flatten();
+        target
+            .executing
+            .store(act.as_ref().map_or(0, |a| a.id), Ordering::SeqCst);
+        Some((target, act?))
+    })
+    .flatten();
+    let Some((target, act)) = top else {
         return;
     };
-    // `executing` was stored before (see `raise_from_outside`).
+    // After storing `executing` (pairs with `raise_from_outside`).
     if act.deferred.swap(false, Ordering::SeqCst) {
         target.set_async(att, &act);
         tracing::debug!(interp = %target.id, call = act.id, "deferred interrupt raised");
@@ -430,11 +436,13 @@ impl<'a> Barrier<'a> {
                 .flatten()
         })
         .flatten();
-        if let Some(target) = &target {
+        // Not pushed (and so not popped) if another thread state is attached here.
+        let target = target.filter(|target| {
             with_own_thread_state(target, |att| {
                 with_frames(|f| push(att, target, &mut f.stack, None));
-            });
-        }
+            })
+            .is_some()
+        });
         Barrier { att: None, target }
     }
 }
@@ -446,42 +454,37 @@ impl Drop for Barrier<'_> {
         };
         match self.att {
             Some(att) => pop_barrier(att),
-            None => with_own_thread_state(target, pop_barrier),
+            None => {
+                with_own_thread_state(target, pop_barrier);
+            }
         }
     }
 }
 
 fn pop_barrier(att: &Attached<'_>) {
-    let popped = with_frames(|f| {
-        f.stack.pop();
-        let top = f
-            .stack
-            .last()
-            .and_then(|fr| fr.as_ref())
-            .map_or(0, |a| a.id);
-        if let Some(t) = &f.target {
-            t.executing.store(top, Ordering::SeqCst);
-        }
-    });
-    if popped.is_some() {
-        resume(att);
-    }
+    with_frames(|f| f.stack.pop());
+    resume(att);
 }
 
 /// Runs `f` with `target`'s own thread state attached on this (its owner) thread:
-/// already attached, or attached for the duration. Skipped if another thread state is
-/// attached here (an internal error elsewhere; nothing to raise into then).
-fn with_own_thread_state(target: &InterruptTarget, f: impl FnOnce(&Attached<'_>)) {
+/// already attached, or attached for the duration. Skipped (`None`) if another thread
+/// state is attached here (an internal error, reported by the caller's own check).
+fn with_own_thread_state<R>(
+    target: &InterruptTarget,
+    f: impl FnOnce(&Attached<'_>) -> R,
+) -> Option<R> {
     let cur = ffi::current_tstate();
     if cur as usize == target.ts {
         // SAFETY: R10: this is the owner thread of `target` (its frames are ours) and its
         // own thread state is current, so it holds the interpreter's GIL throughout.
-        unsafe { Attached::scope(target.id, f) };
+        Some(unsafe { Attached::scope(target.id, f) })
     } else if cur.is_null() {
         // SAFETY: R2/R4: thread: the owner of `target.ts` (it registered the target);
         // interp: alive (a call on this thread is inside it); tstate: none attached.
         let guard = unsafe { AttachGuard::attach(target.ts as _, target.id) };
-        f(&guard.token());
+        Some(f(&guard.token()))
+    } else {
+        None
     }
 }
 
