@@ -12,16 +12,17 @@
 //!
 //! * An interrupt is **raised** (`PyThreadState_SetAsyncExc` on its thread) only while its
 //!   activation is on top of its thread's stack: the innermost one executing there.
-//!   `InterruptTarget::executing` mirrors the top, written by the owner only while it holds
-//!   the interpreter's GIL, so an interrupter that checks it under the GIL raises into
-//!   that activation and nothing else.
+//!   `InterruptTarget::executing` mirrors the top (0 while a call's own cleanup runs),
+//!   written by the owner only while it holds the interpreter's GIL, so an interrupter
+//!   that checks it under the GIL raises into that activation and nothing else.
 //! * Otherwise it is **deferred** on the activation, and the owner raises it on itself when
 //!   control returns to that activation (the frame above it is popped: its nested wait
 //!   completed, or an inner interruptible call returned), never after a job it served for
 //!   someone else from its wait (the wait's barrier is still on top then).
-//! * An async exception set for an activation that then starts a wait (it may not have
-//!   reached the eval loop yet: a ctypes call that released the GIL) is taken back and
-//!   deferred, so the jobs served in the wait cannot receive it.
+//! * An async exception set for an activation that then pushes a frame (a wait, or an
+//!   inner interruptible call; it may not have reached the eval loop yet: a ctypes call
+//!   that released the GIL) is taken back and deferred, so what runs above cannot
+//!   receive it.
 
 use std::cell::RefCell;
 use std::ptr::NonNull;
