@@ -5,6 +5,7 @@
 use std::cell::Cell;
 use std::ptr;
 
+use crate::interrupt;
 use crate::worker::Owner;
 
 thread_local! {
@@ -25,8 +26,11 @@ pub(crate) fn owner() -> Option<&'static Owner> {
     unsafe { p.as_ref() }
 }
 
-/// Registers `owner` as this thread's interpreter until dropped.
-pub(crate) struct OwnerRegistration(());
+/// Registers `owner` as this thread's interpreter (and its interrupt target, for the
+/// interrupt layer's own thread-local) until dropped.
+pub(crate) struct OwnerRegistration {
+    _interrupts: interrupt::Registration,
+}
 
 impl OwnerRegistration {
     /// # Safety
@@ -35,7 +39,9 @@ impl OwnerRegistration {
     /// (so the `&'static Owner` that [`owner`] hands out never dangles). Not `forget`.
     pub(crate) unsafe fn new(owner: &Owner) -> Self {
         OWNER.with(|c| c.set(owner));
-        Self(())
+        Self {
+            _interrupts: interrupt::register(std::sync::Arc::clone(&owner.link.target)),
+        }
     }
 }
 

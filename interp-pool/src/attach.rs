@@ -150,7 +150,8 @@ pub(crate) unsafe fn detach_created() -> *mut sys::PyThreadState {
 /// # Safety
 /// R2: this is the owner thread that created `ts` for interpreter `id`; no thread state
 /// is attached; no call runs in the interpreter any more and no other thread state exists
-/// in it (R3's interrupter is kept out by the caller holding `interrupt_lock`).
+/// in it (R3's interrupter is kept out by the caller holding the interrupt lock,
+/// `InterruptTarget::lock_out`).
 pub(crate) unsafe fn end_interpreter(
     ts: *mut sys::PyThreadState,
     id: InterpreterId,
@@ -193,8 +194,8 @@ pub(crate) unsafe fn delete_thread_state(
 ///
 /// # Safety
 /// R3 (its one exception): `interp` is alive and cannot end until this returns (the
-/// caller holds the interpreter's `interrupt_lock`); no thread state is attached on this
-/// thread. Attaching waits for the interpreter's GIL.
+/// caller holds the interpreter's interrupt lock, `InterruptTarget::lock_out`); no thread
+/// state is attached on this thread. Attaching waits for the interpreter's GIL.
 pub(crate) unsafe fn with_foreign_thread_state<R>(
     interp: *mut sys::PyInterpreterState,
     id: InterpreterId,

@@ -5,9 +5,15 @@
 //! interpreter stays usable. Setting it needs that interpreter's GIL, which the busy
 //! owner holds; so a short-lived `py-interrupt` thread creates a thread state of its own
 //! in the interpreter, attaches (CPython makes the owner drop the GIL within its switch
-//! interval, 5 ms), checks under the GIL that the same call is still running, sets the
-//! exception and deletes its thread state. That is the one exception to R3, guarded by
-//! `OwnerLink::interrupt_lock`, which the owner also takes before ending the interpreter.
+//! interval, 5 ms), checks under the GIL that the call is still the innermost one
+//! executing there, sets the exception and deletes its thread state. That is the one exception to R3, guarded by
+//! the target's interrupt lock (`interrupt.rs`), which the owner also takes before ending
+//! the interpreter.
+//!
+//! An interrupt belongs to its call: it is raised only while the call's activation is the
+//! innermost one executing on its thread, and deferred otherwise (`interrupt.rs` states
+//! the rule). The interrupter and the owner agree on that through the call's
+//! `Activation` and the thread's `InterruptTarget`; nothing here knows the owner thread.
 //!
 //! Code that never returns to the bytecode loop while holding the GIL (a C extension's
 //! own loop) cannot be interrupted; the caller keeps waiting until it returns, and the
@@ -17,39 +23,47 @@
 //! finishes: it re-raises after a grace period and then turns on `escalate.rs`'s last step.
 
 use std::collections::BTreeMap;
-use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
-use crate::activation;
-use crate::attach::{self, Attached};
+use crate::attach::Attached;
 use crate::error::{Error, Result};
 use crate::escalate;
-use crate::ffi::sys;
-use crate::object::PyObj;
-use crate::worker::OwnerLink;
+use crate::interrupt::{self, Activation, InterruptTarget, Reason};
 
 /// How a call may be cut short. `CallOptions::default()` is a plain call.
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
-    /// Interrupt the call if it has not finished this long after it was made.
+    /// Interrupt the call if it has not finished this long after it was made. A timeout
+    /// too long to add to the current `Instant` (`Duration::MAX`, say) is no deadline.
     pub timeout: Option<Duration>,
     /// Interrupt the call when this token is cancelled (from any thread).
     pub cancel: Option<CancelToken>,
     /// How long an interrupted call may go on before it is interrupted again, and after
     /// a second grace period stopped in a way `except` cannot absorb (`escalate.rs`).
-    /// `None`: [`DEFAULT_GRACE`].
+    /// `None`: [`DEFAULT_GRACE`]. Less than [`MIN_GRACE`] (zero, say) counts as
+    /// `MIN_GRACE`, so the interrupter never spins; one too long to add to the current
+    /// `Instant` means "interrupt once and wait for the call".
     pub grace: Option<Duration>,
 }
 
 /// The default [`CallOptions::grace`]: 100 ms.
 pub const DEFAULT_GRACE: Duration = Duration::from_millis(100);
 
+/// The shortest [`CallOptions::grace`] honoured: 1 ms (a shorter one is raised to it).
+pub const MIN_GRACE: Duration = Duration::from_millis(1);
+
 impl CallOptions {
+    /// The grace period the call gets: [`grace`](Self::grace), or [`DEFAULT_GRACE`], and
+    /// at least [`MIN_GRACE`].
+    pub fn effective_grace(&self) -> Duration {
+        self.grace.unwrap_or(DEFAULT_GRACE).max(MIN_GRACE)
+    }
+
     /// Whether the call needs any interrupt machinery at all.
     pub(crate) fn is_plain(&self) -> bool {
         self.timeout.is_none() && self.cancel.is_none()
@@ -104,52 +118,31 @@ impl CancelToken {
     }
 }
 
-/// Why a call is being interrupted, stored in an `AtomicU8` (first reason wins).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-enum Reason {
-    None = 0,
-    Cancelled = 1,
-    TimedOut = 2,
-}
-
-impl Reason {
-    fn load(cell: &AtomicU8) -> Self {
-        match cell.load(Ordering::SeqCst) {
-            1 => Reason::Cancelled,
-            2 => Reason::TimedOut,
-            _ => Reason::None,
-        }
-    }
-}
-
-/// One interruptible call.
+/// One interruptible call: its activation (the interrupt state it carries on whatever
+/// thread runs it), its deadline's length and grace period, and its interrupter.
 #[derive(Debug)]
 pub(crate) struct Interruptible {
-    id: u64,
-    reason: AtomicU8,
+    act: Arc<Activation>,
     timeout: Duration,
     grace: Duration,
     /// Set when the call has finished on its owner (or was cut short before starting):
     /// the interrupter stops escalating.
     done: Mutex<bool>,
     done_cv: Condvar,
-    /// The owner running the call, bound when it starts there (a group's call may run on
+    /// The thread running the call, bound when it starts there (a group's call may run on
     /// any member); `None` while queued.
-    link: Mutex<Option<Arc<OwnerLink>>>,
+    target: Mutex<Option<Arc<InterruptTarget>>>,
 }
 
 impl Interruptible {
     pub(crate) fn new(opts: &CallOptions) -> Arc<Self> {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
         let ctl = Arc::new(Self {
-            id: NEXT.fetch_add(1, Ordering::Relaxed),
-            reason: AtomicU8::new(Reason::None as u8),
+            act: Arc::new(Activation::new()),
             timeout: opts.timeout.unwrap_or_default(),
-            grace: opts.grace.unwrap_or(DEFAULT_GRACE),
+            grace: opts.effective_grace(),
             done: Mutex::new(false),
             done_cv: Condvar::new(),
-            link: Mutex::new(None),
+            target: Mutex::new(None),
         });
         if let Some(token) = &opts.cancel {
             token.track(&ctl);
@@ -159,7 +152,7 @@ impl Interruptible {
 
     /// The error the call ends with if it was interrupted.
     pub(crate) fn interrupted(&self) -> Option<Error> {
-        match Reason::load(&self.reason) {
+        match self.act.reason() {
             Reason::Cancelled => Some(Error::Cancelled),
             Reason::TimedOut => Some(Error::Timeout {
                 after: self.timeout,
@@ -170,29 +163,23 @@ impl Interruptible {
 
     /// Records the first reason and, if the call is running, has it interrupted.
     fn request(self: &Arc<Self>, reason: Reason) {
-        if self
-            .reason
-            .compare_exchange(
-                Reason::None as u8,
-                reason as u8,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            )
-            .is_err()
-        {
+        if !self.act.request(reason) {
             return;
         }
-        // Pairs with `run`: either it sees our reason before starting (no link yet, or
+        // Pairs with `run`: either it sees our reason before starting (no target yet, or
         // not yet running), or we see it bound and running.
-        let Some(link) = self.bound() else { return };
+        let Some(target) = self.bound() else { return };
         if self.is_done() {
             return;
         }
         let ctl = Arc::clone(self);
+        target.interrupter_alive(true);
+        let counted = Arc::clone(&target);
         let spawned = thread::Builder::new()
             .name("py-interrupt".into())
-            .spawn(move || ctl.interrupt_until_done(&link));
+            .spawn(move || ctl.interrupt_until_done(&target));
         if let Err(e) = spawned {
+            counted.interrupter_alive(false);
             tracing::error!("cannot start an interrupt thread: {e}");
         }
     }
@@ -207,11 +194,16 @@ impl Interruptible {
         self.done_cv.notify_all();
     }
 
-    /// Waits up to `d` for the call to finish; whether it did.
+    /// Waits up to `d` for the call to finish (without a bound if `d` cannot be added to
+    /// now); whether it did.
     fn wait_done(&self, d: Duration) -> bool {
-        let until = Instant::now() + d;
+        let until = Instant::now().checked_add(d);
         let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
         while !*done {
+            let Some(until) = until else {
+                done = self.done_cv.wait(done).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
             let now = Instant::now();
             if now >= until {
                 return false;
@@ -225,257 +217,135 @@ impl Interruptible {
         true
     }
 
-    /// On a `py-interrupt` thread, once the call is interrupted: raise the interrupt; if
-    /// the call still runs a grace period later, raise it again; after each further grace
-    /// period, turn the last step on (`escalate.rs`: raising on every line of the call)
-    /// and raise again, until the call has finished.
-    fn interrupt_until_done(&self, link: &Arc<OwnerLink>) {
-        let reason = Reason::load(&self.reason) as u8;
+    /// On a `py-interrupt` thread, once the call is interrupted: raise the interrupt (or
+    /// defer it, if the call is not the innermost one executing on its thread); if the
+    /// call still runs a grace period later, again; after each further grace period, turn
+    /// the last step on (`escalate.rs`: raising on every line of the call) and raise
+    /// again, until the call has finished.
+    fn interrupt_until_done(&self, target: &Arc<InterruptTarget>) {
         let mut round = 0u32;
         loop {
-            // If a job the owner serves while this call waits under it (nested) is
-            // running now, the owner raises it on itself when that job returns
-            // (`Owner::run_posted`).
-            link.deferred_interrupt
-                .store(self.id << 2 | u64::from(reason), Ordering::SeqCst);
             if round >= 2 {
-                self.escalate_in_owner(link, reason);
+                self.escalate(target);
             }
-            self.raise_in_owner(link);
+            if target.raise_attach_foreign(&self.act) {
+                tracing::debug!(interp = %target.id, call = self.act.id, round, "interrupt raised");
+            }
+            target.count_round();
             if self.wait_done(self.grace) {
-                return;
+                break;
             }
             round += 1;
-            tracing::debug!(interp = %link.id, call = self.id, round, "interrupted call still running");
+            tracing::debug!(interp = %target.id, call = self.act.id, round, "interrupted call still running");
         }
+        // Not on unwind: a probe that stays up flags an interrupter that panicked.
+        target.interrupter_alive(false);
     }
 
-    /// Turns the last step on for this call if it is the one running on the owner.
-    fn escalate_in_owner(&self, sh: &Arc<OwnerLink>, reason: u8) {
-        let _no_end = sh.interrupt_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if sh.is_ended()
-            || sh.running.load(Ordering::SeqCst) != self.id
-            || escalate::is_traced(sh, self.id)
-        {
+    /// Turns the last step on for this call if it is the one executing on its thread.
+    fn escalate(&self, target: &Arc<InterruptTarget>) {
+        let id = self.act.id;
+        if !target.is_executing(id) || escalate::is_traced(target, id) {
             return;
         }
-        let interp = sh.interp_ptr as *mut sys::PyInterpreterState;
+        let reason = self.act.reason();
         let on = |att: &Attached<'_>| {
-            if sh.running.load(Ordering::SeqCst) != self.id {
+            if !target.is_executing(id) {
                 return Ok(false);
             }
-            escalate::enable(att, sh, self.id, reason)
+            escalate::enable(att, target, id, reason)
         };
-        // SAFETY: R3 (its one exception), as in `raise_in_owner`: a fresh py-interrupt
-        // thread with no thread state; the interpreter cannot end while we hold
-        // `interrupt_lock`, and has not (checked above).
-        let out = unsafe { attach::with_foreign_thread_state(interp, sh.id, on) };
-        match out {
+        match target.attach_foreign(on) {
             Some(Ok(true)) => {
-                tracing::warn!(interp = %sh.id, call = self.id, "interrupted call swallowed its interrupt; raising it on every line until it returns");
+                tracing::warn!(interp = %target.id, call = id, "interrupted call swallowed its interrupt; raising it on every line until it returns");
             }
             Some(Ok(false)) => {
-                tracing::warn!(interp = %sh.id, call = self.id, "interrupted call still running; no sys.monitoring tool id free to stop it");
+                tracing::warn!(interp = %target.id, call = id, "interrupted call still running; no sys.monitoring tool id free to stop it");
             }
             Some(Err(e)) => {
-                tracing::warn!(interp = %sh.id, call = self.id, error = %e, "could not turn the interrupt tool on");
+                tracing::warn!(interp = %target.id, call = id, error = %e, "could not turn the interrupt tool on");
             }
             None => {}
         }
     }
 
-    fn bound(&self) -> Option<Arc<OwnerLink>> {
-        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    fn bound(&self) -> Option<Arc<InterruptTarget>> {
+        self.target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
-    /// Runs `f` (on the owner, attached) as this interruptible call.
+    /// Runs `f` (on an owner thread, attached) as this interruptible call: its activation
+    /// is on top of the thread's stack while `f` runs. Whatever way `f` leaves (a panic
+    /// included), [`Cleanup`] pops it, turns the tool off, takes back a leftover async
+    /// exception, releases the interrupter and resumes the activation beneath.
     pub(crate) fn run<R>(
-        &self,
+        self: &Arc<Self>,
         att: &Attached<'_>,
         f: impl FnOnce(&Attached<'_>) -> Result<R>,
     ) -> Result<R> {
+        let mut cleanup = Cleanup {
+            ctl: self,
+            att,
+            target: None,
+        };
         if let Some(e) = self.interrupted() {
-            self.finish();
             return Err(e); // cut short while queued: never started
         }
-        let Some(owner) = activation::owner() else {
-            self.finish();
+        let Some(target) = interrupt::enter(att, &self.act) else {
             return Err(Error::Internal(
                 "an interruptible call ran off an owner thread".into(),
             ));
         };
-        let sh = &*owner.link;
-        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&owner.link));
-        let outer = sh.running.swap(self.id, Ordering::SeqCst);
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&target));
+        cleanup.target = Some(target);
         let out = if let Some(e) = self.interrupted() {
             Err(e)
         } else {
             f(att)
         };
-        sh.running.store(outer, Ordering::SeqCst);
-        // No Python ran since the store: the interrupter (under the GIL) either turned the
-        // tool on before it and we see it here, or sees that the call is over.
-        escalate::remove(att, sh, self.id);
-        self.finish();
-        if sh.async_pending.swap(false, Ordering::SeqCst) {
-            // An interrupt that arrived as the call returned must not hit the next one.
-            // SAFETY: R10: thread: the owner; tstate: attached (`att`). A null exception
-            // clears any pending async exception of the thread with this id.
-            unsafe { sys::PyThreadState_SetAsyncExc(sh.owner_ident as _, std::ptr::null_mut()) };
-        }
+        drop(cleanup);
         match (out, self.interrupted()) {
             (Err(_), Some(e)) => Err(e),
             (out, _) => out,
         }
     }
+}
 
-    /// On a `py-interrupt` thread: raise the interrupt in the owner if this call is
-    /// still the one running there.
-    fn raise_in_owner(&self, sh: &OwnerLink) {
-        let _no_end = sh.interrupt_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if sh.is_ended() || sh.running.load(Ordering::SeqCst) != self.id {
-            return;
+/// The end of an interruptible call, on every exit of `Interruptible::run`.
+struct Cleanup<'a> {
+    ctl: &'a Interruptible,
+    att: &'a Attached<'a>,
+    /// Set once the activation was entered on its thread.
+    target: Option<Arc<InterruptTarget>>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let act = &self.ctl.act;
+        if let Some(target) = &self.target {
+            interrupt::leave(self.att, target, act);
+            // No Python ran since `leave`: the interrupter (under the GIL) either turned
+            // the tool on before it and we see it here, or sees that nothing executes.
+            escalate::remove_at_end(self.att, target, act.id);
         }
-        let class = sh.interrupts.for_reason(Reason::load(&self.reason) as u8);
-        let interp = sh.interp_ptr as *mut sys::PyInterpreterState;
-        let raise = |_att: &Attached<'_>| {
-            // `running` is only written by the owner while attached, so reading it while
-            // we hold the GIL tells whether our call is still running.
-            if sh.running.load(Ordering::SeqCst) != self.id {
-                return false;
-            }
-            sh.interrupt
-                .reason
-                .store(Reason::load(&self.reason) as u8, Ordering::SeqCst);
-            // SAFETY: R10: we hold the interpreter's GIL (`_att`); `class` is a class of
-            // this interpreter kept alive by the pool until it ends (R3's `interrupt_lock`
-            // keeps the end out); SetAsyncExc takes its own reference.
-            unsafe { sys::PyThreadState_SetAsyncExc(sh.owner_ident as _, class.as_ptr()) };
-            sh.async_pending.store(true, Ordering::SeqCst);
-            // Raised: the owner need not raise it again after a nested job.
-            let mine = self.id << 2 | Reason::load(&self.reason) as u64;
-            let _ =
-                sh.deferred_interrupt
-                    .compare_exchange(mine, 0, Ordering::SeqCst, Ordering::SeqCst);
-            true
-        };
-        // SAFETY: R3 (its one exception): thread: py-interrupt, a fresh thread with no
-        // thread state. interp: alive and not ending while we hold `interrupt_lock` (the
-        // owner takes it before Py_EndInterpreter and marks the interpreter ended before
-        // releasing it; checked above).
-        let raised = unsafe { attach::with_foreign_thread_state(interp, sh.id, raise) };
-        if raised == Some(true) {
-            // Wake the owner if it sleeps in `time.sleep` (`sleep.rs`).
-            sh.thread.unpark();
-            tracing::debug!(interp = %sh.id, call = self.id, "interrupt raised");
+        self.ctl.finish();
+        if self.target.is_some() {
+            // Control returns to the activation beneath, if any: its deferred interrupt
+            // is raised now (after the tool's Python above, which must not receive it).
+            interrupt::resume(self.att);
         }
     }
 }
 
-/// The interpreter's own `interp_pool.DeadlineExceeded` and `interp_pool.Cancelled`:
-/// `BaseException` subclasses, so `except Exception:` does not swallow them, in a module
-/// `interp_pool` of `sys.modules` so guest code can name them. Made once per interpreter
-/// on its owner at creation; the pool keeps a strong reference to each until the
-/// interpreter ends, so the interrupter can raise them without running Python.
-#[derive(Debug)]
-pub(crate) struct InterruptClasses {
-    deadline: NonNull<sys::PyObject>,
-    cancelled: NonNull<sys::PyObject>,
-}
-
-// SAFETY: R3/R10: the pointers are only dereferenced by CPython under their interpreter's
-// GIL (the interrupter attaches first; `release` takes a token); the values themselves are
-// just addresses.
-unsafe impl Send for InterruptClasses {}
-// SAFETY: as for Send.
-unsafe impl Sync for InterruptClasses {}
-
-const INTERRUPT_CLASSES: &str = r#"
-class DeadlineExceeded(BaseException):
-    """Raised inside a call that ran past its deadline (interp-pool)."""
-
-class Cancelled(BaseException):
-    """Raised inside a call whose cancel token was cancelled (interp-pool)."""
-"#;
-
-impl InterruptClasses {
-    /// Makes the module and its classes in `att`'s interpreter.
-    pub(crate) fn create(att: &Attached<'_>) -> Result<Self> {
-        let module =
-            att.import("types")?
-                .call_method(att, "ModuleType", &[&att.str("interp_pool")?])?;
-        att.run_in(INTERRUPT_CLASSES, &module.getattr(att, "__dict__")?)?;
-        att.import("sys")?.getattr(att, "modules")?.call_method(
-            att,
-            "__setitem__",
-            &[&att.str("interp_pool")?, &module],
-        )?;
-        let deadline = module.getattr(att, "DeadlineExceeded")?;
-        let cancelled = module.getattr(att, "Cancelled")?;
-        Ok(Self {
-            deadline: deadline.into_non_null(),
-            cancelled: cancelled.into_non_null(),
-        })
-    }
-
-    /// New strong references to the same classes, for another thread state of the same
-    /// interpreter (main-pool seats share main's classes).
-    pub(crate) fn share(&self, att: &Attached<'_>) -> Self {
-        let new_ref = |class: NonNull<sys::PyObject>| {
-            // SAFETY: R11: `self` holds a strong reference to `class`, alive while `self`
-            // is; R10: `att` proves the classes' interpreter is attached on this thread.
-            unsafe { PyObj::from_borrowed_ptr(att, class) }.into_non_null()
-        };
-        Self {
-            deadline: new_ref(self.deadline),
-            cancelled: new_ref(self.cancelled),
-        }
-    }
-
-    /// The class raised for a reason byte (`Reason as u8`).
-    pub(crate) fn for_reason(&self, reason: u8) -> NonNull<sys::PyObject> {
-        if reason == Reason::TimedOut as u8 {
-            self.deadline
-        } else {
-            self.cancelled
-        }
-    }
-
-    /// Drops the pool's references, in the interpreter, before it ends.
-    pub(crate) fn release(&self, att: &Attached<'_>) {
-        for class in [self.deadline, self.cancelled] {
-            // SAFETY: R11: we own one strong reference to each, taken in `create`; this
-            // runs once, at the end of the interpreter's life, before Py_EndInterpreter.
-            // R10: `att` proves its interpreter is attached.
-            drop(unsafe { PyObj::from_owned_ptr(att, class.as_ptr()) });
-        }
-    }
-}
-
-/// On the owner thread, attached, right after a nested job returned to the interruptible
-/// call `outer` waiting under it: raises an interrupt that was requested for `outer` while
-/// that job ran (the interrupter could not: `outer` was not the one running).
-pub(crate) fn raise_deferred(att: &Attached<'_>, link: &OwnerLink, outer: u64) {
-    let deferred = link.deferred_interrupt.load(Ordering::SeqCst);
-    if outer == 0 || deferred >> 2 != outer {
-        return;
-    }
-    link.deferred_interrupt.store(0, Ordering::SeqCst);
-    let class = link.interrupts.for_reason((deferred & 3) as u8);
-    link.interrupt
-        .reason
-        .store((deferred & 3) as u8, Ordering::SeqCst);
-    let _ = att;
-    // SAFETY: R10: the owner, attached (`att`); `class` is this interpreter's class, kept
-    // alive by the pool; SetAsyncExc on our own thread only flags our thread state.
-    unsafe { sys::PyThreadState_SetAsyncExc(link.owner_ident as _, class.as_ptr()) };
-    link.async_pending.store(true, Ordering::SeqCst);
-}
-
-/// Arms a deadline for `ctl`; the returned guard disarms it.
+/// Arms a deadline for `ctl`; the returned guard disarms it. A `timeout` that cannot be
+/// added to now is no deadline (`CallOptions::timeout`).
 pub(crate) fn arm(ctl: &Arc<Interruptible>, timeout: Duration) -> Armed {
-    let at = Instant::now() + timeout;
-    let key = (at, ctl.id);
+    let Some(at) = Instant::now().checked_add(timeout) else {
+        return Armed(None);
+    };
+    let key = (at, ctl.act.id);
     let w = &*WATCHDOG;
     let mut q = w.queue.lock().unwrap_or_else(|e| e.into_inner());
     let first = q.keys().next().is_none_or(|&(t, _)| at < t);
@@ -484,19 +354,20 @@ pub(crate) fn arm(ctl: &Arc<Interruptible>, timeout: Duration) -> Armed {
     if first {
         w.wake.notify_one();
     }
-    Armed(key)
+    Armed(Some(key))
 }
 
-/// A deadline in the watchdog's queue; removed on drop.
-pub(crate) struct Armed((Instant, u64));
+/// A deadline in the watchdog's queue (`None`: none was armed); removed on drop.
+pub(crate) struct Armed(Option<(Instant, u64)>);
 
 impl Drop for Armed {
     fn drop(&mut self) {
+        let Some(key) = self.0 else { return };
         WATCHDOG
             .queue
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
+            .remove(&key);
     }
 }
 

@@ -8,42 +8,30 @@
 //! `PY_START` and `PY_RESUME` event of the interrupted call. An `except` clause is itself
 //! made of lines, so the exception escapes every handler and the guest's frames unwind.
 //!
-//! It hits only what it must: the callback does nothing on any thread but the owner's,
-//! while any other call or job runs there (`OwnerLink::running` is the interrupted call's
-//! id only while that call itself runs: nested jobs clear it), in code whose file name was
+//! It hits only what it must: the callback does nothing unless the interrupted call's
+//! activation is the innermost one executing on the calling thread (`interrupt.rs`: not on
+//! any other thread, not in a job served while the call waits, not in an inner
+//! interruptible call), in code whose file name was
 //! exempted ([`exempt_from_interrupt_tracing`]: the loader's own Python called from guest
 //! code), and once the guest has returned to Rust ([`guest_returned`], and in any case when
 //! the call ends). `sys.monitoring` tools are independent of `sys.settrace` /
 //! `sys.setprofile`, so a host's own tracer or profiler keeps running untouched. While no
 //! call is escalated nothing is registered and nothing runs: no cost.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::activation;
 use crate::attach::Attached;
 use crate::error::Result;
-use crate::ffi::{self, sys};
+use crate::ffi::sys;
+use crate::interrupt::{self, InterruptTarget, Reason};
 use crate::native::NativeError;
-use crate::worker::OwnerLink;
 
 /// Tool ids tried, in order. 0 (debugger), 1 (coverage), 2 (profiler) and 5 (optimizer)
 /// are the conventional ones of other tools; 3 and 4 are unassigned.
 const TOOL_IDS: [u8; 2] = [4, 3];
 const TOOL_NAME: &str = "interp_pool";
 const EVENTS: [&str; 4] = ["LINE", "JUMP", "PY_START", "PY_RESUME"];
-
-/// Per owner: the reason of the async exception last set on it, and which call (if any)
-/// has the tool turned on.
-#[derive(Debug, Default)]
-pub(crate) struct InterruptState {
-    /// `Reason as u8` of the interrupt last raised on the owner (for the class to raise).
-    pub(crate) reason: AtomicU8,
-    /// Id of the call being stopped by the tool (0: none).
-    traced: AtomicU64,
-    /// The tool id in use while `traced != 0`.
-    tool: AtomicU8,
-}
 
 static EXEMPT: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -57,39 +45,34 @@ pub fn exempt_from_interrupt_tracing(filename: &str) {
     }
 }
 
-/// Tells the pool that the guest code of the call running on this owner has returned to
-/// Rust: if that call was being stopped by the tool, the tool is turned off now, so the
+/// Tells the pool that the guest code of the call executing on this owner has returned
+/// to Rust: if that call was being stopped by the tool, the tool is turned off now, so the
 /// embedder's own Python that follows in the same job (formatting a traceback, say) runs
 /// untouched. One atomic load when nothing is being stopped; a no-op off owner threads.
 pub fn guest_returned(py: &Attached<'_>) {
-    let Some(owner) = activation::owner() else {
+    let Some((target, act)) = interrupt::innermost() else {
         return;
     };
-    let link = &*owner.link;
-    if link.id != py.id() {
-        return;
-    }
-    let call = link.running.load(Ordering::SeqCst);
-    if call != 0 {
-        remove(py, link, call);
+    if target.id == py.id() {
+        remove(py, &target, act.id);
     }
 }
 
 /// Whether the tool is on for `call`.
-pub(crate) fn is_traced(link: &OwnerLink, call: u64) -> bool {
-    link.interrupt.traced.load(Ordering::SeqCst) == call
+pub(crate) fn is_traced(target: &InterruptTarget, call: u64) -> bool {
+    target.tool.traced.load(Ordering::SeqCst) == call
 }
 
-/// On the interrupter, holding the interpreter's GIL, with `call` running on the owner:
+/// On the interrupter, holding the interpreter's GIL, with `call` executing on `target`:
 /// turns the tool on for it. `Ok(false)` if the interpreter has no `sys.monitoring`
 /// (before 3.12) or both tool ids are taken.
 pub(crate) fn enable(
     py: &Attached<'_>,
-    link: &Arc<OwnerLink>,
+    target: &Arc<InterruptTarget>,
     call: u64,
-    reason: u8,
+    reason: Reason,
 ) -> Result<bool> {
-    if is_traced(link, call) {
+    if is_traced(target, call) {
         return Ok(true);
     }
     let Ok(mon) = py.import("sys")?.getattr(py, "monitoring") else {
@@ -110,16 +93,16 @@ pub(crate) fn enable(
     let Some((id, tool)) = chosen else {
         return Ok(false);
     };
-    let target = Arc::clone(link);
+    let classes = Arc::clone(target);
     let callback = py.native_function(
         c"interp_pool_stop",
         c"Raises the interrupt of a call that ran past its deadline (interp-pool).",
         move |py, args| {
-            // Only the interrupted call, on its owner, while it is the one running.
-            if ffi::thread_ident() != target.owner_ident
-                || target.running.load(Ordering::SeqCst) != call
-                || !is_traced(&target, call)
-            {
+            // Only the interrupted call, on its thread, while it is the innermost one
+            // executing there.
+            let mine = interrupt::innermost()
+                .is_some_and(|(t, act)| act.id == call && is_traced(&t, call));
+            if !mine {
                 return Ok(py.none());
             }
             if let Some(code) = args.positional().first() {
@@ -127,7 +110,7 @@ pub(crate) fn enable(
                     return Ok(py.none());
                 }
             }
-            let class = target.interrupts.for_reason(reason);
+            let class = classes.classes.for_reason(reason);
             // SAFETY: R10: CPython calls the callback attached; `class` is this
             // interpreter's interrupt class, kept alive by the pool.
             unsafe { sys::PyErr_SetNone(class.as_ptr()) };
@@ -141,8 +124,8 @@ pub(crate) fn enable(
         mask |= ev.extract_i64(py)?;
         mon.call_method(py, "register_callback", &[&tool, &ev, &callback])?;
     }
-    link.interrupt.tool.store(id, Ordering::SeqCst);
-    link.interrupt.traced.store(call, Ordering::SeqCst);
+    target.tool.tool.store(id, Ordering::SeqCst);
+    target.tool.traced.store(call, Ordering::SeqCst);
     mon.call_method(py, "set_events", &[&tool, &py.int(mask)?])?;
     Ok(true)
 }
@@ -165,14 +148,30 @@ fn exempt(py: &Attached<'_>, code: &crate::PyObj<'_>) -> bool {
     }
 }
 
-/// On the owner, attached: turns the tool off if it is on for `call`. Runs no Python while
-/// an exception is pending (it would be lost); the end of the call tries again.
-pub(crate) fn remove(py: &Attached<'_>, link: &OwnerLink, call: u64) {
-    if !is_traced(link, call) || py.error_pending() {
+/// On the owner, attached, at the end of `call` (on every exit, a panic's included): turns
+/// the tool off if it is on for `call`, keeping an exception that is pending aside
+/// meanwhile.
+pub(crate) fn remove_at_end(py: &Attached<'_>, target: &InterruptTarget, call: u64) {
+    if !is_traced(target, call) {
         return;
     }
-    link.interrupt.traced.store(0, Ordering::SeqCst);
-    let id = link.interrupt.tool.load(Ordering::SeqCst);
+    // SAFETY: R10: attached (`py`); takes the pending exception (or null), owned by us.
+    let kept = unsafe { sys::PyErr_GetRaisedException() };
+    remove(py, target, call);
+    if !kept.is_null() {
+        // SAFETY: R10: attached; hands our reference back as the pending exception.
+        unsafe { sys::PyErr_SetRaisedException(kept) };
+    }
+}
+
+/// On the owner, attached: turns the tool off if it is on for `call`. Runs no Python while
+/// an exception is pending (it would be lost); the end of the call tries again.
+pub(crate) fn remove(py: &Attached<'_>, target: &InterruptTarget, call: u64) {
+    if !is_traced(target, call) || py.error_pending() {
+        return;
+    }
+    target.tool.traced.store(0, Ordering::SeqCst);
+    let id = target.tool.tool.load(Ordering::SeqCst);
     let off = || -> Result<()> {
         let mon = py.import("sys")?.getattr(py, "monitoring")?;
         let tool = py.int(i64::from(id))?;
@@ -186,6 +185,6 @@ pub(crate) fn remove(py: &Attached<'_>, link: &OwnerLink, call: u64) {
         Ok(())
     };
     if let Err(e) = off() {
-        tracing::warn!(interp = %link.id, error = %e, "could not turn the interrupt tool off");
+        tracing::warn!(interp = %target.id, error = %e, "could not turn the interrupt tool off");
     }
 }

@@ -12,6 +12,7 @@ use crate::cancel::{self, CallOptions, Interruptible};
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::ffi;
+use crate::interrupt;
 use crate::job::{Call, Job};
 use crate::pace::Pace;
 use crate::runtime;
@@ -227,6 +228,20 @@ impl InterpreterHandle {
         take_result(call, Error::InterpreterGone { interp: target.id })
     }
 
+    /// Interrupter rounds aimed at this interpreter's owner so far (raised or deferred). A
+    /// probe for tests.
+    #[doc(hidden)]
+    pub fn interrupt_rounds(&self) -> u64 {
+        self.link.target.rounds()
+    }
+
+    /// Interrupter threads aimed at this interpreter's owner that have not finished. A
+    /// probe for tests.
+    #[doc(hidden)]
+    pub fn live_interrupters(&self) -> usize {
+        self.link.target.live_interrupters()
+    }
+
     pub(crate) fn link(&self) -> &OwnerLink {
         &self.link
     }
@@ -296,6 +311,9 @@ where
             ));
         }
     }
+    // An interruptible call waiting here is not executing: its interrupts are deferred
+    // until the wait is over (and the jobs served meanwhile never receive them).
+    let _not_executing = owner.map(|_| interrupt::Barrier::wait());
     wait::with_slot(|slot| {
         // SAFETY: R7: `call` (the caller's) and `slot` outlive this closure, which does
         // not return until `slot` is complete: `post` completes it on failure (the job is

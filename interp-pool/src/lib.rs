@@ -42,6 +42,7 @@ mod fast_ctypes;
 mod ffi;
 mod group;
 mod handle;
+mod interrupt;
 mod job;
 mod main_pool;
 mod memory;
@@ -60,7 +61,7 @@ use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use attach::Attached;
-pub use cancel::{CallOptions, CancelToken, DEFAULT_GRACE};
+pub use cancel::{CallOptions, CancelToken, DEFAULT_GRACE, MIN_GRACE};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
 pub use cpu::{thread_cpu_time, CpuTime};
 pub use error::{Error, PyException, Result};

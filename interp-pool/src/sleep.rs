@@ -4,28 +4,28 @@
 //! set meanwhile (how `cancel.rs` interrupts a call) is only raised once it returns, so a
 //! `time.sleep(30)` under a 1 s deadline used to take 30 s. [`install_interruptible_sleep`]
 //! replaces `time.sleep` in one interpreter with a native function that, on the owner
-//! thread, parks (GIL released) until the sleep is over *or* the interrupter flags the
-//! running call (`OwnerLink::async_pending`, then `Thread::unpark`), and then raises the
-//! interrupt class itself (clearing the async exception so it is not raised twice).
+//! thread, parks (GIL released) until the sleep is over *or* the call executing there is
+//! interrupted (its activation's reason, `interrupt.rs`; the interrupter unparks the
+//! thread), and then raises the interrupt class itself (taking back the async exception
+//! so it is not raised twice).
 //!
 //! Same semantics as the original otherwise: anything but one non-negative finite `int` /
 //! `float` positional argument (keywords, a negative or NaN value, another type, a huge
 //! value) is forwarded to the original, which raises its own `ValueError` / `TypeError` /
 //! `OverflowError`; on a thread other than the owner (a plugin's `threading` thread, a host
-//! thread in main) the call is forwarded too, because no interrupt is aimed there.
+//! thread in main), or while no interruptible call is the innermost one executing on it
+//! (a plain job), the call is forwarded too, because no interrupt is aimed there.
 
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::activation;
 use crate::attach::Attached;
 use crate::error::Result;
-use crate::ffi::{self, sys};
+use crate::ffi::sys;
+use crate::interrupt::{self, Activation, InterruptTarget, Reason};
 use crate::native::{NativeArgs, NativeError, NativeResult};
 use crate::object::PyObj;
-use crate::worker::OwnerLink;
 
 /// Longest sleep handled natively (a larger one is forwarded, whose range checks apply).
 const MAX_NATIVE: f64 = 1e9;
@@ -107,14 +107,14 @@ fn sleep<'c>(py: &'c Attached<'c>, args: &NativeArgs<'c>, original: &Original) -
     let Some(length) = seconds(py, secs) else {
         return forward();
     };
-    let Some(owner) = activation::owner() else {
+    // Only the owner's own thread state, with an interruptible call executing innermost.
+    let Some((target, act)) = interrupt::innermost() else {
         return forward();
     };
-    let link = &*owner.link;
-    if link.id != py.id() || ffi::current_tstate() != owner.ts {
+    if target.id != py.id() || !target.is_own_thread_state() {
         return forward();
     }
-    interruptible(py, link, length)
+    interruptible(py, &target, &act, length)
 }
 
 /// A duration for a non-negative finite exact `int` / `float` (not a subclass, whose
@@ -137,33 +137,38 @@ fn seconds(py: &Attached<'_>, v: &PyObj<'_>) -> Option<Duration> {
     None
 }
 
-/// On the owner: sleeps detached until `length` has passed or the running call is
-/// interrupted; then raises the interrupt (the interpreter's `DeadlineExceeded` /
+/// On the owner: sleeps detached until `length` has passed or `act` (the call executing
+/// here) is interrupted; then raises the interrupt (the interpreter's `DeadlineExceeded` /
 /// `Cancelled`).
-fn interruptible<'c>(py: &'c Attached<'c>, link: &OwnerLink, length: Duration) -> NativeResult<'c> {
+fn interruptible<'c>(
+    py: &'c Attached<'c>,
+    target: &InterruptTarget,
+    act: &Activation,
+    length: Duration,
+) -> NativeResult<'c> {
     let end = Instant::now() + length;
-    if !link.async_pending.load(Ordering::SeqCst) {
+    if act.reason() == Reason::None {
         py.detached(|| loop {
-            if link.async_pending.load(Ordering::SeqCst) {
+            if act.reason() != Reason::None {
                 break;
             }
             let now = Instant::now();
             if now >= end {
                 break;
             }
-            // The interrupter unparks us after flagging `async_pending`; any other wake-up
-            // is spurious and loops.
+            // The interrupter unparks us after raising; any other wake-up is spurious
+            // and loops.
             thread::park_timeout(end - now);
         });
     }
-    if !link.async_pending.swap(false, Ordering::SeqCst) {
+    let reason = act.reason();
+    if reason == Reason::None {
         return Ok(py.none());
     }
-    // Raise it here and now, rather than at the eval loop's next check: clear the async
-    // exception and set the same class as the current one.
-    // SAFETY: R10: the owner, attached; a null exception clears this thread's pending one.
-    unsafe { sys::PyThreadState_SetAsyncExc(link.owner_ident as _, std::ptr::null_mut()) };
-    let class = link.interrupts.for_reason(link.raised_reason());
+    // Raise it here and now, rather than at the eval loop's next check: take back an
+    // async exception set for this call and set the same class as the current one.
+    target.take_back(py, act.id);
+    let class = target.classes.for_reason(reason);
     // SAFETY: R10: attached; `class` is this interpreter's class, kept alive by the pool.
     unsafe { sys::PyErr_SetNone(class.as_ptr()) };
     Err(NativeError::pending())

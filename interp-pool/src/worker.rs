@@ -11,13 +11,12 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use crate::activation::{DepthGuard, OwnerRegistration};
 use crate::attach::{self, AttachGuard, Attached};
-use crate::cancel::{self, InterruptClasses};
 use crate::config::{InterpreterConfig, WhenFull};
 use crate::cpu::OwnerClock;
 use crate::error::{Error, Result};
-use crate::escalate::InterruptState;
 use crate::ffi::{self, sys};
 use crate::group::GroupId;
+use crate::interrupt::{Barrier, InterruptClasses, InterruptTarget};
 use crate::job::Job;
 use crate::main_pool;
 use crate::memory::{self, MemoryAccount};
@@ -48,28 +47,9 @@ pub(crate) struct OwnerLink {
     pub(crate) origin: Origin,
     pub(crate) queue_capacity: usize,
     pub(crate) when_full: WhenFull,
-    /// `PyInterpreterState*`, for the thread state an interrupt is delivered with.
-    pub(crate) interp_ptr: usize,
-    /// The interpreter's `interp_pool.DeadlineExceeded` / `Cancelled` classes.
-    pub(crate) interrupts: InterruptClasses,
-    /// CPython's id of the owner thread (`PyThreadState_SetAsyncExc` targets it).
-    pub(crate) owner_ident: u64,
-    /// Id of the interruptible call running on the owner (0: none). Written by the owner
-    /// only while attached, so an interrupter holding this interpreter's GIL reads a
-    /// stable value (see `cancel.rs`).
-    pub(crate) running: AtomicU64,
-    /// An async exception was set on the owner's thread state; the owner clears any
-    /// leftover after the call so it cannot hit the next one.
-    pub(crate) async_pending: AtomicBool,
-    /// Held while an interrupter has a thread state in this interpreter, and by the owner
-    /// before it ends the interpreter (which must then have no other thread state).
-    pub(crate) interrupt_lock: Mutex<()>,
-    /// `call id << 2 | reason` of an interrupt requested while the call waited under a
-    /// nested job (0: none); see `cancel::raise_deferred`.
-    pub(crate) deferred_interrupt: AtomicU64,
-    /// The reason of the last interrupt raised here, and the last step's tool
-    /// (`escalate.rs`).
-    pub(crate) interrupt: InterruptState,
+    /// Where interrupts of the calls running on this thread are raised (`interrupt.rs`):
+    /// the thread state, the interrupt classes, R3's interrupt lock.
+    pub(crate) target: Arc<InterruptTarget>,
     /// The group this interpreter serves as a member, if any (set once, on joining).
     pub(crate) group: OnceLock<GroupId>,
     /// Jobs this owner has run from its queues (an idle member's count stands still).
@@ -106,11 +86,6 @@ impl OwnerLink {
         } else {
             Ok(self.caller_spin)
         }
-    }
-
-    /// `Reason as u8` of the interrupt last raised on the owner.
-    pub(crate) fn raised_reason(&self) -> u8 {
-        self.interrupt.reason.load(Ordering::SeqCst)
     }
 
     /// True while the owner waits on another interpreter: see `wait::OwnerState::Nested`.
@@ -247,14 +222,7 @@ impl Owner {
             origin,
             queue_capacity: config.queue_capacity.max(1),
             when_full: config.when_full,
-            interp_ptr: created.interp as usize,
-            interrupts: created.interrupts,
-            owner_ident: ffi::thread_ident(),
-            running: AtomicU64::new(0),
-            async_pending: AtomicBool::new(false),
-            interrupt_lock: Mutex::new(()),
-            deferred_interrupt: AtomicU64::new(0),
-            interrupt: InterruptState::default(),
+            target: InterruptTarget::new(id, created.interp, created.ts, created.interrupts),
             group: OnceLock::new(),
             served: AtomicU64::new(0),
             clock: OwnerClock::current_thread(),
@@ -291,15 +259,12 @@ impl Owner {
         drop(group_rx);
         // No interrupter may hold a thread state in the interpreter from here on (`closing`
         // is set, so none starts after we release this at the end of the function).
-        let _no_interrupts = link
-            .interrupt_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let release = |att: &Attached<'_>| link.interrupts.release(att);
+        let _no_interrupts = link.target.lock_out();
+        let release = |att: &Attached<'_>| link.target.classes.release(att);
         match link.origin {
             // SAFETY: R2: thread: the owner, which created `ts`; no call runs any more and
             // the top-level loop detaches between jobs, so none is attached; the
-            // interrupter is kept out by `interrupt_lock`.
+            // interrupter is kept out by the target's interrupt lock.
             Origin::New => unsafe { attach::end_interpreter(ts, link.id, release) },
             // SAFETY: R1/R2: `ts` is this thread's own thread state in main, unattached;
             // main lives on until py-main finalizes it (R9).
@@ -307,7 +272,8 @@ impl Owner {
         }
         rt.unregister(&link);
         link.clock.end();
-        // Still under `interrupt_lock`: an interrupter that gets it next sees the end.
+        // Still under the interrupt lock: an interrupter that gets it next sees the end.
+        link.target.mark_ended();
         link.mark_ended();
         tracing::debug!(interp = %link.id, "interpreter ended");
     }
@@ -457,7 +423,7 @@ fn main_thread_state(id: InterpreterId, first: Option<&OwnerLink>) -> Result<Cre
         // SAFETY: R2/R4: this thread owns `ts` (just made for it) and has none attached.
         let guard = unsafe { AttachGuard::attach(ts, id) };
         match first {
-            Some(first) => Ok(first.interrupts.share(&guard.token())),
+            Some(first) => Ok(first.target.classes.share(&guard.token())),
             None => InterruptClasses::create(&guard.token()),
         }
     };
@@ -595,13 +561,11 @@ impl Owner {
         // the loop. tstate: none attached (we serve only while detached).
         let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };
         self.link.served.fetch_add(1, Ordering::Relaxed);
-        // This job is not the interruptible call that may be waiting under it (nested):
-        // an interrupt aimed at that one must not land here. Written while attached (see
-        // `running`).
-        let outer = self.link.running.swap(0, Ordering::SeqCst);
         let token = attached.token();
+        // This job is not the interruptible call that may be waiting under it (nested):
+        // an interrupt aimed at that one is deferred until control returns to it.
+        let barrier = Barrier::job(&token);
         job.execute_then(&token, before_reply);
-        self.link.running.store(outer, Ordering::SeqCst);
-        cancel::raise_deferred(&token, &self.link, outer);
+        drop(barrier);
     }
 }

@@ -9,6 +9,7 @@ mod errors;
 mod escalation;
 mod fast_ctypes;
 mod group;
+mod interrupts;
 mod isolation;
 mod lifecycle;
 mod main_interp;
