@@ -55,7 +55,10 @@ use polyplug_utils::BundleId;
 pub use config::{CaughtRefusals, ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use failure_log::FailureLogPolicy;
-pub use interp_pool::{memory_accounting, CallOptions, CancelToken, WhenFull};
+// interp-pool types that appear in this crate's API, so a host needs no dependency on it.
+pub use interp_pool::{
+    memory_accounting, CallOptions, CancelToken, WaitPolicy, WhenFull, DEFAULT_GRACE,
+};
 pub use metrics::BundleMetrics;
 pub use mode_reason::{Binding, Evidence, ModeCause, ModeReason, RefusalHow};
 pub use replicas::ReplicaStats;
