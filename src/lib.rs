@@ -35,6 +35,8 @@ mod lifecycle;
 mod load;
 mod memory_limits;
 mod metrics;
+#[cfg(feature = "metrics")]
+mod metrics_export;
 mod mode_reason;
 mod output;
 mod refusals;
@@ -60,6 +62,8 @@ pub use interp_pool::{
     memory_accounting, CallOptions, CancelToken, WaitPolicy, WhenFull, DEFAULT_GRACE,
 };
 pub use metrics::BundleMetrics;
+#[cfg(feature = "metrics")]
+pub use metrics_export::{MetricsPublisher, BUNDLE_LABEL, REPLICA_LABEL};
 pub use mode_reason::{Binding, Evidence, ModeCause, ModeReason, RefusalHow};
 pub use replicas::ReplicaStats;
 pub use rss::rss_bytes;
@@ -75,6 +79,9 @@ use crate::lifecycle::Loader;
 #[derive(Debug, Default, Clone)]
 pub struct PythonLoader {
     inner: Arc<Loader>,
+    /// What was published through the `metrics` facade (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    export: Arc<metrics_export::Exporter>,
 }
 
 /// Facts about a loaded bundle, for tools (`polyplug-subinterp check`).
@@ -118,6 +125,8 @@ impl PythonLoader {
         }
         Self {
             inner: Arc::new(Loader::new(config)),
+            #[cfg(feature = "metrics")]
+            export: Arc::default(),
         }
     }
 
@@ -149,6 +158,27 @@ impl PythonLoader {
     /// Call metrics of the bundle's most recent load.
     pub fn metrics(&self, bundle_id: u64) -> Option<BundleMetrics> {
         self.inner.latest(bundle_id, |b| b.metrics())
+    }
+
+    /// Publishes every loaded bundle's metrics through the [`metrics`](https://docs.rs/metrics)
+    /// facade, to the recorder it has now (the thread's local one, else the global one):
+    /// counters as increments since this loader's last publish to that recorder (a
+    /// recorder it never published to gets the totals since the first load), gauges set,
+    /// histogram values recorded. Names, units and labels: README, "Metrics for your
+    /// monitoring". Call it from a timer or a scrape hook, or use
+    /// [`publish_metrics_every`](Self::publish_metrics_every). Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        self.export.publish(&self.inner);
+    }
+
+    /// Publishes every `every` (and once more when the returned handle drops) on a
+    /// thread of its own, to the facade's global recorder, so a recorder installed later
+    /// is picked up at the next tick. The thread does not keep the loader alive. Feature
+    /// `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics_every(&self, every: std::time::Duration) -> MetricsPublisher {
+        MetricsPublisher::start(Arc::downgrade(&self.inner), Arc::clone(&self.export), every)
     }
 }
 
