@@ -17,7 +17,28 @@
 //! `polyplug_init(host_ptr, ctx_ptr)` returns `(list of registration dicts, AbiError)`;
 //! each dict names a `contract`, a `factory` and `functions` ordered by fn_id; dispatch
 //! calls `fn(impl, args_ptr, out_ptr, arena_ptr, arena_alloc)`. What differs is
-//! underneath: see `ARCHITECTURE.md`.
+//! underneath: see `ARCHITECTURE.md`. Hosts to start from: `examples/host.rs` (threads)
+//! and `examples/tokio_host.rs` (async).
+//!
+//! # Trust model: isolation is not a sandbox
+//!
+//! A subinterpreter isolates Python *state* (modules, globals, `sys.path`, and in
+//! [`InterpreterMode::OwnGil`] the GIL), not *memory*. Plugin code runs in the host's
+//! process with the host's privileges and can read and write the host's memory (`ctypes`
+//! is one import away; every polyplugc bundle imports it), its files and sockets, or end
+//! the process. Deadlines ([`PythonConfig::call_timeout`], [`with_call_options`]),
+//! cancellation, queue limits and memory limits ([`PythonConfig::memory_limit`]) govern
+//! well-behaved and buggy code, not hostile code: C code that holds the GIL cannot be
+//! stopped, and an extension's own `malloc` is not counted. Load only plugins you would
+//! link into the host; untrusted code belongs in a separate process or a wasm sandbox.
+//!
+//! # Features
+//!
+//! * `c-exports` (default): the polyplug_python-compatible C symbols (the `ffi` module).
+//! * `cli` (default): the `polyplug-subinterp` binary's dependencies.
+//! * `metrics`: `PythonLoader::publish_metrics` / `publish_metrics_every` publish the
+//!   per-bundle metrics through the [`metrics`](https://docs.rs/metrics) facade
+//!   (OpenTelemetry FaaS names where one fits; README, "Metrics for your monitoring").
 
 #![deny(missing_docs)]
 
