@@ -323,6 +323,8 @@ pub struct MetricsPublisher {
 
 impl MetricsPublisher {
     pub(crate) fn start(loader: Weak<Loader>, exporter: Arc<Exporter>, every: Duration) -> Self {
+        // A zero interval would spin.
+        let every = every.max(Duration::from_millis(1));
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("polyplug-metrics".into())
