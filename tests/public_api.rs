@@ -12,9 +12,9 @@ use std::time::Duration;
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_subinterp::{
     rss_bytes, with_call_options, Binding, BundleInfo, BundleMetrics, CallOptions, CancelToken,
-    CaughtRefusals, ElasticPolicy, FailureLogPolicy, InterpreterMode, ModeCause, ModeReason,
-    PythonConfig, PythonLoader, RefusalHow, ReplicaStats, Replicas, WaitPolicy, WhenFull,
-    BUSY_MESSAGE, CANCELLED_MESSAGE, DEFAULT_GRACE, TIMEOUT_MESSAGE,
+    CaughtRefusals, ElasticPolicy, Evidence, FailureLogPolicy, InterpreterMode, ModeCause,
+    ModeReason, PythonConfig, PythonLoader, RefusalHow, ReplicaStats, Replicas, WaitPolicy,
+    WhenFull, BUSY_MESSAGE, CANCELLED_MESSAGE, DEFAULT_GRACE, TIMEOUT_MESSAGE,
 };
 
 /// Every field set explicitly, each to its default's value (asserted below), so a
@@ -106,8 +106,9 @@ fn a_host_reads_what_the_loader_reports_by_these_names() {
             from: _,
             how,
             binding,
+            seen,
         } => {
-            let _: (RefusalHow, Binding) = (how, binding);
+            let _: (RefusalHow, Binding, Evidence) = (how, binding, seen);
         }
     }
     let metrics: BundleMetrics = loader.metrics(id).expect("loaded");
