@@ -1,4 +1,5 @@
-#[path = "interp-pool/build_python.rs"]
+// A symlink to interp-pool/build_python.rs (one gate for both crates), so the packaged
+// crate carries its own copy.
 mod build_python;
 
 fn main() {

@@ -17,7 +17,28 @@
 //! `polyplug_init(host_ptr, ctx_ptr)` returns `(list of registration dicts, AbiError)`;
 //! each dict names a `contract`, a `factory` and `functions` ordered by fn_id; dispatch
 //! calls `fn(impl, args_ptr, out_ptr, arena_ptr, arena_alloc)`. What differs is
-//! underneath: see `ARCHITECTURE.md`.
+//! underneath: see `ARCHITECTURE.md`. Hosts to start from: `examples/host.rs` (threads)
+//! and `examples/tokio_host.rs` (async).
+//!
+//! # Trust model: isolation is not a sandbox
+//!
+//! A subinterpreter isolates Python *state* (modules, globals, `sys.path`, and in
+//! [`InterpreterMode::OwnGil`] the GIL), not *memory*. Plugin code runs in the host's
+//! process with the host's privileges and can read and write the host's memory (`ctypes`
+//! is one import away; every polyplugc bundle imports it), its files and sockets, or end
+//! the process. Deadlines ([`PythonConfig::call_timeout`], [`with_call_options`]),
+//! cancellation, queue limits and memory limits ([`PythonConfig::memory_limit`]) govern
+//! well-behaved and buggy code, not hostile code: C code that holds the GIL cannot be
+//! stopped, and an extension's own `malloc` is not counted. Load only plugins you would
+//! link into the host; untrusted code belongs in a separate process or a wasm sandbox.
+//!
+//! # Features
+//!
+//! * `c-exports` (default): the polyplug_python-compatible C symbols (the `ffi` module).
+//! * `cli` (default): the `polyplug-subinterp` binary's dependencies.
+//! * `metrics`: `PythonLoader::publish_metrics` / `publish_metrics_every` publish the
+//!   per-bundle metrics through the [`metrics`](https://docs.rs/metrics) facade
+//!   (OpenTelemetry FaaS names where one fits; README, "Metrics for your monitoring").
 
 #![deny(missing_docs)]
 
@@ -35,6 +56,8 @@ mod lifecycle;
 mod load;
 mod memory_limits;
 mod metrics;
+#[cfg(feature = "metrics")]
+mod metrics_export;
 mod mode_reason;
 mod output;
 mod refusals;
@@ -55,8 +78,13 @@ use polyplug_utils::BundleId;
 pub use config::{CaughtRefusals, ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use failure_log::FailureLogPolicy;
-pub use interp_pool::{memory_accounting, CallOptions, CancelToken, WhenFull};
+// interp-pool types that appear in this crate's API, so a host needs no dependency on it.
+pub use interp_pool::{
+    memory_accounting, CallOptions, CancelToken, WaitPolicy, WhenFull, DEFAULT_GRACE,
+};
 pub use metrics::BundleMetrics;
+#[cfg(feature = "metrics")]
+pub use metrics_export::{MetricsPublisher, BUNDLE_LABEL, REPLICA_LABEL};
 pub use mode_reason::{Binding, Evidence, ModeCause, ModeReason, RefusalHow};
 pub use replicas::ReplicaStats;
 pub use rss::rss_bytes;
@@ -72,6 +100,9 @@ use crate::lifecycle::Loader;
 #[derive(Debug, Default, Clone)]
 pub struct PythonLoader {
     inner: Arc<Loader>,
+    /// What was published through the `metrics` facade (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    export: Arc<metrics_export::Exporter>,
 }
 
 /// Facts about a loaded bundle, for tools (`polyplug-subinterp check`).
@@ -115,6 +146,8 @@ impl PythonLoader {
         }
         Self {
             inner: Arc::new(Loader::new(config)),
+            #[cfg(feature = "metrics")]
+            export: Arc::default(),
         }
     }
 
@@ -146,6 +179,27 @@ impl PythonLoader {
     /// Call metrics of the bundle's most recent load.
     pub fn metrics(&self, bundle_id: u64) -> Option<BundleMetrics> {
         self.inner.latest(bundle_id, |b| b.metrics())
+    }
+
+    /// Publishes every loaded bundle's metrics through the [`metrics`](https://docs.rs/metrics)
+    /// facade, to the recorder it has now (the thread's local one, else the global one):
+    /// counters as increments since this loader's last publish to that recorder (a
+    /// recorder it never published to gets the totals since the first load), gauges set,
+    /// histogram values recorded. Names, units and labels: README, "Metrics for your
+    /// monitoring". Call it from a timer or a scrape hook, or use
+    /// [`publish_metrics_every`](Self::publish_metrics_every). Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics(&self) {
+        self.export.publish(&self.inner);
+    }
+
+    /// Publishes every `every` (and once more when the returned handle drops) on a
+    /// thread of its own, to the facade's global recorder, so a recorder installed later
+    /// is picked up at the next tick. The thread does not keep the loader alive. Feature
+    /// `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn publish_metrics_every(&self, every: std::time::Duration) -> MetricsPublisher {
+        MetricsPublisher::start(Arc::downgrade(&self.inner), Arc::clone(&self.export), every)
     }
 }
 

@@ -189,6 +189,16 @@ impl Loader {
         self.lock().get(&bundle_id)?.last().map(f)
     }
 
+    /// `f(name, load)` for every load, the most recent of a bundle last (`metrics_export`).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn each_load(&self, mut f: impl FnMut(&str, &LoadedBundle)) {
+        for loads in self.lock().values() {
+            for b in loads {
+                f(&b.name, b);
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Vec<LoadedBundle>>> {
         self.bundles.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -607,6 +617,7 @@ impl Loader {
             return Err(e.into());
         }
         meter.set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
+        meter.set_load_time(t0.elapsed());
         let elastic = match (&target, self.config.replicas_for(bundle)) {
             (Target::Group(group), Replicas::Elastic { .. }) => Controller::start(elastic::Spec {
                 plan: elastic::OwnedPlan::of(plan),

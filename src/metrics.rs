@@ -106,7 +106,7 @@ pub(crate) fn sampled() -> bool {
 
 /// Sub-buckets per power of two: percentiles are exact to within 1/4 of their value.
 const SUB: usize = 4;
-const BUCKETS: usize = 64 * SUB;
+pub(crate) const BUCKETS: usize = 64 * SUB;
 
 /// A log-linear histogram of nanoseconds.
 pub(crate) struct Histogram([AtomicU64; BUCKETS]);
@@ -116,7 +116,7 @@ impl Histogram {
         Self(std::array::from_fn(|_| AtomicU64::new(0)))
     }
 
-    fn index(ns: u64) -> usize {
+    pub(crate) fn index(ns: u64) -> usize {
         if ns < SUB as u64 {
             return ns as usize;
         }
@@ -126,7 +126,7 @@ impl Histogram {
     }
 
     /// The largest value a bucket holds (what a percentile reports).
-    fn upper(i: usize) -> u64 {
+    pub(crate) fn upper(i: usize) -> u64 {
         if i < SUB {
             return i as u64;
         }
@@ -139,6 +139,12 @@ impl Histogram {
     pub(crate) fn record(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.0[Self::index(ns)].fetch_add(1, Relaxed);
+    }
+
+    /// Each bucket's count.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn counts(&self) -> [u64; BUCKETS] {
+        std::array::from_fn(|i| self.0[i].load(Relaxed))
     }
 
     fn percentile(&self, p: f64) -> Duration {
@@ -175,6 +181,8 @@ pub(crate) struct Meter {
     overrun: Histogram,
     overrun_max_ns: AtomicU64,
     rss_at_load: AtomicU64,
+    /// How long the load took (its successful attempt), nanoseconds; 0 until it is done.
+    load_ns: AtomicU64,
     /// The owner's clock when the load began (subinterpreter modes).
     cpu_base: Mutex<Option<CpuTime>>,
     /// `main` mode: CPU time of the sampled calls, and how many there were.
@@ -209,6 +217,7 @@ impl Meter {
             overrun: Histogram::new(),
             overrun_max_ns: AtomicU64::new(0),
             rss_at_load: AtomicU64::new(0),
+            load_ns: AtomicU64::new(0),
             cpu_base: Mutex::new(None),
             cpu_sampled_ns: AtomicU64::new(0),
             cpu_samples: AtomicU64::new(0),
@@ -265,6 +274,36 @@ impl Meter {
 
     pub(crate) fn set_rss_at_load(&self, bytes: u64) {
         self.rss_at_load.store(bytes, Relaxed);
+    }
+
+    /// How long the load took (`faas.init_duration` under the `metrics` feature).
+    pub(crate) fn set_load_time(&self, d: Duration) {
+        self.load_ns
+            .store(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// The exact counters and the latency histograms, as the `metrics` feature publishes
+    /// them.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn totals(&self) -> crate::metrics_export::Totals {
+        use crate::metrics_export::Count;
+        let calls = self.calls.load(Relaxed);
+        let errors = self.errors.load(Relaxed);
+        let timeouts = self.timeouts.load(Relaxed);
+        let mut t = crate::metrics_export::Totals::default();
+        t.counts[Count::Invocations as usize] = calls.saturating_sub(errors);
+        t.counts[Count::Errors as usize] = errors.saturating_sub(timeouts);
+        t.counts[Count::Timeouts as usize] = timeouts;
+        t.counts[Count::Cancelled as usize] = self.cancelled.load(Relaxed);
+        t.counts[Count::Busy as usize] = self.busy.load(Relaxed);
+        t.counts[Count::Refusals as usize] = self.refusals_at_call.load(Relaxed);
+        t.run = self.run.counts();
+        t.queue = self.queue_wait.counts();
+        let load_ns = self.load_ns.load(Relaxed);
+        if load_ns > 0 {
+            t.init[Histogram::index(load_ns)] = 1;
+        }
+        t
     }
 
     pub(crate) fn refusal_at_call(&self) {

@@ -1,0 +1,1 @@
+interp-pool/build_python.rs

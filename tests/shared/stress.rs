@@ -1,0 +1,1 @@
+../../interp-pool/tests/shared/stress.rs
