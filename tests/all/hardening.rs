@@ -51,7 +51,7 @@ fn an_endless_loop_with_a_deadline_times_out_and_the_bundle_answers_next() {
     within("deadline", || {
         let (rt, loader) = spinner(
             PythonConfig {
-                bundle_timeouts: [("spinner".to_owned(), Duration::from_millis(100))].into(),
+                bundle_timeouts: [("spinner".to_owned(), Some(Duration::from_millis(100)))].into(),
                 ..PythonConfig::default()
             },
             "spinner",
