@@ -35,7 +35,6 @@ mod guest_output;
 mod hardening;
 mod isolation;
 mod lifecycle;
-mod main_pool;
 mod modes;
 mod protocol;
 mod real_bundles;
