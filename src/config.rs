@@ -117,8 +117,10 @@ pub struct PythonConfig {
     pub min_version: (u32, u32),
     /// Deepest plugin→plugin nesting (a chain A→B→A counts 3) before a call fails with
     /// `AbiError` 9 (ReentrantCall). Default 64, well under Python's recursion limit.
+    /// At least 1: 0 (no call could run) fails the load.
     pub max_depth: usize,
-    /// Stack size of each bundle's interpreter thread. Default 8 MiB.
+    /// Stack size of each bundle's interpreter thread. Default 8 MiB; at least
+    /// [`interp_pool::MIN_STACK_SIZE`] (1 MiB), a smaller one fails the load.
     pub stack_size: usize,
     /// Let plugins start (non-daemon) `threading` threads. Default `false`: an
     /// interpreter cannot end while its threads run, so unload would wait on them.
@@ -159,14 +161,20 @@ pub struct PythonConfig {
     pub prewarm: bool,
     /// Deadline for every call into a bundle (interrupted inside Python, see
     /// `interp_pool::InterpreterHandle::call_with`). Default `None`: no deadline, and no
-    /// cost. `with_call_options` overrides it per call.
+    /// cost. `with_call_options` overrides it per call. A deadline must be more than zero
+    /// and at most [`PythonConfig::MAX_TIMEOUT`] (a year): another value fails each load
+    /// with an error naming it (for no deadline, say `None`).
     pub call_timeout: Option<Duration>,
-    /// Per-bundle deadline, by bundle (manifest) name; wins over `call_timeout`.
-    pub bundle_timeouts: HashMap<String, Duration>,
+    /// Per-bundle deadline, by bundle (manifest) name; wins over `call_timeout`:
+    /// `Some(d)` for a deadline of its own (bounded like `call_timeout`), `None` for no
+    /// deadline at all even when `call_timeout` is set. Absent: `call_timeout`.
+    pub bundle_timeouts: HashMap<String, Option<Duration>>,
     /// How long a call interrupted at its deadline may go on before it is interrupted
     /// again; after a second grace period it is stopped on its next line whatever its
     /// `except` clauses (README, "Deadlines"). Default 100 ms
-    /// (`interp_pool::DEFAULT_GRACE`); `with_call_options` may set its own.
+    /// (`interp_pool::DEFAULT_GRACE`); `with_call_options` may set its own. From
+    /// [`PythonConfig::MIN_GRACE`] (1 ms: the interrupter must not spin) to
+    /// [`PythonConfig::MAX_TIMEOUT`]; another value fails each load with an error naming it.
     pub interrupt_grace: Duration,
     /// Calls that may wait in one bundle's queue. Default 1024.
     pub queue_capacity: usize,
@@ -191,6 +199,8 @@ pub struct PythonConfig {
     /// Threads serving the main interpreter (`main`-mode bundles), each with its own
     /// thread state there; process-wide, so the first load that starts them decides
     /// (later values are logged and ignored). Default `None`: available parallelism.
+    /// `Some(0)` fails the load (say `None` for one per core); above
+    /// [`interp_pool::MAX_MAIN_THREADS`] the pool is capped there.
     pub main_threads: Option<usize>,
     /// When an [`Replicas::Elastic`] bundle grows and shrinks.
     pub elastic: ElasticPolicy,
@@ -315,6 +325,67 @@ impl Default for ElasticPolicy {
 }
 
 impl PythonConfig {
+    /// The longest deadline (`call_timeout`, `bundle_timeouts`) and grace period
+    /// (`interrupt_grace`) accepted: 365 days. Longer ones mean "never" in practice and
+    /// would overflow the clock arithmetic; say `None` for no deadline.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+    /// The shortest `interrupt_grace` accepted: interp-pool's [`interp_pool::MIN_GRACE`]
+    /// (1 ms), which it would raise a shorter one to. The interrupter waits a grace period
+    /// between rounds; a zero one would make it spin.
+    pub const MIN_GRACE: Duration = interp_pool::MIN_GRACE;
+
+    /// Checks the settings that apply to a load of `bundle`: `Err` names the first bad
+    /// field and its value (a load error then names the bundle).
+    pub(crate) fn check(&self, bundle: &str) -> Result<(), String> {
+        let deadline = |field: String, d: Duration| {
+            if d.is_zero() || d > Self::MAX_TIMEOUT {
+                Err(format!(
+                    "invalid PythonConfig::{field}: Some({d:?}): a deadline must be more than \
+                     zero and at most PythonConfig::MAX_TIMEOUT ({:?}); None means no deadline",
+                    Self::MAX_TIMEOUT
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(d) = self.call_timeout {
+            deadline("call_timeout".into(), d)?;
+        }
+        if let Some(Some(d)) = self.bundle_timeouts.get(bundle) {
+            deadline(format!("bundle_timeouts[\"{bundle}\"]"), *d)?;
+        }
+        let grace = self.interrupt_grace;
+        if !(Self::MIN_GRACE..=Self::MAX_TIMEOUT).contains(&grace) {
+            return Err(format!(
+                "invalid PythonConfig::interrupt_grace: {grace:?}: it must be from {:?} \
+                 (PythonConfig::MIN_GRACE) to {:?} (PythonConfig::MAX_TIMEOUT)",
+                Self::MIN_GRACE,
+                Self::MAX_TIMEOUT
+            ));
+        }
+        if self.max_depth == 0 {
+            return Err(
+                "invalid PythonConfig::max_depth: 0: no call could run (at least 1)".into(),
+            );
+        }
+        if self.stack_size < interp_pool::MIN_STACK_SIZE {
+            return Err(format!(
+                "invalid PythonConfig::stack_size: {}: below interp_pool::MIN_STACK_SIZE ({} bytes)",
+                self.stack_size,
+                interp_pool::MIN_STACK_SIZE
+            ));
+        }
+        if self.main_threads == Some(0) {
+            return Err(
+                "invalid PythonConfig::main_threads: Some(0): the main interpreter \
+                        needs at least one thread (None means one per core)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+
     /// The replica setting of a bundle (absent: one).
     pub(crate) fn replicas_for(&self, bundle: &str) -> Replicas {
         self.replicas
@@ -328,7 +399,7 @@ impl PythonConfig {
         self.bundle_timeouts
             .get(bundle)
             .copied()
-            .or(self.call_timeout)
+            .unwrap_or(self.call_timeout)
     }
 
     /// The memory limit of a bundle.

@@ -364,6 +364,9 @@ impl Loader {
         self.check_replica_names(manifest, runtime);
         let config = &self.config;
         let bundle = manifest.name.as_str();
+        config
+            .check(bundle)
+            .map_err(|why| error::init_failed_msg(bundle, why))?;
         let (mut mode, pinned) = config.mode_for(bundle);
         let mut reason = ModeReason::new(if pinned {
             ModeCause::Pinned

@@ -72,14 +72,7 @@ pub(crate) fn take(config: &InterpreterConfig) -> Option<InterpreterHandle> {
 /// Called with STATE locked; the maker takes the lock only when done.
 fn make(config: InterpreterConfig) -> bool {
     let job = move || {
-        let made = InterpreterHandle::spawn(config.clone()).and_then(|h| {
-            h.call(|py| {
-                // Before anything imports `time.sleep` by name (`deadlines.rs`).
-                interp_pool::install_interruptible_sleep(py)?;
-                py.run(PRELUDE)
-            })
-            .map(|()| h)
-        });
+        let made = InterpreterHandle::spawn(config.clone()).and_then(|h| warm(h, PRELUDE));
         let mut st = lock();
         st.making = None;
         match made {
@@ -98,5 +91,38 @@ fn make(config: InterpreterConfig) -> bool {
             tracing::warn!(error = %e, "could not start the spare maker");
             false
         }
+    }
+}
+
+/// Prepares a new spare: the interruptible `time.sleep`, then `prelude`. One that fails is
+/// ended here: dropping the last handle does not end an interpreter, so its owner thread
+/// would run on, unreachable, until shutdown.
+fn warm(h: InterpreterHandle, prelude: &str) -> interp_pool::Result<InterpreterHandle> {
+    let warmed = h.call(|py| {
+        // Before anything imports `time.sleep` by name (`deadlines.rs`).
+        interp_pool::install_interruptible_sleep(py)?;
+        py.run(prelude)
+    });
+    match warmed {
+        Ok(()) => Ok(h),
+        Err(e) => {
+            h.end();
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use interp_pool::{InterpreterConfig, InterpreterHandle};
+
+    /// Issue 20, defect 9a: a spare whose prelude fails is ended, not dropped with its
+    /// owner thread still running.
+    #[test]
+    fn a_spare_whose_prelude_fails_is_ended() {
+        let h = InterpreterHandle::spawn(InterpreterConfig::named("spare-test")).unwrap();
+        let e = super::warm(h.clone(), "raise ImportError('no prelude here')").unwrap_err();
+        assert!(e.to_string().contains("no prelude here"), "{e}");
+        assert!(h.is_ended(), "the failed spare's interpreter still runs");
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::{Error, Result};
+
 /// How the new interpreter relates to the main interpreter's GIL (PEP 684).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GilMode {
@@ -82,11 +84,14 @@ pub struct InterpreterConfig {
     /// Refuse extension modules that do not declare subinterpreter support. Must stay
     /// `true` with [`GilMode::Own`]. Default `true`.
     pub check_multi_interp_extensions: bool,
-    /// Owner thread stack size in bytes. Default 8 MiB: nested calls stack up here.
+    /// Owner thread stack size in bytes. Default 8 MiB: nested calls stack up here. At
+    /// least [`MIN_STACK_SIZE`]: a smaller one is refused with [`Error::Init`] (0 would
+    /// mean the platform's minimum, 16 KiB on Linux, far too little for CPython).
     pub stack_size: usize,
     /// Deepest nesting of calls (a chain A→B→A counts 3) before a call fails with
     /// [`Error::ReentryLimit`](crate::Error::ReentryLimit). Default 64, well under
-    /// Python's recursion limit of 1000 frames per thread state.
+    /// Python's recursion limit of 1000 frames per thread state. At least 1: 0 (no call
+    /// could run) is refused with [`Error::Init`].
     pub max_depth: usize,
     /// Spin-then-park policy for this interpreter's callers and owner thread.
     pub wait: WaitPolicy,
@@ -116,7 +121,30 @@ impl Default for InterpreterConfig {
     }
 }
 
+/// The smallest [`InterpreterConfig::stack_size`] accepted: 1 MiB, what CPython itself
+/// asks for its threads on platforms whose default is smaller.
+pub const MIN_STACK_SIZE: usize = 1 << 20;
+
 impl InterpreterConfig {
+    /// [`Error::Init`] naming the interpreter and the first value that cannot work:
+    /// `max_depth` 0 or `stack_size` below [`MIN_STACK_SIZE`]. Checked when an
+    /// interpreter, the main interpreter's pool or a lane is made with this config.
+    pub fn validate(&self) -> Result<()> {
+        let name = &self.name;
+        if self.max_depth == 0 {
+            return Err(Error::Init(format!(
+                "interpreter {name}: max_depth 0 lets no call run (at least 1)"
+            )));
+        }
+        if self.stack_size < MIN_STACK_SIZE {
+            return Err(Error::Init(format!(
+                "interpreter {name}: stack_size {} is below the minimum of {MIN_STACK_SIZE} bytes",
+                self.stack_size
+            )));
+        }
+        Ok(())
+    }
+
     /// Default settings with a name.
     pub fn named(name: impl Into<String>) -> Self {
         Self {

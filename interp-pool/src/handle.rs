@@ -43,6 +43,7 @@ impl InterpreterHandle {
     /// Creates an interpreter on a new owner thread, initialising CPython first if this
     /// is the first interpreter of the process.
     pub fn spawn(config: InterpreterConfig) -> Result<Self> {
+        config.validate()?;
         let rt = runtime::get()?;
         let link = worker::spawn(rt, config, Origin::New, None)?;
         Ok(Self { link })
@@ -60,6 +61,7 @@ impl InterpreterHandle {
     /// made on any pool thread runs inline there: they all are the main interpreter.
     /// [`end`](Self::end) does nothing on it; [`shutdown`](crate::shutdown) stops it.
     pub fn main(config: InterpreterConfig) -> Result<Self> {
+        config.validate()?;
         // The pool names its threads itself.
         Ok(crate::main_pool::Pool::get(&config)?.first())
     }

@@ -62,7 +62,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use attach::Attached;
 pub use cancel::{CallOptions, CancelToken, DEFAULT_GRACE, MIN_GRACE};
-pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};
+pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull, MIN_STACK_SIZE};
 pub use cpu::{thread_cpu_time, CpuTime};
 pub use error::{Error, PyException, Result};
 pub use escalate::{exempt_from_interrupt_tracing, guest_returned};

@@ -244,6 +244,7 @@ impl MainLane {
     /// from `config`. Starts the pool if it is not running (with `config`'s stack size
     /// and server wait policy; see [`set_main_threads`]).
     pub fn new(config: &InterpreterConfig, limit: usize) -> Result<Self> {
+        config.validate()?;
         let pool = Pool::get(config)?;
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = crossbeam_channel::bounded(capacity);

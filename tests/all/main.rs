@@ -27,6 +27,7 @@ mod core_api;
 mod ext_api;
 
 mod accelerators;
+mod config;
 mod ext_modules;
 mod fast_glue;
 mod governance;
@@ -35,7 +36,6 @@ mod hardening;
 mod init_in_main;
 mod isolation;
 mod lifecycle;
-mod main_pool;
 mod modes;
 mod protocol;
 mod real_bundles;

@@ -282,9 +282,12 @@ fn registrations_that_differ_between_replicas_fail_the_load() {
         return note("replicas differ", "needs own-GIL replicas (3.13+)");
     }
     // The second replica's init sees a file the first one created, and registers more.
+    // Each replica leaves a file when its interpreter ends (`atexit` runs in
+    // `Py_EndInterpreter`): the process-wide interpreter count is other tests' too.
     let marker = scratch("flaky-marker").join("seen");
     let defs = format!(
-        "import os\nMARK = {marker:?}\nEXTRA = os.path.exists(MARK)\nopen(MARK, 'w').close()\n\
+        "import atexit, os\nMARK = {marker:?}\nEXTRA = os.path.exists(MARK)\nopen(MARK, 'w').close()\n\
+         atexit.register(lambda: open(f'{{MARK}}.ended.{{EXTRA}}', 'w').close())\n\
          def f(impl, args, out, arena, alloc):\n    put_i64(out, 1)\n"
     );
     let src = plugin_source("flaky@1", &defs, "f").replace(
@@ -295,7 +298,6 @@ fn registrations_that_differ_between_replicas_fail_the_load() {
     let loader = replicated(&[("flaky", Replicas::Fixed(2))]);
     let (rt, _) = runtime_with(loader.clone(), &[]);
     let (_, dir) = write_bundle("flaky", &src, &[]);
-    let before = interp_pool::live_interpreters();
     let err = load_dir(&loader, &rt, &dir).unwrap_err().to_string();
     assert!(
         err.contains("replicas registered different contracts"),
@@ -305,7 +307,13 @@ fn registrations_that_differ_between_replicas_fail_the_load() {
         err.contains("flaky@1 (1 functions)") && err.contains("flaky@1 (2 functions)"),
         "{err}"
     );
-    wait_until(|| interp_pool::live_interpreters() <= before);
+    for replica in ["False", "True"] {
+        let ended = marker.with_extension(format!("ended.{replica}"));
+        assert!(
+            ended.exists(),
+            "the failed load ended replica {replica}: {ended:?}"
+        );
+    }
     let _ = Arc::clone(&rt);
 }
 

@@ -109,3 +109,59 @@ fn bad_input_from_rust_is_a_python_value_error() {
     assert_eq!(e.type_name, "TypeError");
     h.end();
 }
+
+/// Defect 8 (issue 20): settings no interpreter can work with are refused with a typed
+/// error naming the interpreter and the value, wherever a config is taken; never a panic
+/// or a thread that dies on its first frame.
+#[test]
+fn an_unworkable_config_is_an_init_error_naming_the_value() {
+    use interp_pool::{InterpreterConfig, InterpreterHandle, MainLane, MIN_STACK_SIZE};
+    let bad = [
+        (
+            InterpreterConfig {
+                max_depth: 0,
+                ..InterpreterConfig::named("no_depth")
+            },
+            "max_depth 0",
+        ),
+        (
+            InterpreterConfig {
+                stack_size: 0,
+                ..InterpreterConfig::named("no_stack")
+            },
+            "stack_size 0",
+        ),
+        (
+            InterpreterConfig {
+                stack_size: MIN_STACK_SIZE - 1,
+                ..InterpreterConfig::named("small_stack")
+            },
+            "stack_size 1048575",
+        ),
+    ];
+    for (config, value) in bad {
+        let name = config.name.clone();
+        let made = [
+            ("spawn", InterpreterHandle::spawn(config.clone()).err()),
+            ("main", InterpreterHandle::main(config.clone()).err()),
+            ("lane", MainLane::new(&config, 1).err()),
+        ];
+        for (how, e) in made {
+            match e {
+                Some(Error::Init(msg)) => assert!(
+                    msg.contains(&name) && msg.contains(value),
+                    "{how}: {msg:?} should name {name} and {value:?}"
+                ),
+                other => panic!("{how} with {value}: expected Error::Init, got {other:?}"),
+            }
+        }
+    }
+    let fine = InterpreterConfig {
+        stack_size: MIN_STACK_SIZE,
+        max_depth: 1,
+        ..InterpreterConfig::named("smallest")
+    };
+    let h = InterpreterHandle::spawn(fine).expect("the smallest accepted config works");
+    assert_eq!(eval_i64(&h, "sum(range(10))"), 45);
+    h.end();
+}

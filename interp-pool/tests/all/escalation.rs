@@ -14,6 +14,16 @@ fn timeout(ms: u64) -> CallOptions {
     }
 }
 
+/// A deadline of `ms` whose grace (60 s) outlasts the 30 s sleeps below: only the first
+/// interrupt can wake them within the test, so a sleep that returns before its own end was
+/// woken by it, however long the machine took to deliver it.
+fn timeout_once(ms: u64) -> CallOptions {
+    CallOptions {
+        grace: Some(Duration::from_secs(60)),
+        ..timeout(ms)
+    }
+}
+
 fn with_sleep(name: &str) -> InterpreterHandle {
     let a = spawn(name);
     assert!(
@@ -30,10 +40,10 @@ fn a_long_sleep_wakes_at_the_deadline_with_the_interrupt_class() {
         let a = with_sleep("sleep-deadline");
         run(&a, "import time\nseen = None\ndef nap():\n    global seen\n    try:\n        time.sleep(30)\n    except BaseException as e:\n        seen = type(e).__name__\n        raise\n");
         let t0 = Instant::now();
-        let r = a.call_with(&timeout(1000), |py| py.eval("nap()").map(|_| ()));
+        let r = a.call_with(&timeout_once(1000), |py| py.eval("nap()").map(|_| ()));
         let took = t0.elapsed();
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(took < Duration::from_secs(30), "not woken: {took:?}");
         assert!(took >= Duration::from_millis(1000), "{took:?}");
         assert_eq!(eval_str(&a, "seen"), "DeadlineExceeded");
         // The next call is not hit by anything left over, and sleeps normally.
@@ -90,14 +100,14 @@ fn a_loop_that_swallows_every_interrupt_is_stopped_and_the_interpreter_serves_on
     within(LIMIT, "swallowing loop", || {
         let a = spawn("swallow");
         run(&a, "import sys\nswallowed = 0\ndef stubborn():\n    global swallowed\n    while True:\n        try:\n            while True:\n                pass\n        except BaseException:\n            swallowed += 1\n");
-        let t0 = Instant::now();
         let r = a.call_with(&timeout(1000), |py| py.eval("stubborn()").map(|_| ()));
-        let took = t0.elapsed();
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-        assert!(took < Duration::from_millis(2500), "{took:?}");
+        // Interrupted twice, then stopped by the last step (which may also raise once
+        // more into the handler): a count of rounds, whatever each took.
+        let swallowed = eval_i64(&a, "swallowed");
         assert!(
-            eval_i64(&a, "swallowed") >= 2,
-            "interrupted twice before the last step"
+            (2..=3).contains(&swallowed),
+            "swallowed {swallowed} interrupts: interrupted twice before the last step stops it"
         );
         // The tool is gone and nothing of it is left on the next calls.
         assert_eq!(eval_str(&a, "repr(sys.monitoring.get_tool(4))"), "None");
@@ -173,10 +183,12 @@ fn a_long_sleep_wakes_at_the_deadline_in_a_shared_gil_interpreter() {
         assert!(a.call(install_interruptible_sleep).unwrap());
         run(&a, "import time");
         let t0 = Instant::now();
-        let r = a.call_with(&timeout(1000), |py| py.eval("time.sleep(30)").map(|_| ()));
+        let r = a.call_with(&timeout_once(1000), |py| {
+            py.eval("time.sleep(30)").map(|_| ())
+        });
         let took = t0.elapsed();
         assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
-        assert!(took < Duration::from_millis(1500), "{took:?}");
+        assert!(took < Duration::from_secs(30), "not woken: {took:?}");
         a.end();
     });
 }

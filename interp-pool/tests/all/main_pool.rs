@@ -1,7 +1,7 @@
 //! The main interpreter's thread pool and its lanes: limits hold, re-entry does not count
 //! again, deadlines hit the thread running the call, a lane ends with calls in flight.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,19 +52,32 @@ fn a_lane_never_runs_more_calls_at_once_than_its_limit() {
         }
         let two = lane("lane-limit-2", 2);
         assert_eq!(two.limit(), 2);
-        // Other tests' calls may hold a seat for a while: a few rounds, each within the
-        // limit, one at least reaching it.
-        let reached = (0..10).any(|_| {
-            let m = most_at_once(&two, 4, 5, Duration::from_millis(5));
-            assert!(m <= 2, "{m} calls at once with a limit of 2");
-            m == 2
+        let m = most_at_once(&two, 4, 5, Duration::from_millis(5));
+        assert!(m <= 2, "{m} calls at once with a limit of 2");
+        // And it is reached: two calls that return only once both run (other tests'
+        // calls holding a seat only delay the meeting). A Python barrier: waiting, it
+        // lets go of the main GIL the other call needs.
+        run_main(
+            &two,
+            "import threading\nlane_limit_meet = threading.Barrier(2, timeout=30)",
+        );
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                let two = &two;
+                s.spawn(move || run_main(two, "lane_limit_meet.wait()"));
+            }
         });
-        assert!(reached, "a limit of 2 was never reached");
         // Lowered at run time: later calls respect it.
         two.set_limit(1);
         assert_eq!(most_at_once(&two, 4, 3, Duration::from_millis(2)), 1);
         two.end();
     });
+}
+
+/// Runs `code` in the main interpreter through `lane`, panicking on an error.
+fn run_main(lane: &MainLane, code: &str) {
+    lane.call(|py| py.run(code))
+        .unwrap_or_else(|e| panic!("{code}: {e}"));
 }
 
 #[test]
@@ -141,28 +154,27 @@ fn a_deadline_interrupts_the_call_that_ran_past_it_and_not_its_neighbour() {
             return note("lane deadline", "the main pool has one thread here");
         }
         let l = lane("lane-deadline", 2);
+        // Gates, not timing: `quick` holds one seat, running Python from before `slow`
+        // starts until after it returned.
+        let (running, slow_done) = (std::sync::Barrier::new(2), AtomicBool::new(false));
         std::thread::scope(|s| {
-            let slow = {
-                let l = l.clone();
-                s.spawn(move || {
-                    let opts = CallOptions {
-                        timeout: Some(Duration::from_millis(200)),
-                        ..CallOptions::default()
-                    };
-                    l.call_with(&opts, |py| py.run("while True: pass"))
+            let quick = s.spawn(|| {
+                l.call(|py| {
+                    running.wait();
+                    while !slow_done.load(Ordering::SeqCst) {
+                        py.run("import time; time.sleep(0.002)")?;
+                    }
+                    py.eval("42")?.extract_i64(py)
                 })
+            });
+            running.wait();
+            let opts = CallOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..CallOptions::default()
             };
-            let quick = {
-                let l = l.clone();
-                s.spawn(move || {
-                    std::thread::sleep(Duration::from_millis(50));
-                    l.call(|py| {
-                        py.run("import time; time.sleep(0.4)")?;
-                        py.eval("42")?.extract_i64(py)
-                    })
-                })
-            };
-            assert!(matches!(slow.join().unwrap(), Err(Error::Timeout { .. })));
+            let slow = l.call_with(&opts, |py| py.run("while True: pass"));
+            slow_done.store(true, Ordering::SeqCst);
+            assert!(matches!(slow, Err(Error::Timeout { .. })), "{slow:?}");
             assert_eq!(quick.join().unwrap().unwrap(), 42);
         });
         l.end();
