@@ -37,7 +37,7 @@ fn every_field() -> PythonConfig {
         ignored_refusals: HashMap::<String, Vec<String>>::new(),
         prewarm: true,
         call_timeout: None::<Duration>,
-        bundle_timeouts: HashMap::<String, Duration>::new(),
+        bundle_timeouts: HashMap::<String, Option<Duration>>::new(),
         interrupt_grace: DEFAULT_GRACE,
         queue_capacity: 1024,
         when_full: WhenFull::Block,
