@@ -43,6 +43,7 @@ mod ffi;
 mod group;
 mod handle;
 mod job;
+mod mailbox;
 mod main_pool;
 mod memory;
 mod native;

@@ -156,7 +156,7 @@ pub(crate) struct ReplySlot {
 }
 
 impl ReplySlot {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             state: AtomicState::new(SlotState::Waiting),
             #[cfg(not(loom))]
@@ -171,7 +171,7 @@ impl ReplySlot {
     /// Makes the slot ready for the next call of its thread. Only its waiter calls this,
     /// after it saw Done of the previous call (or before the first), so no completer
     /// touches the slot any more.
-    fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.state.store(SlotState::Waiting, Ordering::Relaxed);
         // Under loom: the caller's frame is reused, which a completer still reading the
         // slot would race with (loom reports that).
@@ -326,10 +326,18 @@ impl AtomicState<OwnerState> {
     }
 
     /// Poster side, after its job is queued: calls `unpark` if the owner is (about to be)
-    /// parked, and says whether it did.
+    /// parked, and says whether it did. The model's poster (`Mailbox::post` fences itself
+    /// and then calls [`unpark_if_parked`](Self::unpark_if_parked)).
+    #[cfg(all(test, loom))]
     pub(crate) fn wake_if_parked(&self, unpark: impl FnOnce()) -> bool {
         // Pairs with the fence in `park_unless`.
         fence(Ordering::SeqCst);
+        self.unpark_if_parked(unpark)
+    }
+
+    /// [`wake_if_parked`](Self::wake_if_parked) for a poster that has already fenced
+    /// (SeqCst) after its push: `Mailbox::post` calls its `wake` after its own fence.
+    pub(crate) fn unpark_if_parked(&self, unpark: impl FnOnce()) -> bool {
         if self.load(Ordering::SeqCst) == OwnerState::Parked {
             unpark();
             true
