@@ -9,10 +9,10 @@
 //! it sees Done, so the slot (and the `Thread` handle in it) are alive until then.
 //!
 //! An owner thread publishes an [`OwnerState`] for its callers. Parking is a Dekker-style
-//! handshake ([`OwnerStateCell::park_unless`] ↔ [`OwnerStateCell::wake_if_parked`]): the
-//! owner stores Parked, fences and re-checks its queue; a poster pushes, fences and reads
-//! the state. With both `fence(SeqCst)`s, either the owner sees the job or the poster sees
-//! Parked and unparks it.
+//! handshake ([`OwnerStateCell::park_unless`] ↔ [`OwnerStateCell::unpark_if_parked`]):
+//! the owner stores Parked, fences and re-checks its queue; a poster pushes, fences (in
+//! `Mailbox::post`) and reads the state. With both `fence(SeqCst)`s, either the owner sees
+//! the job or the poster sees Parked and unparks it.
 //!
 //! # Checked by a model
 //!
@@ -335,8 +335,9 @@ impl AtomicState<OwnerState> {
         self.unpark_if_parked(unpark)
     }
 
-    /// [`wake_if_parked`](Self::wake_if_parked) for a poster that has already fenced
-    /// (SeqCst) after its push: `Mailbox::post` calls its `wake` after its own fence.
+    /// Poster side, after its job is queued *and* a `fence(SeqCst)` (pairs with the fence
+    /// in `park_unless`; `Mailbox::post` calls its `wake` after its own fence): calls
+    /// `unpark` if the owner is (about to be) parked, and says whether it did.
     pub(crate) fn unpark_if_parked(&self, unpark: impl FnOnce()) -> bool {
         if self.load(Ordering::SeqCst) == OwnerState::Parked {
             unpark();
