@@ -30,7 +30,10 @@
 //! the calls queued on all lanes (`QUEUED`): then, even if every other queued call goes to
 //! one of them first, one is left for this call. A looking seat clears its flag before it
 //! stores Parked, fences and re-checks the lanes, so if the poster saw the flag the seat
-//! sees the call. A seat releasing a lane fences and, if calls are still queued there,
+//! sees the call; a seat that stops looking without parking (it took a call, its nested
+//! wait is over, it is ending) clears the flag, fences and, if calls are still queued,
+//! wakes seats for them (`hand_off`), since a poster may have counted it for one of them.
+//! A seat releasing a lane fences and, if calls are still queued there,
 //! wakes a seat for them the same way, so a call queued while the lane was full is never
 //! left behind by a releaser that returns to its own caller instead of serving.
 //!
@@ -567,12 +570,18 @@ pub(crate) fn has_work(index: usize) -> bool {
             .any(|l| !l.mailbox.is_empty() && l.takeable_by(index))
 }
 
-/// A seat that stops looking without parking (its nested wait is over): after clearing its
-/// flag, wakes seats for calls queued meanwhile by posters that saw it looking.
+/// A seat that stops looking without parking (it took a call, or its nested wait is over):
+/// after clearing its flag, wakes seats for calls still queued, which posters that saw it
+/// looking may have left to it. (A seat that took a long call while a poster counted it for
+/// another lane's call would otherwise leave that call behind the long one while other
+/// seats sleep.) A fence and one load when nothing else is queued.
 pub(crate) fn hand_off() {
-    // Pairs with the fence in `MainLane::post`: the flag's clearing is ordered before our
-    // reads of the queues.
+    // Pairs with the fence in `Mailbox::post` (after `QUEUED` was raised): the flag's
+    // clearing is ordered before our reads of the queues.
     fence(Ordering::SeqCst);
+    if QUEUED.load(Ordering::SeqCst) == 0 {
+        return;
+    }
     for l in lanes().iter().flatten().filter(|l| !l.mailbox.is_empty()) {
         l.wake_for_queued();
     }

@@ -498,7 +498,11 @@ impl Owner {
         loop {
             look(true);
             if let Some((job, hold)) = self.next_job(group()) {
-                look(false);
+                if looking.is_some() {
+                    // Flagged until now: a poster may have counted us for another call.
+                    look(false);
+                    main_pool::hand_off();
+                }
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
                 // Looking again before the caller has its reply: the call it may post at
                 // once finds us looking and wakes no other seat.
