@@ -1,7 +1,7 @@
 //! `InterpreterGroup`: several interpreters (replicas of one workload) behind one queue.
 //!
 //! Every member keeps its own queue (calls that must run on it: `member.call(..)`) and
-//! also serves the group's queue, its own first. A call on the group goes to whichever
+//! also serves the group's queue (a [`Mailbox`] shared by the members), its own first. A call on the group goes to whichever
 //! member takes it first (crossbeam channels are MPMC). Posting wakes one *idle* member:
 //! after queueing, the poster claims a parked member (compare-exchange Parked → Running)
 //! and unparks it; if none is parked, every member is awake and re-checks the group queue
@@ -11,22 +11,21 @@
 //! when every member is waiting. A call made on a member's own thread runs inline there.
 
 use std::fmt;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use crossbeam_channel::{Receiver, Sender};
 
 use crate::activation;
 use crate::attach::Attached;
 use crate::cancel::{self, CallOptions, Interruptible};
-use crate::config::{InterpreterConfig, WhenFull};
+use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
 use crate::handle::{self, InterpreterHandle};
 use crate::job::{Call, Job};
+use crate::mailbox::{Mailbox, Posted};
 use crate::pace::Pace;
 use crate::wait::OwnerState;
-use crate::worker::{Owner, QueueFull};
+use crate::worker::{self, Owner};
 
 /// A group's process-wide identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,8 +42,8 @@ impl GroupId {
 ///
 /// Members are ordinary interpreters ([`InterpreterHandle`]) that joined with
 /// [`add`](Self::add); each still has its own queue for calls that must run on it.
-/// [`end`](Self::end) ends every member; a call still queued on the group then runs on a
-/// member that is still finishing, or fails with [`Error::InterpreterGone`].
+/// [`end`](Self::end) ends every member; a call still queued on the group then fails with
+/// [`Error::InterpreterGone`] (one a member already took runs to its end).
 #[derive(Clone)]
 pub struct InterpreterGroup {
     link: Arc<GroupLink>,
@@ -54,19 +53,15 @@ pub struct InterpreterGroup {
 pub(crate) struct GroupLink {
     id: GroupId,
     name: String,
-    tx: Sender<Job>,
-    /// Cloned into every member that joins.
-    rx: Receiver<Job>,
+    /// The group's queue (`mailbox.rs`), shared with every member that joins.
+    mailbox: Arc<Mailbox>,
     members: RwLock<Vec<InterpreterHandle>>,
-    closing: AtomicBool,
     /// Named by errors when the group has no member.
     reserved_id: crate::InterpreterId,
     max_depth: usize,
     caller_spin: Duration,
     /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
     pace: Pace,
-    queue_capacity: usize,
-    when_full: WhenFull,
 }
 
 impl fmt::Debug for InterpreterGroup {
@@ -82,22 +77,16 @@ impl InterpreterGroup {
     /// An empty group named `config.name`, whose queue, depth cap and wait policy come
     /// from `config` (members bring their own interpreters; see [`add`](Self::add)).
     pub fn new(config: &InterpreterConfig) -> Self {
-        let capacity = config.queue_capacity.max(1);
-        let (tx, rx) = crossbeam_channel::bounded(capacity);
         Self {
             link: Arc::new(GroupLink {
                 id: GroupId::next(),
                 name: config.name.clone(),
-                tx,
-                rx,
+                mailbox: Arc::new(Mailbox::new(config.queue_capacity, config.when_full)),
                 members: RwLock::new(Vec::new()),
-                closing: AtomicBool::new(false),
                 reserved_id: crate::InterpreterId::next(),
                 max_depth: config.max_depth,
                 caller_spin: config.wait.caller_spin,
                 pace: Pace::new(config.wait.caller_spin_max),
-                queue_capacity: capacity,
-                when_full: config.when_full,
             }),
         }
     }
@@ -110,14 +99,14 @@ impl InterpreterGroup {
                 "the main interpreter cannot join a group".into(),
             ));
         }
-        if self.link.closing.load(Ordering::SeqCst) {
+        if self.link.mailbox.is_closing() {
             return Err(Error::InterpreterGone {
                 interp: member.id(),
             });
         }
-        let (id, rx) = (self.link.id, self.link.rx.clone());
+        let (id, mailbox) = (self.link.id, Arc::clone(&self.link.mailbox));
         member.call(move |_| match activation::owner() {
-            Some(owner) => owner.join_group(id, rx),
+            Some(owner) => owner.join_group(id, mailbox),
             None => Err(Error::Internal("group join ran off its owner".into())),
         })?;
         self.lock_members_mut().push(member);
@@ -175,7 +164,7 @@ impl InterpreterGroup {
 
     /// Calls waiting in the group's queue now (not those queued on one member).
     pub fn queue_len(&self) -> usize {
-        self.link.tx.len()
+        self.link.mailbox.len()
     }
 
     /// Runs `f` on whichever member takes it first, like [`InterpreterHandle::call`]; on
@@ -191,7 +180,7 @@ impl InterpreterGroup {
         R: Send,
     {
         let g = &*self.link;
-        if g.closing.load(Ordering::Acquire) {
+        if g.mailbox.is_closing() {
             return Err(self.gone());
         }
         let depth = activation::depth() + 1;
@@ -238,23 +227,21 @@ impl InterpreterGroup {
     }
 
     /// Ends every member (waiting for their running calls, unless called on an owner
-    /// thread); calls left in the group's queue then fail with [`Error::InterpreterGone`].
+    /// thread); calls left in the group's queue fail with [`Error::InterpreterGone`] (a
+    /// call a member already took runs to its end).
     pub fn end(&self) {
-        let g = &*self.link;
-        g.closing.store(true, Ordering::SeqCst);
+        // Closing first: queued calls fail now rather than wait for the members' ends,
+        // and a post racing this drains its own call or is waited for (`mailbox.rs`).
+        self.link.mailbox.close();
         let members = std::mem::take(&mut *self.lock_members_mut());
         for m in &members {
             m.end();
         }
-        // Pairs with the fence in `post`: a job queued after our `closing` store is
-        // drained either here or by its poster.
-        fence(Ordering::SeqCst);
-        g.drain();
     }
 
     /// Whether [`end`](Self::end) was called.
     pub fn is_ended(&self) -> bool {
-        self.link.closing.load(Ordering::SeqCst)
+        self.link.mailbox.is_closing()
     }
 
     fn gone(&self) -> Error {
@@ -263,33 +250,20 @@ impl InterpreterGroup {
         }
     }
 
-    /// Queues `job` and wakes one idle member. Returns the caller's spin budget: zero if
-    /// it woke a parked member (which needs a moment to run), else the configured spin.
+    /// Queues `job` on the group's mailbox and wakes one idle member. Returns the caller's
+    /// spin budget: zero if it woke a parked member (which needs a moment to run), else
+    /// the configured spin. `Err` only if the job was not queued (`mailbox.rs`).
     fn post(&self, job: Job, serving: Option<&Owner>) -> Result<Duration> {
         let g = &*self.link;
-        let full = QueueFull {
-            when_full: g.when_full,
-            gone: || self.gone(),
-            busy: || Error::Busy {
-                interp: self.gone_id(),
-                capacity: g.queue_capacity,
-            },
-        };
-        full.send(&g.tx, job, serving)?;
-        // Pairs with each member's `park_unless` (it stores Parked, fences, re-checks the
-        // group queue) and with `end`'s fence: either a member sees the job, or we see it
-        // Parked and claim it; and either `end` drains the job or we see `closing`.
-        fence(Ordering::SeqCst);
-        if g.closing.load(Ordering::SeqCst) {
-            g.drain();
-            return Err(self.gone());
-        }
-        for m in self.lock_members().iter() {
-            if m.claim_parked() {
-                return Ok(Duration::ZERO);
-            }
-        }
-        Ok(g.caller_spin)
+        // The claim runs after the mailbox's fence, which pairs with each member's
+        // `park_unless` (it stores Parked, fences, re-checks the group queue): either a
+        // member sees the job, or we see it Parked and claim it.
+        let wake = || self.lock_members().iter().any(|m| m.claim_parked());
+        let posted = worker::post_to(&g.mailbox, job, serving, || self.gone_id(), wake)?;
+        Ok(match posted {
+            Posted::Awake => g.caller_spin,
+            Posted::Woke | Posted::Closed => Duration::ZERO,
+        })
     }
 
     /// The interpreter errors name: the first member, or the id the group reserved.
@@ -305,15 +279,6 @@ impl InterpreterGroup {
 
     fn lock_members_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<InterpreterHandle>> {
         self.link.members.write().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl GroupLink {
-    /// Drops every queued job unrun: each completes its caller with InterpreterGone.
-    fn drain(&self) {
-        while let Ok(job) = self.rx.try_recv() {
-            drop(job);
-        }
     }
 }
 

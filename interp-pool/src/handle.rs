@@ -112,7 +112,7 @@ impl InterpreterHandle {
 
     /// Calls waiting in the interpreter's queue now (not counting running ones).
     pub fn queue_len(&self) -> usize {
-        self.link.tx.len()
+        self.link.mailbox.len()
     }
 
     /// Jobs the owner thread has run from its queues (its own and its group's) so far.
@@ -172,7 +172,7 @@ impl InterpreterHandle {
         R: Send,
     {
         let sh = &*self.link;
-        if sh.closing.load(Ordering::Acquire) {
+        if sh.is_closing() {
             return Err(Error::InterpreterGone { interp: sh.id });
         }
         let depth = activation::depth() + 1;
@@ -288,7 +288,8 @@ where
     f(&attached.token())
 }
 
-/// Posts `call` with `post` and waits until it ran (or was dropped unrun); an owner
+/// Posts `call` with `post` and waits until it ran (or was dropped unrun): `post` must
+/// fail only if it did not queue the job (the mailbox rule, `mailbox.rs`). An owner
 /// thread serves its own queues meanwhile (shape 4). `target_nested`: whether the thread
 /// that must run the call is itself waiting on another interpreter (then waiting yields
 /// rather than spins). `pace`: the call site's reply times, which set the caller's spin
@@ -318,8 +319,10 @@ where
     let _not_executing = owner.map(|_| interrupt::Barrier::wait());
     wait::with_slot(|slot| {
         // SAFETY: R7: `call` (the caller's) and `slot` outlive this closure, which does
-        // not return until `slot` is complete: `post` completes it on failure (the job is
-        // dropped), otherwise `serve`/`wait` block until the job ran or was dropped.
+        // not return until `slot` is complete: `post` fails only before queueing the job
+        // (dropping it completes the slot); once it queued the job, even into a mailbox
+        // found closing afterwards, `serve`/`wait` block until the job ran or was dropped
+        // (`mailbox.rs`).
         // `F: Send` and `R: Send` are this function's bounds.
         let job = unsafe { Job::new(call, slot, depth) };
         // Detached while blocked (also for room in a full queue), or the interpreter

@@ -44,6 +44,7 @@ mod group;
 mod handle;
 mod interrupt;
 mod job;
+mod mailbox;
 mod main_pool;
 mod memory;
 mod native;

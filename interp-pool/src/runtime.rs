@@ -223,6 +223,8 @@ pub fn shutdown() -> Result<()> {
     };
     // Wait out any creation in progress; later ones see SHUT_DOWN (see worker::owner_main).
     drop(rt.creation_lock());
+    // Lanes first: a lane call an owner waits on must not outlive the seats (R9).
+    crate::main_pool::close_all();
     let live: Vec<Arc<OwnerLink>> = rt.lock_live().drain(..).collect();
     for s in &live {
         s.request_end();
@@ -230,7 +232,6 @@ pub fn shutdown() -> Result<()> {
     for s in &live {
         s.wait_ended();
     }
-    crate::main_pool::drain_all();
     let main = rt.main.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(main) = main {
         let (tx, rx) = crossbeam_channel::bounded(1);

@@ -9,10 +9,10 @@
 //! it sees Done, so the slot (and the `Thread` handle in it) are alive until then.
 //!
 //! An owner thread publishes an [`OwnerState`] for its callers. Parking is a Dekker-style
-//! handshake ([`OwnerStateCell::park_unless`] ↔ [`OwnerStateCell::wake_if_parked`]): the
-//! owner stores Parked, fences and re-checks its queue; a poster pushes, fences and reads
-//! the state. With both `fence(SeqCst)`s, either the owner sees the job or the poster sees
-//! Parked and unparks it.
+//! handshake ([`OwnerStateCell::park_unless`] ↔ [`OwnerStateCell::unpark_if_parked`]):
+//! the owner stores Parked, fences and re-checks its queue; a poster pushes, fences (in
+//! `Mailbox::post`) and reads the state. With both `fence(SeqCst)`s, either the owner sees
+//! the job or the poster sees Parked and unparks it.
 //!
 //! # Checked by a model
 //!
@@ -156,7 +156,7 @@ pub(crate) struct ReplySlot {
 }
 
 impl ReplySlot {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             state: AtomicState::new(SlotState::Waiting),
             #[cfg(not(loom))]
@@ -171,7 +171,7 @@ impl ReplySlot {
     /// Makes the slot ready for the next call of its thread. Only its waiter calls this,
     /// after it saw Done of the previous call (or before the first), so no completer
     /// touches the slot any more.
-    fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.state.store(SlotState::Waiting, Ordering::Relaxed);
         // Under loom: the caller's frame is reused, which a completer still reading the
         // slot would race with (loom reports that).
@@ -326,10 +326,19 @@ impl AtomicState<OwnerState> {
     }
 
     /// Poster side, after its job is queued: calls `unpark` if the owner is (about to be)
-    /// parked, and says whether it did.
+    /// parked, and says whether it did. The model's poster (`Mailbox::post` fences itself
+    /// and then calls [`unpark_if_parked`](Self::unpark_if_parked)).
+    #[cfg(all(test, loom))]
     pub(crate) fn wake_if_parked(&self, unpark: impl FnOnce()) -> bool {
         // Pairs with the fence in `park_unless`.
         fence(Ordering::SeqCst);
+        self.unpark_if_parked(unpark)
+    }
+
+    /// Poster side, after its job is queued *and* a `fence(SeqCst)` (pairs with the fence
+    /// in `park_unless`; `Mailbox::post` calls its `wake` after its own fence): calls
+    /// `unpark` if the owner is (about to be) parked, and says whether it did.
+    pub(crate) fn unpark_if_parked(&self, unpark: impl FnOnce()) -> bool {
         if self.load(Ordering::SeqCst) == OwnerState::Parked {
             unpark();
             true

@@ -7,17 +7,18 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::Sender;
 
 use crate::activation::{DepthGuard, OwnerRegistration};
 use crate::attach::{self, AttachGuard, Attached};
-use crate::config::{InterpreterConfig, WhenFull};
+use crate::config::InterpreterConfig;
 use crate::cpu::OwnerClock;
 use crate::error::{Error, Result};
 use crate::ffi::{self, sys};
 use crate::group::GroupId;
 use crate::interrupt::{Barrier, InterruptClasses, InterruptTarget};
 use crate::job::Job;
+use crate::mailbox::{Mailbox, Posted, Refused};
 use crate::main_pool;
 use crate::memory::{self, MemoryAccount};
 use crate::pace::Pace;
@@ -32,21 +33,22 @@ pub(crate) struct OwnerLink {
     pub(crate) name: Mutex<String>,
     /// CPython's own id for the interpreter (for logs).
     pub(crate) python_id: i64,
-    pub(crate) tx: Sender<Job>,
+    /// The interpreter's own queue (`mailbox.rs`): calls that must run on this owner.
+    /// Closed by the owner at `retire`, which drops what is still queued.
+    pub(crate) mailbox: Mailbox,
     pub(crate) thread: Thread,
     /// What the owner thread is doing (`wait::OwnerState`): callers spin only if it is not
     /// parked, and yield rather than spin while it waits on another interpreter.
     pub(crate) state: OwnerStateCell,
-    /// Set once by `end`; the owner leaves its top-level loop when it sees it.
-    pub(crate) closing: AtomicBool,
+    /// Set once by `end`; new calls fail, and the owner leaves its top-level loop when it
+    /// sees it (then closes its mailbox).
+    pub(crate) end_requested: AtomicBool,
     pub(crate) max_depth: usize,
     pub(crate) caller_spin: Duration,
     /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
     pub(crate) pace: Pace,
     /// Serves the main interpreter (which it never ends) rather than one it created.
     pub(crate) origin: Origin,
-    pub(crate) queue_capacity: usize,
-    pub(crate) when_full: WhenFull,
     /// Where interrupts of the calls running on this thread are raised (`interrupt.rs`):
     /// the thread state, the interrupt classes, R3's interrupt lock.
     pub(crate) target: Arc<InterruptTarget>,
@@ -64,28 +66,26 @@ pub(crate) struct OwnerLink {
 }
 
 impl OwnerLink {
-    /// Queues `job` and wakes the owner if it may be parked. Returns the caller's spin
-    /// budget: non-zero only if the owner was not parked. The caller is detached. If the
-    /// queue is full it fails (`WhenFull::Fail`) or waits for room; an owner thread
-    /// (`serving`) keeps running its own queue meanwhile, so two full interpreters calling
-    /// each other cannot deadlock. On failure the job is dropped, completing its slot.
+    /// Queues `job` on the interpreter's mailbox and wakes the owner if it may be parked.
+    /// Returns the caller's spin budget: non-zero only if the owner was not parked. The
+    /// caller is detached. `Err` only if the job was not queued (see [`Mailbox::post`]);
+    /// otherwise the caller waits on its slot.
     pub(crate) fn post(&self, job: Job, serving: Option<&Owner>) -> Result<Duration> {
-        let full = QueueFull {
-            when_full: self.when_full,
-            gone: || Error::InterpreterGone { interp: self.id },
-            busy: || Error::Busy {
-                interp: self.id,
-                capacity: self.queue_capacity,
+        let posted = post_to(
+            &self.mailbox,
+            job,
+            serving,
+            || self.id,
+            || {
+                // After the mailbox's fence; pairs with `park_unless` in `serve`: either the
+                // owner sees the job, or we see Parked and unpark it.
+                self.state.unpark_if_parked(|| self.thread.unpark())
             },
-        };
-        full.send(&self.tx, job, serving)?;
-        // Pairs with `park_unless` in `serve`: either the owner sees the job, or we see
-        // Parked and unpark it.
-        if self.state.wake_if_parked(|| self.thread.unpark()) {
-            Ok(Duration::ZERO)
-        } else {
-            Ok(self.caller_spin)
-        }
+        )?;
+        Ok(match posted {
+            Posted::Awake => self.caller_spin,
+            Posted::Woke | Posted::Closed => Duration::ZERO,
+        })
     }
 
     /// True while the owner waits on another interpreter: see `wait::OwnerState::Nested`.
@@ -93,9 +93,14 @@ impl OwnerLink {
         self.state.load(Ordering::Relaxed) == OwnerState::Nested
     }
 
+    /// Whether the interpreter was asked to end (new calls fail).
+    pub(crate) fn is_closing(&self) -> bool {
+        self.end_requested.load(Ordering::Acquire)
+    }
+
     /// Asks the owner thread to end the interpreter once it is back at its top level.
     pub(crate) fn request_end(&self) {
-        self.closing.store(true, Ordering::SeqCst);
+        self.end_requested.store(true, Ordering::SeqCst);
         self.thread.unpark();
     }
 
@@ -117,36 +122,32 @@ impl OwnerLink {
     }
 }
 
-/// How a post treats a full queue, and the errors it reports.
-pub(crate) struct QueueFull<G, B> {
-    pub(crate) when_full: WhenFull,
-    pub(crate) gone: G,
-    pub(crate) busy: B,
-}
-
-impl<G: Fn() -> Error, B: Fn() -> Error> QueueFull<G, B> {
-    /// Queues `job` on `tx`. If the queue is full it fails (`WhenFull::Fail`) or waits for
-    /// room; an owner thread (`serving`) keeps running its own queues meanwhile, so two
-    /// full interpreters calling each other cannot deadlock. The caller is detached. On
-    /// failure the job is dropped, completing its slot.
-    pub(crate) fn send(&self, tx: &Sender<Job>, job: Job, serving: Option<&Owner>) -> Result<()> {
-        let mut job = job;
-        loop {
-            match tx.try_send(job) {
-                Ok(()) => return Ok(()),
-                Err(TrySendError::Disconnected(_)) => return Err((self.gone)()),
-                Err(TrySendError::Full(j)) => match (self.when_full, serving) {
-                    (WhenFull::Fail, _) => return Err((self.busy)()),
-                    (WhenFull::Block, None) => return tx.send(j).map_err(|_| (self.gone)()),
-                    (WhenFull::Block, Some(owner)) => {
-                        owner.run_queued();
-                        thread::yield_now();
-                        job = j;
-                    }
-                },
-            }
+/// Posts `job` to `mailbox` (an owner's, a group's or a lane's), `wake` waking a taker;
+/// an owner thread (`serving`) serves its own queues while it waits for room. A refusal
+/// becomes the error the caller sees, naming `interp()`.
+pub(crate) fn post_to(
+    mailbox: &Mailbox,
+    job: Job,
+    serving: Option<&Owner>,
+    interp: impl Fn() -> InterpreterId,
+    wake: impl FnOnce() -> bool,
+) -> Result<Posted> {
+    let serve = || {
+        if let Some(owner) = serving {
+            owner.run_queued();
         }
-    }
+    };
+    let serve: Option<&dyn Fn()> = match serving {
+        Some(_) => Some(&serve),
+        None => None,
+    };
+    mailbox.post(job, serve, wake).map_err(|r| match r {
+        Refused::Closed => Error::InterpreterGone { interp: interp() },
+        Refused::Full => Error::Busy {
+            interp: interp(),
+            capacity: mailbox.capacity(),
+        },
+    })
 }
 
 /// Where an owner thread's interpreter comes from, and so how it is let go.
@@ -165,9 +166,8 @@ pub(crate) struct Owner {
     pub(crate) link: Arc<OwnerLink>,
     /// The creation thread state: the interpreter's only one, for its whole life (R2).
     pub(crate) ts: *mut sys::PyThreadState,
-    rx: Receiver<Job>,
-    /// The queue of the group this interpreter joined (`group.rs`), served after its own.
-    group_rx: OnceLock<Receiver<Job>>,
+    /// The mailbox of the group this interpreter joined (`group.rs`), served after its own.
+    group_mailbox: OnceLock<Arc<Mailbox>>,
     /// Set when the interpreter leaves its group: it stops taking the group's jobs.
     left_group: Cell<bool>,
     server_spin: Duration,
@@ -207,21 +207,18 @@ impl Owner {
             Origin::Main => main_thread_state(id, seat.as_ref().and_then(|s| s.first.as_deref())),
         };
         let created = created.inspect_err(|_| memory::clear_current())?;
-        let (tx, rx) = crossbeam_channel::bounded(config.queue_capacity.max(1));
         let link = Arc::new(OwnerLink {
             id,
             name: Mutex::new(config.name.clone()),
             python_id: created.python_id,
-            tx,
+            mailbox: Mailbox::new(config.queue_capacity, config.when_full),
             thread: thread::current(),
             state: OwnerStateCell::new(OwnerState::Running),
-            closing: AtomicBool::new(false),
+            end_requested: AtomicBool::new(false),
             max_depth: config.max_depth,
             caller_spin: config.wait.caller_spin,
             pace: Pace::new(config.wait.caller_spin_max),
             origin,
-            queue_capacity: config.queue_capacity.max(1),
-            when_full: config.when_full,
             target: InterruptTarget::new(id, created.interp, created.ts, created.interrupts),
             group: OnceLock::new(),
             served: AtomicU64::new(0),
@@ -235,29 +232,28 @@ impl Owner {
         Ok(Self {
             link,
             ts: created.ts,
-            rx,
-            group_rx: OnceLock::new(),
+            group_mailbox: OnceLock::new(),
             left_group: Cell::new(false),
             server_spin: config.wait.server_spin,
             seat: seat.map(|s| s.index),
         })
     }
 
-    /// Lets the interpreter go once the top-level loop has returned: drops the jobs still
-    /// queued (each completes its caller with InterpreterGone), then ends the interpreter
-    /// (or, for main, deletes this thread's thread state: R1, py-main finalizes main).
+    /// Lets the interpreter go once the top-level loop has returned: closes its mailbox,
+    /// dropping the jobs still queued (each completes its caller with InterpreterGone),
+    /// then ends the interpreter (or, for main, deletes this thread's thread state: R1,
+    /// py-main finalizes main).
     fn retire(self, rt: &Runtime) {
         let Owner {
             ts,
-            rx,
-            group_rx,
+            group_mailbox,
             link,
             ..
         } = self;
-        drop(rx);
+        link.mailbox.close();
         // The group's queue lives on for its other members.
-        drop(group_rx);
-        // No interrupter may hold a thread state in the interpreter from here on (`closing`
+        drop(group_mailbox);
+        // No interrupter may hold a thread state in the interpreter from here on (`end_requested`
         // is set, so none starts after we release this at the end of the function).
         let _no_interrupts = link.target.lock_out();
         let release = |att: &Attached<'_>| link.target.classes.release(att);
@@ -443,7 +439,7 @@ impl Owner {
         let sh = &*self.link;
         let finished = || match wait_on {
             Some((slot, _)) => slot.is_done(),
-            None => sh.closing.load(Ordering::Acquire),
+            None => sh.is_closing(),
         };
         // What we are doing while not running a job, as our callers should see it.
         let waiting = if wait_on.is_some() {
@@ -454,9 +450,9 @@ impl Owner {
         let defer = || wait_on.is_some_and(|(_, target_nested)| target_nested());
         // Read on every turn: the interpreter may join a group while this loop runs (the
         // join is a job of this very loop).
-        let group = || self.group_rx.get().filter(|_| !self.left_group.get());
+        let group = || self.group_mailbox.get().filter(|_| !self.left_group.get());
         let queued = || {
-            !self.rx.is_empty()
+            !sh.mailbox.is_empty()
                 || group().is_some_and(|g| !g.is_empty())
                 || self.seat.is_some_and(main_pool::has_work)
         };
@@ -468,7 +464,11 @@ impl Owner {
         loop {
             look(true);
             if let Some((job, hold)) = self.next_job(group()) {
-                look(false);
+                if looking.is_some() {
+                    // Flagged until now: a poster may have counted us for another call.
+                    look(false);
+                    main_pool::hand_off();
+                }
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
                 // Looking again before the caller has its reply: the call it may post at
                 // once finds us looking and wakes no other seat.
@@ -501,8 +501,8 @@ impl Owner {
             }
             // Before Parked is stored and fenced (see `main_pool::MainLane::post`).
             look(false);
-            // Pairs with `wake_if_parked` in `OwnerLink::post` and with the claim in
-            // `group::GroupLink::post` (see there).
+            // Pairs with the fence in `Mailbox::post`, after which its `wake` reads our
+            // state (`OwnerLink::post`, the group's claim, the lane's).
             sh.state.park_unless(|| !finished() && !queued());
             sh.state.store(waiting, Ordering::SeqCst);
         }
@@ -511,11 +511,11 @@ impl Owner {
 
     /// The next job: this interpreter's own queue first (calls that must run here), then
     /// its group's, then (a main-pool seat) a lane's, with the hold it runs under.
-    fn next_job(&self, group: Option<&Receiver<Job>>) -> Option<(Job, Option<main_pool::Hold>)> {
-        if let Ok(job) = self.rx.try_recv() {
+    fn next_job(&self, group: Option<&Arc<Mailbox>>) -> Option<(Job, Option<main_pool::Hold>)> {
+        if let Some(job) = self.link.mailbox.try_take() {
             return Some((job, None));
         }
-        if let Some(job) = group.and_then(|g| g.try_recv().ok()) {
+        if let Some(job) = group.and_then(|g| g.try_take()) {
             return Some((job, None));
         }
         let (job, hold) = main_pool::take(self.seat?)?;
@@ -528,10 +528,10 @@ impl Owner {
         self.left_group.set(true);
     }
 
-    /// Makes this owner a member of a group: from now on it also serves `rx`. Runs on the
-    /// owner thread (inside a job), once.
-    pub(crate) fn join_group(&self, id: GroupId, rx: Receiver<Job>) -> Result<()> {
-        if self.link.group.set(id).is_err() || self.group_rx.set(rx).is_err() {
+    /// Makes this owner a member of a group: from now on it also serves `mailbox`. Runs on
+    /// the owner thread (inside a job), once.
+    pub(crate) fn join_group(&self, id: GroupId, mailbox: Arc<Mailbox>) -> Result<()> {
+        if self.link.group.set(id).is_err() || self.group_mailbox.set(mailbox).is_err() {
             return Err(Error::Internal(format!(
                 "interpreter {} is already a member of a group",
                 self.link.id
@@ -543,7 +543,7 @@ impl Owner {
     /// Runs whatever is queued now, without waiting (a caller waiting for room in a full
     /// queue elsewhere). Detached, like every serving loop.
     pub(crate) fn run_queued(&self) {
-        let group = self.group_rx.get().filter(|_| !self.left_group.get());
+        let group = self.group_mailbox.get().filter(|_| !self.left_group.get());
         while let Some((job, hold)) = self.next_job(group) {
             let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
             self.run_posted(job, || drop(hold));
