@@ -56,8 +56,6 @@ mod lifecycle;
 mod load;
 mod memory_limits;
 mod metrics;
-#[cfg(feature = "metrics")]
-mod metrics_export;
 mod mode_reason;
 mod output;
 mod refusals;
@@ -82,9 +80,9 @@ pub use failure_log::FailureLogPolicy;
 pub use interp_pool::{
     memory_accounting, CallOptions, CancelToken, WaitPolicy, WhenFull, DEFAULT_GRACE,
 };
-pub use metrics::BundleMetrics;
 #[cfg(feature = "metrics")]
-pub use metrics_export::{MetricsPublisher, BUNDLE_LABEL, REPLICA_LABEL};
+pub use metrics::export::{MetricsPublisher, BUNDLE_LABEL, REPLICA_LABEL};
+pub use metrics::BundleMetrics;
 pub use mode_reason::{Binding, Evidence, ModeCause, ModeReason, RefusalHow};
 pub use replicas::ReplicaStats;
 pub use rss::rss_bytes;
@@ -102,7 +100,7 @@ pub struct PythonLoader {
     inner: Arc<Loader>,
     /// What was published through the `metrics` facade (feature `metrics`).
     #[cfg(feature = "metrics")]
-    export: Arc<metrics_export::Exporter>,
+    export: Arc<metrics::export::Exporter>,
 }
 
 /// Facts about a loaded bundle, for tools (`polyplug-subinterp check`).
@@ -190,7 +188,7 @@ impl PythonLoader {
     /// [`publish_metrics_every`](Self::publish_metrics_every). Feature `metrics`.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
-        self.export.publish(&self.inner);
+        self.export.publish(&*self.inner);
     }
 
     /// Publishes every `every` (and once more when the returned handle drops) on a
@@ -199,7 +197,8 @@ impl PythonLoader {
     /// `metrics`.
     #[cfg(feature = "metrics")]
     pub fn publish_metrics_every(&self, every: std::time::Duration) -> MetricsPublisher {
-        MetricsPublisher::start(Arc::downgrade(&self.inner), Arc::clone(&self.export), every)
+        let inner: Arc<dyn metrics::export::Loads + Send + Sync> = self.inner.clone();
+        MetricsPublisher::start(Arc::downgrade(&inner), Arc::clone(&self.export), every)
     }
 }
 

@@ -189,16 +189,6 @@ impl Loader {
         self.lock().get(&bundle_id)?.last().map(f)
     }
 
-    /// `f(name, load)` for every load, the most recent of a bundle last (`metrics_export`).
-    #[cfg(feature = "metrics")]
-    pub(crate) fn each_load(&self, mut f: impl FnMut(&str, &LoadedBundle)) {
-        for loads in self.lock().values() {
-            for b in loads {
-                f(&b.name, b);
-            }
-        }
-    }
-
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Vec<LoadedBundle>>> {
         self.bundles.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -893,6 +883,18 @@ fn synthetic_module_name(name: &str) -> String {
         out.insert(0, '_');
     }
     out
+}
+
+/// What the `metrics` feature's exporter reads: every load, the most recent of a bundle last.
+#[cfg(feature = "metrics")]
+impl crate::metrics::export::Loads for Loader {
+    fn each_load(&self, f: &mut dyn FnMut(&str, &Arc<Meter>, crate::BundleMetrics)) {
+        for loads in self.lock().values() {
+            for b in loads {
+                f(&b.name, &b.meter, b.metrics());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,9 @@
 //! atomics), and two latency histograms fed by a sample of the calls (one in
 //! [`SAMPLE_EVERY`] per calling thread: three clock reads each), read as a snapshot.
 
+#[cfg(feature = "metrics")]
+pub(crate) mod export;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -285,12 +288,12 @@ impl Meter {
     /// The exact counters and the latency histograms, as the `metrics` feature publishes
     /// them.
     #[cfg(feature = "metrics")]
-    pub(crate) fn totals(&self) -> crate::metrics_export::Totals {
-        use crate::metrics_export::Count;
+    pub(crate) fn totals(&self) -> export::Totals {
+        use export::Count;
         let calls = self.calls.load(Relaxed);
         let errors = self.errors.load(Relaxed);
         let timeouts = self.timeouts.load(Relaxed);
-        let mut t = crate::metrics_export::Totals::default();
+        let mut t = export::Totals::default();
         t.counts[Count::Invocations as usize] = calls.saturating_sub(errors);
         t.counts[Count::Errors as usize] = errors.saturating_sub(timeouts);
         t.counts[Count::Timeouts as usize] = timeouts;

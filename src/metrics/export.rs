@@ -28,8 +28,7 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
 
-use crate::lifecycle::Loader;
-use crate::metrics::{Histogram, Meter, BUCKETS};
+use super::{Histogram, Meter, BUCKETS};
 use crate::BundleMetrics;
 
 /// The bundle label: OpenTelemetry's "name of the single function that this runtime
@@ -152,17 +151,24 @@ impl std::fmt::Debug for Exporter {
     }
 }
 
+/// What the exporter reads of a loader: each load's bundle name, meter and current
+/// metrics, the most recent load of a bundle last (`lifecycle::Loader` implements it; the
+/// exporter sits below the lifecycle layer and never names it).
+pub(crate) trait Loads {
+    fn each_load(&self, f: &mut dyn FnMut(&str, &Arc<Meter>, BundleMetrics));
+}
+
 impl Exporter {
     /// Publishes every bundle `loader` has loaded to the facade's current recorder.
-    pub(crate) fn publish(&self, loader: &Loader) {
+    pub(crate) fn publish(&self, loader: &dyn Loads) {
         let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = HashMap::new();
         let mut now: HashMap<String, BundleMetrics> = HashMap::new();
-        loader.each_load(|name, b| {
-            let key = Arc::as_ptr(&b.meter) as usize;
-            seen.insert(key, (name.to_owned(), Arc::clone(&b.meter)));
+        loader.each_load(&mut |name, meter, metrics| {
+            let key = Arc::as_ptr(meter) as usize;
+            seen.insert(key, (name.to_owned(), Arc::clone(meter)));
             // The most recent load of a bundle comes last: its gauges win.
-            now.insert(name.to_owned(), b.metrics());
+            now.insert(name.to_owned(), metrics);
         });
         // Loads gone since the last publish: their counters are final (but for a call
         // still running in them at that moment).
@@ -322,7 +328,11 @@ pub struct MetricsPublisher {
 }
 
 impl MetricsPublisher {
-    pub(crate) fn start(loader: Weak<Loader>, exporter: Arc<Exporter>, every: Duration) -> Self {
+    pub(crate) fn start(
+        loader: Weak<dyn Loads + Send + Sync>,
+        exporter: Arc<Exporter>,
+        every: Duration,
+    ) -> Self {
         // A zero interval would spin.
         let every = every.max(Duration::from_millis(1));
         let (stop, stopped) = mpsc::channel::<()>();
@@ -337,7 +347,7 @@ impl MetricsPublisher {
                 let Some(loader) = loader.upgrade() else {
                     return;
                 };
-                exporter.publish(&loader);
+                exporter.publish(&*loader);
                 if last {
                     return;
                 }
