@@ -31,55 +31,38 @@
 
 #![deny(missing_docs)]
 
-mod activation;
-mod attach;
-mod cancel;
+mod capi;
 mod config;
-mod cpu;
+mod dispatch;
 mod error;
-mod escalate;
-mod fast_ctypes;
-mod ffi;
-mod group;
-mod handle;
-mod interrupt;
-mod job;
-mod mailbox;
-mod main_pool;
-mod memory;
-mod native;
-mod object;
-mod pace;
-mod persistent;
-mod raised;
-mod runtime;
-mod sleep;
-mod wait;
-mod worker;
+mod governance;
+mod owner;
+mod process;
 
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use attach::Attached;
-pub use cancel::{CallOptions, CancelToken, DEFAULT_GRACE, MIN_GRACE};
+pub use capi::attach::Attached;
+pub use capi::fast_ctypes::{install_fast_ctypes, FAST_CTYPES_REGISTRY};
+pub use capi::native::{NativeArgs, NativeError, NativeResult};
+pub use capi::object::PyObj;
+pub use capi::raised::{Detail, RaiseSite, Raised};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull, MIN_STACK_SIZE};
-pub use cpu::{thread_cpu_time, CpuTime};
+pub use dispatch::group::{GroupId, InterpreterGroup};
+pub use dispatch::handle::{current_depth, current_interpreter, InterpreterHandle};
+pub use dispatch::main_pool::{main_threads, set_main_threads, MainLane, MAX_MAIN_THREADS};
+pub use dispatch::shutdown::{live_interpreters, shutdown};
 pub use error::{Error, PyException, Result};
-pub use escalate::{exempt_from_interrupt_tracing, guest_returned};
-pub use fast_ctypes::{install_fast_ctypes, FAST_CTYPES_REGISTRY};
-pub use group::{GroupId, InterpreterGroup};
-pub use handle::{current_depth, current_interpreter, InterpreterHandle};
-pub use main_pool::{main_threads, set_main_threads, MainLane, MAX_MAIN_THREADS};
-pub use memory::{
+pub use governance::cancel::{CallOptions, CancelToken, DEFAULT_GRACE, MIN_GRACE};
+pub use governance::cpu::{thread_cpu_time, CpuTime};
+pub use governance::escalate::{exempt_from_interrupt_tracing, guest_returned};
+pub use governance::sleep::install_interruptible_sleep;
+pub use owner::persistent::Persistent;
+pub use process::memory::{
     memory_accounting, set_memory_accounting, AccountScope, MemoryAccount, MemoryUsage,
 };
-pub use native::{NativeArgs, NativeError, NativeResult};
-pub use object::PyObj;
-pub use persistent::Persistent;
-pub use raised::{Detail, RaiseSite, Raised};
-pub use runtime::{is_shut_down, live_interpreters, owns_python, python_version, shutdown};
-pub use sleep::install_interruptible_sleep;
+pub use process::runtime::{is_shut_down, owns_python, python_version};
 
 /// A pool-wide interpreter id, unique for the life of the process (never reused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -10,9 +10,9 @@ use std::ffi::{c_char, CString};
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
+use crate::capi::ffi::{sys, ExcType};
 use crate::error::{Error, PyException, Result};
-use crate::ffi::{sys, ExcType};
 
 /// A strong reference to a Python object in the attached interpreter.
 #[derive(Debug)]

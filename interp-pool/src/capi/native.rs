@@ -16,10 +16,10 @@ use std::ffi::{c_void, CStr, CString};
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
+use crate::capi::ffi::{sys, ExcType};
+use crate::capi::object::PyObj;
 use crate::error::Error;
-use crate::ffi::{sys, ExcType};
-use crate::object::PyObj;
 use crate::InterpreterId;
 
 /// What a native function's body returns: its result, or the exception to raise.

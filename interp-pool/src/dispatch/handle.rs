@@ -6,18 +6,18 @@ use std::panic;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::activation::{self, DepthGuard};
-use crate::attach::{AttachGuard, Attached, DetachGuard};
-use crate::cancel::{self, CallOptions, Interruptible};
+use crate::capi::attach::{AttachGuard, Attached, DetachGuard};
+use crate::capi::ffi;
 use crate::config::InterpreterConfig;
 use crate::error::{Error, Result};
-use crate::ffi;
-use crate::interrupt;
-use crate::job::{Call, Job};
-use crate::pace::Pace;
-use crate::runtime;
-use crate::wait;
-use crate::worker::{self, Origin, Owner, OwnerLink};
+use crate::governance::cancel::{self, CallOptions, Interruptible};
+use crate::governance::interrupt;
+use crate::owner::activation::{self, DepthGuard};
+use crate::owner::job::{Call, Job};
+use crate::owner::pace::Pace;
+use crate::owner::wait;
+use crate::owner::worker::{self, Origin, Owner, OwnerLink};
+use crate::process::runtime;
 use crate::InterpreterId;
 
 /// A handle to one interpreter and its owner thread. Cheap to clone; `Send + Sync`.
@@ -63,7 +63,7 @@ impl InterpreterHandle {
     pub fn main(config: InterpreterConfig) -> Result<Self> {
         config.validate()?;
         // The pool names its threads itself.
-        Ok(crate::main_pool::Pool::get(&config)?.first())
+        Ok(crate::dispatch::main_pool::Pool::get(&config)?.first())
     }
 
     pub(crate) fn from_link(link: Arc<OwnerLink>) -> Self {
@@ -130,7 +130,7 @@ impl InterpreterHandle {
 
     /// Whether the owner thread is running a job or looking for one (not parked).
     pub fn is_busy(&self) -> bool {
-        self.link.state.load(Ordering::Relaxed) != crate::wait::OwnerState::Parked
+        self.link.state.load(Ordering::Relaxed) != crate::owner::wait::OwnerState::Parked
     }
 
     /// CPU time of the interpreter's owner thread so far (the last reading once it has

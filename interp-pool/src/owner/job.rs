@@ -6,9 +6,9 @@
 use std::panic::{self, AssertUnwindSafe};
 use std::ptr::NonNull;
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
 use crate::error::Result;
-use crate::wait::ReplySlot;
+use crate::owner::wait::ReplySlot;
 
 /// The caller-side frame a [`Job`] points into.
 pub(crate) struct Call<F, R> {

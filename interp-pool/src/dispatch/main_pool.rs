@@ -44,17 +44,18 @@ use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::activation;
-use crate::attach::Attached;
-use crate::cancel::{self, CallOptions, Interruptible};
+use crate::capi::attach::Attached;
 use crate::config::InterpreterConfig;
+use crate::dispatch::handle::{self, InterpreterHandle};
 use crate::error::{Error, Result};
-use crate::handle::{self, InterpreterHandle};
-use crate::job::{Call, Job};
-use crate::mailbox::{Mailbox, Posted};
-use crate::pace::Pace;
-use crate::runtime;
-use crate::worker::{self, MainSeat, Owner};
+use crate::governance::cancel::{self, CallOptions, Interruptible};
+use crate::owner::activation;
+use crate::owner::job::{Call, Job};
+use crate::owner::mailbox::{Mailbox, Posted};
+use crate::owner::pace::Pace;
+use crate::owner::seat::{Hold, Lanes, Release, Seat};
+use crate::owner::worker::{self, MainSeat, Owner};
+use crate::process::runtime;
 use crate::InterpreterId;
 
 /// Most seats a pool may have (a lane tracks holds per seat).
@@ -83,25 +84,29 @@ static SCAN_FROM: [AtomicUsize; MAX_MAIN_THREADS] =
 static LOOKING: [AtomicBool; MAX_MAIN_THREADS] =
     [const { AtomicBool::new(false) }; MAX_MAIN_THREADS];
 
-/// Seat `index`'s flag in `LOOKING`, set while it is between jobs and not parked; clear
-/// again when dropped.
-pub(crate) struct Looking(usize);
+/// The pool's side of the seats' serve loop (`owner::seat::Lanes`): every seat is given
+/// this, so the loop takes lane calls by this pool's rules without naming the pool.
+struct PoolLanes;
 
-impl Looking {
-    pub(crate) fn new(index: usize) -> Self {
-        Self(index)
+static POOL_LANES: PoolLanes = PoolLanes;
+
+impl Lanes for PoolLanes {
+    fn take(&self, seat: usize) -> Option<(Job, Hold)> {
+        take(seat)
     }
 
-    pub(crate) fn set(&self, on: bool) {
+    fn has_work(&self, seat: usize) -> bool {
+        has_work(seat)
+    }
+
+    fn set_looking(&self, seat: usize, on: bool) {
         // Relaxed: clearing it is ordered before the seat's queue checks by the fence that
         // follows (`park_unless`, `hand_off`); setting it is only a hint to posters.
-        LOOKING[self.0].store(on, Ordering::Relaxed);
+        LOOKING[seat].store(on, Ordering::Relaxed);
     }
-}
 
-impl Drop for Looking {
-    fn drop(&mut self) {
-        self.set(false);
+    fn hand_off(&self) {
+        hand_off();
     }
 }
 
@@ -173,7 +178,10 @@ impl Pool {
                 ..config.clone()
             };
             let seat = MainSeat {
-                index,
+                seat: Seat {
+                    index,
+                    lanes: &POOL_LANES,
+                },
                 first: seats.first().map(|h| Arc::clone(h.link_arc())),
             };
             match worker::spawn(rt, config, worker::Origin::Main, Some(seat)) {
@@ -373,8 +381,8 @@ impl MainLane {
             });
         }
         let owner = activation::owner();
-        if let Some((owner, seat)) = owner.and_then(|o| Some((o, o.seat?))) {
-            if let Some(_hold) = Hold::acquire(&self.link, seat) {
+        if let Some((owner, seat)) = owner.and_then(|o| Some((o, o.seat?.index))) {
+            if let Some(_hold) = acquire(&self.link, seat) {
                 return handle::run_inline(owner, depth, f);
             }
         }
@@ -481,60 +489,47 @@ impl LaneLink {
     }
 }
 
-/// Seat `index` holding a lane: while it lives the seat counts against the lane's limit
-/// (once, however deep it nests).
-pub(crate) struct Hold {
-    lane: Arc<LaneLink>,
-    index: usize,
-}
-
-impl Hold {
-    /// Takes the lane for seat `index`: always if the seat already holds it (re-entry),
-    /// else if the lane has room.
-    fn acquire(lane: &Arc<LaneLink>, index: usize) -> Option<Self> {
-        let mine = &lane.holds[index];
-        if mine.load(Ordering::Relaxed) == 0 {
-            let limit = lane.limit.load(Ordering::SeqCst);
-            lane.active
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
-                    (a < limit).then_some(a + 1)
-                })
-                .ok()?;
-        }
-        // Only seat `index` writes its count: a plain load and store.
-        mine.store(mine.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Some(Self {
-            lane: Arc::clone(lane),
-            index,
-        })
+/// Takes `lane` for seat `index` (a [`Hold`], counted once however deep the seat nests):
+/// always if the seat already holds it (re-entry), else if the lane has room.
+fn acquire(lane: &Arc<LaneLink>, index: usize) -> Option<Hold> {
+    let mine = &lane.holds[index];
+    if mine.load(Ordering::Relaxed) == 0 {
+        let limit = lane.limit.load(Ordering::SeqCst);
+        lane.active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                (a < limit).then_some(a + 1)
+            })
+            .ok()?;
     }
+    // Only seat `index` writes its count: a plain load and store.
+    mine.store(mine.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    Some(Hold::new(Arc::clone(lane) as Arc<dyn Release>, index))
 }
 
-impl Drop for Hold {
-    fn drop(&mut self) {
-        let l = &*self.lane;
-        let mine = &l.holds[self.index];
+impl Release for LaneLink {
+    fn release(&self, index: usize) {
+        let mine = &self.holds[index];
         let depth = mine.load(Ordering::Relaxed);
         mine.store(depth - 1, Ordering::Relaxed);
         if depth != 1 {
             return;
         }
-        l.active.fetch_sub(1, Ordering::SeqCst);
+        self.active.fetch_sub(1, Ordering::SeqCst);
         // Pairs with the fence in `MainLane::post` (see there).
         fence(Ordering::SeqCst);
-        if !l.mailbox.is_empty() {
-            l.wake_for_queued();
+        if !self.mailbox.is_empty() {
+            self.wake_for_queued();
         }
-        if l.mailbox.is_closing() {
-            let _guard = l.idle.0.lock().unwrap_or_else(|e| e.into_inner());
-            l.idle.1.notify_all();
+        if self.mailbox.is_closing() {
+            let _guard = self.idle.0.lock().unwrap_or_else(|e| e.into_inner());
+            self.idle.1.notify_all();
         }
     }
 }
 
 /// Seat side: the next queued call seat `index` may take, with the hold it runs under.
 /// Scans the lanes from a rotating start so one busy lane cannot starve the others.
-pub(crate) fn take(index: usize) -> Option<(Job, Hold)> {
+fn take(index: usize) -> Option<(Job, Hold)> {
     if QUEUED.load(Ordering::SeqCst) == 0 {
         return None;
     }
@@ -551,7 +546,7 @@ pub(crate) fn take(index: usize) -> Option<(Job, Hold)> {
         if lane.mailbox.is_empty() {
             continue;
         }
-        let Some(hold) = Hold::acquire(lane, index) else {
+        let Some(hold) = acquire(lane, index) else {
             continue;
         };
         if let Some(job) = lane.mailbox.try_take() {
@@ -563,7 +558,7 @@ pub(crate) fn take(index: usize) -> Option<(Job, Hold)> {
 }
 
 /// Seat side: whether any lane has a call seat `index` may take (the park re-check).
-pub(crate) fn has_work(index: usize) -> bool {
+fn has_work(index: usize) -> bool {
     QUEUED.load(Ordering::SeqCst) != 0
         && lanes()
             .iter()
@@ -576,7 +571,7 @@ pub(crate) fn has_work(index: usize) -> bool {
 /// looking may have left to it. (A seat that took a long call while a poster counted it for
 /// another lane's call would otherwise leave that call behind the long one while other
 /// seats sleep.) A fence and one load when nothing else is queued.
-pub(crate) fn hand_off() {
+fn hand_off() {
     // Pairs with the fence in `Mailbox::post` (after `QUEUED` was raised): the flag's
     // clearing is ordered before our reads of the queues.
     fence(Ordering::SeqCst);

@@ -20,12 +20,12 @@ use std::ptr::NonNull;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
+use crate::capi::ffi::sys;
+use crate::capi::native::{NativeArgs, NativeError, NativeResult};
+use crate::capi::object::PyObj;
 use crate::error::Result;
-use crate::ffi::sys;
-use crate::interrupt::{self, Activation, InterruptTarget, Reason};
-use crate::native::{NativeArgs, NativeError, NativeResult};
-use crate::object::PyObj;
+use crate::governance::interrupt::{self, Activation, InterruptTarget, Reason};
 
 /// Longest sleep handled natively (a larger one is forwarded, whose range checks apply).
 const MAX_NATIVE: f64 = 1e9;

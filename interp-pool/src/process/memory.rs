@@ -36,7 +36,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crate::ffi::sys;
+use crate::capi::ffi::sys;
 
 /// Allocations up to this size may use an account's reserve above its limit.
 pub const SMALL: usize = 64 << 10;
@@ -149,7 +149,7 @@ pub fn memory_accounting() -> bool {
 /// then run (or already runs) as asked.
 pub fn set_memory_accounting(on: bool) -> bool {
     WANTED.store(on, Relaxed);
-    match crate::runtime::initialised() {
+    match crate::process::runtime::initialised() {
         false => true,
         true => memory_accounting() == on,
     }

@@ -2,17 +2,15 @@
 //! the main interpreter's thread state detached until the one finalize (R1, R9).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Sender};
 use once_cell::sync::OnceCell;
 
-use crate::activation;
-use crate::attach;
+use crate::capi::attach;
+use crate::capi::ffi::sys;
 use crate::error::{Error, Result};
-use crate::ffi::sys;
-use crate::worker::OwnerLink;
 
 static RUNTIME: OnceCell<Result<Runtime>> = OnceCell::new();
 /// Set by `shutdown`, before anything is torn down; never cleared (no re-initialise).
@@ -25,7 +23,6 @@ pub(crate) struct Runtime {
     /// Whether this crate ran `Py_InitializeEx` (fixed at start; `main` is taken at shutdown).
     owns: bool,
     creation: Mutex<()>,
-    live: Mutex<Vec<Arc<OwnerLink>>>,
 }
 
 /// The thread that ran `Py_InitializeEx` and holds main's detached thread state.
@@ -64,25 +61,12 @@ impl Runtime {
             owns: main.is_some(),
             main: Mutex::new(main),
             creation: Mutex::new(()),
-            live: Mutex::new(Vec::new()),
         })
     }
 
     /// Serialises interpreter creation process-wide (R8).
     pub(crate) fn creation_lock(&self) -> MutexGuard<'_, ()> {
         self.creation.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn register(&self, link: &Arc<OwnerLink>) {
-        self.lock_live().push(Arc::clone(link));
-    }
-
-    pub(crate) fn unregister(&self, link: &OwnerLink) {
-        self.lock_live().retain(|l| !std::ptr::eq(&**l, link));
-    }
-
-    fn lock_live(&self) -> MutexGuard<'_, Vec<Arc<OwnerLink>>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -173,7 +157,7 @@ fn pre_initialize() -> bool {
     pre.coerce_c_locale_warn = 0;
     // SAFETY: R1: as above, py-main before initialisation; `pre` is a valid pre-config.
     let status = unsafe { sys::Py_PreInitialize(pre) };
-    match crate::ffi::status_result(status) {
+    match crate::capi::ffi::status_result(status) {
         Ok(()) => true,
         Err(e) => {
             tracing::warn!("could not select the malloc allocator ({e}); using pymalloc");
@@ -186,7 +170,7 @@ fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
     promote_libpython();
     let malloc = pre_initialize();
     // Wrap it with the accounting allocator, still before initialisation (`memory.rs`).
-    crate::memory::install(malloc);
+    crate::process::memory::install(malloc);
     // SAFETY: R1: thread: py-main, the only thread initialising (OnceCell). tstate: none.
     // Py_InitializeEx(0) installs no signal handlers; afterwards main's tstate is
     // attached on this thread.
@@ -203,65 +187,36 @@ fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
     let _ = reply.send(rc);
 }
 
-/// Ends every interpreter, then finalizes CPython if this crate initialised it.
-///
-/// Afterwards every call fails with [`Error::InterpreterGone`], creating an interpreter
-/// fails with [`Error::ShutDown`], and Python is never initialised again in this process.
-/// Calls already running finish first. Must not be called from an interpreter's owner
-/// thread (it would wait for itself).
-pub fn shutdown() -> Result<()> {
-    if activation::owner().is_some() {
-        return Err(Error::Internal(
-            "interp_pool::shutdown called from an interpreter's owner thread".into(),
-        ));
-    }
-    if SHUT_DOWN.swap(true, Ordering::AcqRel) {
-        return Ok(());
-    }
-    let Some(Ok(rt)) = RUNTIME.get() else {
-        return Ok(());
-    };
-    // Wait out any creation in progress; later ones see SHUT_DOWN (see worker::owner_main).
-    drop(rt.creation_lock());
-    // Lanes first: a lane call an owner waits on must not outlive the seats (R9).
-    crate::main_pool::close_all();
-    let live: Vec<Arc<OwnerLink>> = rt.lock_live().drain(..).collect();
-    for s in &live {
-        s.request_end();
-    }
-    for s in &live {
-        s.wait_ended();
-    }
-    let main = rt.main.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(main) = main {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        if main.finalize.send(tx).is_ok() {
-            if let Ok(rc) = rx.recv() {
-                if rc != 0 {
-                    tracing::warn!(rc, "Py_FinalizeEx reported an error");
-                }
-            }
-        }
-        let _ = main.join.join();
-    }
-    tracing::debug!("interpreter pool shut down");
-    Ok(())
+/// Marks the runtime shut down (no new interpreters, no re-initialise); `false` if it
+/// already was. The first step of [`shutdown`](crate::shutdown).
+pub(crate) fn begin_shutdown() -> bool {
+    !SHUT_DOWN.swap(true, Ordering::AcqRel)
 }
 
-/// How many interpreters the pool serves in this process: subinterpreters created and not
-/// yet ended, plus the main interpreter once its pool started (counted once, however many
-/// threads serve it).
-pub fn live_interpreters() -> usize {
+/// The runtime if it started, for `shutdown` (which must not start it).
+pub(crate) fn started() -> Option<&'static Runtime> {
     match RUNTIME.get() {
-        Some(Ok(rt)) => {
-            let live = rt.lock_live();
-            let main_seats = live
-                .iter()
-                .filter(|l| l.origin == crate::worker::Origin::Main)
-                .count();
-            live.len() - main_seats.saturating_sub(1)
+        Some(Ok(rt)) => Some(rt),
+        _ => None,
+    }
+}
+
+impl Runtime {
+    /// The last step of `shutdown`, once every interpreter has ended: finalizes CPython
+    /// on py-main if this crate initialised it (R9).
+    pub(crate) fn finalize(&self) {
+        let main = self.main.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(main) = main {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if main.finalize.send(tx).is_ok() {
+                if let Ok(rc) = rx.recv() {
+                    if rc != 0 {
+                        tracing::warn!(rc, "Py_FinalizeEx reported an error");
+                    }
+                }
+            }
+            let _ = main.join.join();
         }
-        _ => 0,
     }
 }
 

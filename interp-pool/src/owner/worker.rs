@@ -9,22 +9,32 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use crate::activation::{DepthGuard, OwnerRegistration};
-use crate::attach::{self, AttachGuard, Attached};
+use super::seat::{Hold, Looking, Seat};
+use crate::capi::attach::{self, AttachGuard, Attached};
+use crate::capi::ffi::{self, sys};
 use crate::config::InterpreterConfig;
-use crate::cpu::OwnerClock;
 use crate::error::{Error, Result};
-use crate::ffi::{self, sys};
-use crate::group::GroupId;
-use crate::interrupt::{Barrier, InterruptClasses, InterruptTarget};
-use crate::job::Job;
-use crate::mailbox::{Mailbox, Posted, Refused};
-use crate::main_pool;
-use crate::memory::{self, MemoryAccount};
-use crate::pace::Pace;
-use crate::runtime::Runtime;
-use crate::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
+use crate::governance::cpu::OwnerClock;
+use crate::governance::interrupt::{Barrier, InterruptClasses, InterruptTarget};
+use crate::owner::activation::{DepthGuard, OwnerRegistration};
+use crate::owner::job::Job;
+use crate::owner::mailbox::{Mailbox, Posted, Refused};
+use crate::owner::pace::Pace;
+use crate::owner::wait::{spin_until, OwnerState, OwnerStateCell, ReplySlot};
+use crate::process::memory::{self, MemoryAccount};
+use crate::process::runtime::Runtime;
 use crate::InterpreterId;
+
+/// A group's process-wide identity (`InterpreterGroup`), kept by each member it joined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GroupId(u64);
+
+impl GroupId {
+    pub(crate) fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
 
 /// What callers share with an owner thread.
 #[derive(Debug)]
@@ -172,13 +182,13 @@ pub(crate) struct Owner {
     left_group: Cell<bool>,
     server_spin: Duration,
     /// The main-pool seat this thread is (`main_pool.rs`), if it serves the main interpreter.
-    pub(crate) seat: Option<usize>,
+    pub(crate) seat: Option<Seat>,
 }
 
 /// A main-pool owner thread's place: its index, and (for all but seat 0) the seat whose
 /// interpreter id and interrupt classes it shares: they are the main interpreter's.
 pub(crate) struct MainSeat {
-    pub(crate) index: usize,
+    pub(crate) seat: Seat,
     pub(crate) first: Option<Arc<OwnerLink>>,
 }
 
@@ -195,7 +205,7 @@ impl Owner {
         seat: Option<MainSeat>,
     ) -> Result<Self> {
         let serial = rt.creation_lock();
-        if crate::runtime::is_shut_down() {
+        if crate::process::runtime::is_shut_down() {
             return Err(Error::ShutDown);
         }
         // Everything this thread allocates from here on, creation included, is the
@@ -227,7 +237,7 @@ impl Owner {
             ended: Mutex::new(false),
             ended_cv: Condvar::new(),
         });
-        rt.register(&link);
+        super::registry::register(&link);
         drop(serial);
         Ok(Self {
             link,
@@ -235,7 +245,7 @@ impl Owner {
             group_mailbox: OnceLock::new(),
             left_group: Cell::new(false),
             server_spin: config.wait.server_spin,
-            seat: seat.map(|s| s.index),
+            seat: seat.map(|s| s.seat),
         })
     }
 
@@ -243,7 +253,7 @@ impl Owner {
     /// dropping the jobs still queued (each completes its caller with InterpreterGone),
     /// then ends the interpreter (or, for main, deletes this thread's thread state: R1,
     /// py-main finalizes main).
-    fn retire(self, rt: &Runtime) {
+    fn retire(self) {
         let Owner {
             ts,
             group_mailbox,
@@ -266,7 +276,7 @@ impl Owner {
             // main lives on until py-main finalizes it (R9).
             Origin::Main => unsafe { attach::delete_thread_state(ts, link.id, release) },
         }
-        rt.unregister(&link);
+        super::registry::unregister(&link);
         link.clock.end();
         // Still under the interrupt lock: an interrupter that gets it next sees the end.
         link.target.mark_ended();
@@ -331,7 +341,7 @@ fn owner_main(
             owner.serve(None, owner.server_spin);
         }
     }
-    owner.retire(rt);
+    owner.retire();
     memory::clear_current();
     drop(ended);
 }
@@ -454,20 +464,20 @@ impl Owner {
         let queued = || {
             !sh.mailbox.is_empty()
                 || group().is_some_and(|g| !g.is_empty())
-                || self.seat.is_some_and(main_pool::has_work)
+                || self.seat.is_some_and(|s| s.lanes.has_work(s.index))
         };
         sh.state.store(waiting, Ordering::Relaxed);
         // A main-pool seat here, between jobs and not parked, takes a lane's call without
         // being woken: posters see this and wake no other seat for it.
-        let looking = self.seat.map(main_pool::Looking::new);
+        let looking = self.seat.map(Looking::new);
         let look = |on: bool| looking.as_ref().inspect(|l| l.set(on));
         loop {
             look(true);
             if let Some((job, hold)) = self.next_job(group()) {
-                if looking.is_some() {
+                if let Some(seat) = self.seat {
                     // Flagged until now: a poster may have counted us for another call.
                     look(false);
-                    main_pool::hand_off();
+                    seat.lanes.hand_off();
                 }
                 sh.state.store(OwnerState::Running, Ordering::Relaxed);
                 // Looking again before the caller has its reply: the call it may post at
@@ -481,9 +491,9 @@ impl Owner {
             }
             if finished() {
                 // A poster that saw us looking woke no one: hand its call on.
-                if looking.is_some() {
+                if let Some(seat) = self.seat {
                     look(false);
-                    main_pool::hand_off();
+                    seat.lanes.hand_off();
                 }
                 break;
             }
@@ -511,14 +521,15 @@ impl Owner {
 
     /// The next job: this interpreter's own queue first (calls that must run here), then
     /// its group's, then (a main-pool seat) a lane's, with the hold it runs under.
-    fn next_job(&self, group: Option<&Arc<Mailbox>>) -> Option<(Job, Option<main_pool::Hold>)> {
+    fn next_job(&self, group: Option<&Arc<Mailbox>>) -> Option<(Job, Option<Hold>)> {
         if let Some(job) = self.link.mailbox.try_take() {
             return Some((job, None));
         }
         if let Some(job) = group.and_then(|g| g.try_take()) {
             return Some((job, None));
         }
-        let (job, hold) = main_pool::take(self.seat?)?;
+        let seat = self.seat?;
+        let (job, hold) = seat.lanes.take(seat.index)?;
         Some((job, Some(hold)))
     }
 

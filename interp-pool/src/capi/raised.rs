@@ -10,10 +10,10 @@
 
 use std::ffi::CStr;
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
+use crate::capi::ffi::{sys, ExcType};
+use crate::capi::object::PyObj;
 use crate::error::{Error, PyException};
-use crate::ffi::{sys, ExcType};
-use crate::object::PyObj;
 
 /// A pending Python exception, taken off the thread state and owned by the job.
 #[derive(Debug)]

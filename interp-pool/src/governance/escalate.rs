@@ -21,11 +21,11 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
+use crate::capi::ffi::sys;
+use crate::capi::native::NativeError;
 use crate::error::Result;
-use crate::ffi::sys;
-use crate::interrupt::{self, InterruptTarget, Reason};
-use crate::native::NativeError;
+use crate::governance::interrupt::{self, InterruptTarget, Reason};
 
 /// Tool ids tried, in order. 0 (debugger), 1 (coverage), 2 (profiler) and 5 (optimizer)
 /// are the conventional ones of other tools; 3 and 4 are unassigned.

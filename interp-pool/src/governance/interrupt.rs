@@ -30,10 +30,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, Thread};
 
-use crate::attach::{self, AttachGuard, Attached};
+use crate::capi::attach::{self, AttachGuard, Attached};
+use crate::capi::ffi::{self, sys};
+use crate::capi::object::PyObj;
 use crate::error::Result;
-use crate::ffi::{self, sys};
-use crate::object::PyObj;
 use crate::InterpreterId;
 
 /// Why a call is being interrupted, stored in an `AtomicU8` (first reason wins).

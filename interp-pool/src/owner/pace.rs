@@ -27,7 +27,7 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::wait::{spin_until, ReplySlot};
+use crate::owner::wait::{spin_until, ReplySlot};
 
 /// The weight of a new sample in the moving average: 1/2^SHIFT.
 const SHIFT: u32 = 3;

@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use sync::atomic::{fence, AtomicBool, Ordering};
 
 use crate::config::WhenFull;
-use crate::job::Job;
+use crate::owner::job::Job;
 
 /// std's atomics, or loom's under `--cfg loom` (the model checks this file's code).
 #[cfg(not(loom))]

@@ -11,32 +11,22 @@
 //! when every member is waiting. A call made on a member's own thread runs inline there.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::activation;
-use crate::attach::Attached;
-use crate::cancel::{self, CallOptions, Interruptible};
+use crate::capi::attach::Attached;
 use crate::config::InterpreterConfig;
+use crate::dispatch::handle::{self, InterpreterHandle};
 use crate::error::{Error, Result};
-use crate::handle::{self, InterpreterHandle};
-use crate::job::{Call, Job};
-use crate::mailbox::{Mailbox, Posted};
-use crate::pace::Pace;
-use crate::wait::OwnerState;
-use crate::worker::{self, Owner};
-
-/// A group's process-wide identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GroupId(u64);
-
-impl GroupId {
-    fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
+use crate::governance::cancel::{self, CallOptions, Interruptible};
+use crate::owner::activation;
+use crate::owner::job::{Call, Job};
+use crate::owner::mailbox::{Mailbox, Posted};
+use crate::owner::pace::Pace;
+use crate::owner::wait::OwnerState;
+pub use crate::owner::worker::GroupId;
+use crate::owner::worker::{self, Owner};
 
 /// Several interpreters serving one queue. Cheap to clone; `Send + Sync`.
 ///

@@ -46,11 +46,11 @@
 use std::ffi::{c_char, c_int};
 use std::ptr::NonNull;
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
+use crate::capi::ffi::{self, sys};
+use crate::capi::native::{NativeArgs, NativeError, NativeResult};
+use crate::capi::object::PyObj;
 use crate::error::Result;
-use crate::ffi::{self, sys};
-use crate::native::{NativeArgs, NativeError, NativeResult};
-use crate::object::PyObj;
 
 /// A weak reference owned by a fast path's closure: to the function it replaced, or to
 /// ctypes' pointer metatype.

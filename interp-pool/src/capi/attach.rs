@@ -10,7 +10,7 @@
 use std::ffi::c_int;
 use std::marker::PhantomData;
 
-use crate::ffi::{self, sys};
+use crate::capi::ffi::{self, sys};
 use crate::InterpreterId;
 
 /// Proof that a thread state of interpreter [`Attached::id`] is attached on the current

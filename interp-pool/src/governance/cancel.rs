@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use once_cell::sync::Lazy;
 
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
 use crate::error::{Error, Result};
-use crate::escalate;
-use crate::interrupt::{self, Activation, InterruptTarget, Reason};
+use crate::governance::escalate;
+use crate::governance::interrupt::{self, Activation, InterruptTarget, Reason};
 
 /// How a call may be cut short. `CallOptions::default()` is a plain call.
 #[derive(Debug, Clone, Default)]

@@ -23,7 +23,7 @@ use loom::thread;
 
 use super::{Mailbox, Posted, Refused};
 use crate::config::WhenFull;
-use crate::wait::ReplySlot;
+use crate::owner::wait::ReplySlot;
 
 /// Runs `f` under loom with a preemption bound (`LOOM_MAX_PREEMPTIONS` overrides it), as
 /// `wait/loom_model.rs` does.

@@ -5,8 +5,8 @@
 use std::cell::Cell;
 use std::ptr;
 
-use crate::interrupt;
-use crate::worker::Owner;
+use crate::governance::interrupt;
+use crate::owner::worker::Owner;
 
 thread_local! {
     static OWNER: Cell<*const Owner> = const { Cell::new(ptr::null()) };

@@ -5,11 +5,11 @@
 
 use std::ptr::NonNull;
 
-use crate::activation;
-use crate::attach::Attached;
+use crate::capi::attach::Attached;
+use crate::capi::ffi::{self, sys};
+use crate::capi::object::PyObj;
 use crate::error::{Error, Result};
-use crate::ffi::{self, sys};
-use crate::object::PyObj;
+use crate::owner::activation;
 use crate::InterpreterId;
 
 /// A strong reference owned by Rust, pinned to the interpreter that created it.
