@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use interp_pool::{
@@ -51,9 +52,8 @@ struct Instance {
 pub(crate) struct Objects {
     /// One per replica (in the order the replicas were made).
     replicas: Vec<ReplicaObjects>,
-    /// By instance id, unique per contract whatever the replica.
+    /// By instance id (process-wide unique: see [`next_instance_id`]).
     instances: HashMap<u64, Instance>,
-    next_id: u64,
 }
 
 impl Objects {
@@ -61,7 +61,6 @@ impl Objects {
         Self {
             replicas,
             instances: HashMap::new(),
-            next_id: 1,
         }
     }
 
@@ -118,10 +117,41 @@ pub(crate) struct ContractData {
     /// What a refusal seen during a call does (`refusals::CallWatch`), shared by the
     /// bundle's contracts.
     pub(crate) watch: Arc<CallWatch>,
-    /// The same contract in the version that replaced this one by a hot reload. Set
-    /// before this version's objects are released, so a host still holding this
-    /// interface gets the new code for the default instance instead of `StaleHandle`.
-    pub(crate) successor: OnceLock<&'static ContractData>,
+    /// The same contract in the version that replaces this one by a hot reload. Set
+    /// before the new version is registered (so before any registry change a host could
+    /// react to by re-resolving), and so before this version's objects are released: a
+    /// host still holding this interface gets the new code for the default instance,
+    /// and its new instances are made by the new version, instead of `StaleHandle`.
+    pub(crate) successor: Successor,
+}
+
+/// A contract's successor after a reload: set when the new version registers, cleared
+/// if that registration fails (the old version then goes on alone).
+#[derive(Debug, Default)]
+pub(crate) struct Successor(AtomicPtr<ContractData>);
+
+impl Successor {
+    pub(crate) fn get(&self) -> Option<&'static ContractData> {
+        let p = self.0.load(Ordering::Acquire);
+        // SAFETY: no CPython involved (no rule applies): only `set` stores a non-null
+        // pointer, taken from a `&'static ContractData` (leaked, never freed).
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    pub(crate) fn set(&self, next: Option<&'static ContractData>) {
+        let p = next.map_or(std::ptr::null_mut(), |n| {
+            n as *const ContractData as *mut ContractData
+        });
+        self.0.store(p, Ordering::Release);
+    }
+}
+
+/// Instance ids are unique in the process, not per contract: a call through a retired
+/// version's interface with an instance its successor made (see `create_instance`) is
+/// told apart from the retired version's own instances by the id alone.
+fn next_instance_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Appended to the last traceback of a kind logged in a failure-log interval.
@@ -305,6 +335,25 @@ impl ContractData {
         drop(instances);
     }
 
+    /// Whether instance `id` lives in this version (false once it is released).
+    fn holds(&self, id: u64) -> bool {
+        self.objects()
+            .as_ref()
+            .is_some_and(|o| o.instances.contains_key(&id))
+    }
+
+    /// The version that took over from this one, if `instance` (not the default one) is
+    /// not this version's: the host reached a new version's instance through the
+    /// interface it resolved before the reload swapped it.
+    fn forward_instance(&self, instance: u64) -> Option<&'static ContractData> {
+        if instance == 0 {
+            return None;
+        }
+        self.successor.get().filter(|_| !self.holds(instance))
+    }
+
+    /// One call. `forwarded`: a retired version passed it on, so an instance unknown here
+    /// died with an old version (`StaleHandle`), it was not a bad id.
     fn dispatch(
         &self,
         instance: u64,
@@ -312,7 +361,11 @@ impl ContractData {
         args: usize,
         out: usize,
         arena: usize,
+        forwarded: bool,
     ) -> AbiError {
+        if let Some(next) = self.forward_instance(instance) {
+            return next.dispatch(instance, fn_id, args, out, arena, true);
+        }
         let fn_id = fn_id as usize;
         if fn_id >= self.fn_count {
             return error::abi(
@@ -369,6 +422,9 @@ impl ContractData {
         let decided = decided.into_inner().unwrap_or_else(|e| e.into_inner());
         match r {
             Ok(Dispatched::Done) => AbiError::ok(),
+            Ok(Dispatched::NoInstance) if forwarded => {
+                error::abi(AbiErrorCode::StaleHandle, b"python: bundle was reloaded")
+            }
             Ok(Dispatched::NoInstance) => error::abi(
                 AbiErrorCode::FunctionNotAvailable,
                 b"python: unknown instance",
@@ -379,7 +435,7 @@ impl ContractData {
                 if instance == 0 =>
             {
                 match self.successor.get() {
-                    Some(next) => next.dispatch(instance, fn_id as u32, args, out, arena),
+                    Some(next) => next.dispatch(instance, fn_id as u32, args, out, arena, true),
                     None => error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded"),
                 }
             }
@@ -411,6 +467,11 @@ impl ContractData {
     }
 
     fn create_instance(&self, host: usize) -> Option<u64> {
+        // This version is being retired: the instance belongs to the new one (a host
+        // re-resolving before the reload's swap still reaches this interface).
+        if let Some(next) = self.successor.get() {
+            return next.create_instance(host);
+        }
         // On the replica holding the fewest instances; its calls will all run there.
         let replica = match self.objects().as_ref().and_then(Objects::least_loaded) {
             Some(id) if self.target.is_replicated() => {
@@ -431,8 +492,7 @@ impl ContractData {
             let Some(o) = guard.as_mut() else {
                 return Ok(None);
             };
-            let id = o.next_id;
-            o.next_id += 1;
+            let id = next_instance_id();
             let interp = py.id();
             o.instances.insert(
                 id,
@@ -444,6 +504,13 @@ impl ContractData {
             );
             Ok(Some(id))
         });
+        // A reload registered its new version while the factory ran: hosts re-resolve on
+        // that registry change, and one that reads the registry's revision after this
+        // returns would keep an instance that dies with this version. The new version
+        // makes it instead (this one's is released with this version).
+        if let (Ok(Some(_)), Some(next)) = (&r, self.successor.get()) {
+            return next.create_instance(host);
+        }
         r.unwrap_or_else(|e| {
             let what = format!("{} factory", self.contract);
             error::call_failed(&self.logger, &self.bundle, &what, &e);
@@ -452,6 +519,9 @@ impl ContractData {
     }
 
     fn destroy_instance(&self, id: u64) {
+        if let Some(next) = self.forward_instance(id) {
+            return next.destroy_instance(id);
+        }
         // The removed object is dropped inside a job of its own replica, attached.
         let job = |_py: &Attached<'_>| {
             let removed = self
@@ -495,6 +565,7 @@ pub(crate) unsafe extern "C" fn vm_call(
             args as usize,
             out as usize,
             arena as usize,
+            false,
         )
     }))
     .unwrap_or_else(|_| error::abi(AbiErrorCode::Panic, b"python: loader panicked"));

@@ -201,7 +201,7 @@ impl Loader {
         runtime: &Runtime,
     ) -> Result<(), LoaderError> {
         let loaded = match source {
-            BundleSource::Path(_) => self.load_path(manifest, runtime),
+            BundleSource::Path(_) => self.load_path(manifest, runtime, &[]),
             BundleSource::Code(code) => self.load_code(manifest, code, runtime),
             BundleSource::Bytes(bytes) => {
                 let code =
@@ -218,26 +218,32 @@ impl Loader {
 
     /// `BundleLoader::reload`: loads the bundle's current code (see `PythonLoader::reload`),
     /// then retires the previous loads, each old contract forwarding to its successor.
+    /// Reloads are serialised by the runtime, so the loads found here are the ones the new
+    /// load replaces.
     pub(crate) fn reload(
         &self,
         manifest: &ManifestData,
         runtime: &Runtime,
     ) -> Result<(), LoaderError> {
-        let serial = self.load_path(manifest, runtime)?;
-        let (old, new): (Vec<LoadedBundle>, Vec<&'static ContractData>) = {
+        // Each old contract forwards to its successor from before the new version is
+        // registered (`load::register_all`): a host re-resolves on the registry change the
+        // registration makes, and may reach the old interface until the swap.
+        let replaces: Vec<&'static ContractData> = self
+            .lock()
+            .get(&manifest.id)
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b.contracts.iter().copied())
+            .collect();
+        let serial = self.load_path(manifest, runtime, &replaces)?;
+        let old: Vec<LoadedBundle> = {
             let mut bundles = self.lock();
             let list = bundles.entry(manifest.id).or_default();
             let (new, old): (Vec<_>, Vec<_>) = list.drain(..).partition(|b| b.serial == serial);
             *list = new;
-            let contracts = list.iter().flat_map(|b| b.contracts.clone()).collect();
-            (old, contracts)
+            old
         };
         for mut b in old {
-            for c in &b.contracts {
-                if let Some(n) = new.iter().find(|n| n.contract_id == c.contract_id) {
-                    let _ = c.successor.set(n);
-                }
-            }
             let replicas = b.target.replicas();
             b.release();
             b.flush_failure_log();
@@ -349,6 +355,7 @@ impl Loader {
         manifest: &ManifestData,
         plan: Plan<'_>,
         runtime: &Runtime,
+        replaces: &[&'static ContractData],
     ) -> Result<u64, LoaderError> {
         self.check_version()?;
         self.check_replica_names(manifest, runtime);
@@ -384,7 +391,7 @@ impl Loader {
         let start = mode;
         loop {
             let (err, refusal) =
-                match self.load_in(manifest, &plan, runtime, mode, &reason, &remember) {
+                match self.load_in(manifest, &plan, runtime, mode, &reason, &remember, replaces) {
                     Ok(serial) => {
                         if let (Some(key), true) = (&remember, mode != start) {
                             remembered::store(key, mode, reason);
@@ -475,6 +482,7 @@ impl Loader {
         mode: InterpreterMode,
         reason: &ModeReason,
         remember: &Option<remembered::Key>,
+        replaces: &[&'static ContractData],
     ) -> Result<u64, LoadFailure> {
         let bundle = manifest.name.as_str();
         let (wanted, max) = self.replica_bounds(bundle)?;
@@ -596,9 +604,20 @@ impl Loader {
             grace: self.config.interrupt_grace,
             watch: Arc::clone(&watch),
         };
-        let (contracts, registered) =
-            load::register_all(declared, &target, bundle, plan.bundle_id, settings, runtime);
+        let (contracts, registered) = load::register_all(
+            declared,
+            &target,
+            bundle,
+            plan.bundle_id,
+            settings,
+            replaces,
+            runtime,
+        );
         if let Err(e) = registered {
+            // The reload fails: the old version goes on alone.
+            for old in replaces {
+                old.successor.set(None);
+            }
             release(&target, &contracts, key);
             return Err(e.into());
         }
@@ -731,7 +750,13 @@ impl Loader {
         Ok(Target::Group(group))
     }
 
-    fn load_path(&self, manifest: &ManifestData, runtime: &Runtime) -> Result<u64, LoaderError> {
+    /// Loads the bundle dir of `manifest`; `replaces`: see `load::register_all`.
+    fn load_path(
+        &self,
+        manifest: &ManifestData,
+        runtime: &Runtime,
+        replaces: &[&'static ContractData],
+    ) -> Result<u64, LoaderError> {
         if manifest.file.is_empty() {
             return Err(LoaderError::ManifestMissingFile {
                 bundle: manifest.name.clone(),
@@ -780,7 +805,7 @@ impl Loader {
             },
             ctx_path: &dir_s,
         };
-        self.load_plan(manifest, plan, runtime)
+        self.load_plan(manifest, plan, runtime, replaces)
     }
 
     fn load_code(
@@ -796,7 +821,7 @@ impl Loader {
             entry: Entry::Code { src },
             ctx_path: "",
         };
-        self.load_plan(manifest, plan, runtime)
+        self.load_plan(manifest, plan, runtime, &[])
     }
 }
 
