@@ -26,13 +26,17 @@ use crate::failure_log::Verdict;
 use crate::isolation::{self, BundleKey, Scope};
 use crate::metrics::{Meter, Outcome};
 use crate::refusals::{self, CallWatch};
-use crate::replicas::{self, Target};
+use crate::replicas::{Pin, Replica, Target};
 use crate::scope;
 
 /// One replica's Python objects of a contract: they live in its interpreter and are only
 /// touched inside its jobs.
 pub(crate) struct ReplicaObjects {
     pub(crate) interp: InterpreterId,
+    /// Its replica's record when the bundle is replicated: the handle an instance placed
+    /// here is called through, and the counts the elastic controller reads. Added and
+    /// dropped with the objects, so the two never disagree.
+    pub(crate) replica: Option<Arc<Replica>>,
     pub(crate) functions: Vec<Persistent>,
     pub(crate) factory: Persistent,
     pub(crate) default_impl: Persistent,
@@ -57,7 +61,11 @@ pub(crate) struct Objects {
 }
 
 impl Objects {
-    pub(crate) fn new(replicas: Vec<ReplicaObjects>) -> Self {
+    /// The objects of a load's replicas, each paired with `target`'s record of it.
+    pub(crate) fn new(mut replicas: Vec<ReplicaObjects>, target: &Target) -> Self {
+        for r in &mut replicas {
+            r.replica = target.replica(r.interp);
+        }
         Self {
             replicas,
             instances: HashMap::new(),
@@ -71,20 +79,24 @@ impl Objects {
             .ok_or_else(|| interp_pool::Error::Internal(format!("no objects for replica {interp}")))
     }
 
-    /// The replica holding the fewest instances (the first on a tie).
-    fn least_loaded(&self) -> Option<InterpreterId> {
-        self.replicas
+    /// Reserves the replica holding the fewest instances (the first on a tie) that is
+    /// not being retired, for a new instance.
+    fn place(&self) -> Option<Pin> {
+        let mut by_load: Vec<(usize, &Arc<Replica>)> = self
+            .replicas
             .iter()
-            .map(|r| {
+            .filter_map(|r| r.replica.as_ref().filter(|rec| !rec.is_retiring()))
+            .map(|rec| {
                 let n = self
                     .instances
                     .values()
-                    .filter(|i| i.interp == r.interp)
+                    .filter(|i| i.interp == rec.id())
                     .count();
-                (n, r.interp)
+                (n, rec)
             })
-            .min_by_key(|(n, _)| *n)
-            .map(|(_, id)| id)
+            .collect();
+        by_load.sort_by_key(|(n, _)| *n);
+        by_load.into_iter().find_map(|(_, rec)| rec.pin())
     }
 }
 
@@ -282,7 +294,8 @@ impl ContractData {
         out
     }
 
-    /// A new replica's objects (an elastic bundle grew); it must not serve calls before.
+    /// A new replica's objects, with its record (an elastic bundle grew); it must not serve
+    /// calls before.
     pub(crate) fn add_replica(&self, objects: ReplicaObjects) {
         let mut guard = self.objects();
         match guard.as_mut() {
@@ -378,7 +391,7 @@ impl ContractData {
         let r = self.metered(self.route(instance), |py| {
             // Take our own references, then release the lock before running Python:
             // the call may re-enter this contract (nested dispatch, create_instance).
-            let (f, imp, alloc) = {
+            let (f, imp, alloc, _running) = {
                 let guard = self.objects();
                 let Some(o) = guard.as_ref() else {
                     return Ok(Dispatched::Unloaded);
@@ -386,6 +399,8 @@ impl ContractData {
                 let Ok(r) = o.replica(py.id()) else {
                     return Ok(Dispatched::Unloaded); // this replica is being retired
                 };
+                // Busy until the guest returns (the elastic controller never retires it).
+                let running = r.replica.as_ref().map(Replica::run);
                 let imp = if instance == 0 {
                     &r.default_impl
                 } else {
@@ -398,6 +413,7 @@ impl ContractData {
                     r.functions[fn_id].bind(py)?,
                     imp.bind(py)?,
                     r.arena_alloc.bind(py)?,
+                    running,
                 )
             };
             let (a, o, ar) = (
@@ -472,17 +488,21 @@ impl ContractData {
         if let Some(next) = self.successor.get() {
             return next.create_instance(host);
         }
-        // On the replica holding the fewest instances; its calls will all run there.
-        let replica = match self.objects().as_ref().and_then(Objects::least_loaded) {
-            Some(id) if self.target.is_replicated() => {
-                replicas::find(&self.target.members(), id).cloned()
-            }
-            _ => None,
+        // On the replica holding the fewest instances, reserved until the instance is
+        // stored (it is not retired meanwhile); its calls will all run there.
+        let pin = match self.target.is_replicated() {
+            true => self.objects().as_ref().and_then(Objects::place),
+            false => None,
         };
-        let route = replica.clone().map_or(Route::Any, Route::On);
+        let route = pin
+            .as_ref()
+            .map_or(Route::Any, |p| Route::On(p.handle().clone()));
         let r = self.metered(route, |py| {
-            let factory = match self.objects().as_ref().map(|o| o.replica(py.id())) {
-                Some(Ok(r)) => r.factory.bind(py)?,
+            let (factory, replica) = match self.objects().as_ref().map(|o| o.replica(py.id())) {
+                Some(Ok(r)) => (
+                    r.factory.bind(py)?,
+                    r.replica.as_ref().map(|rec| rec.handle().clone()),
+                ),
                 _ => return Ok(None),
             };
             let host = py.uint(host as u64)?;
@@ -504,6 +524,7 @@ impl ContractData {
             );
             Ok(Some(id))
         });
+        drop(pin);
         // A reload registered its new version while the factory ran: hosts re-resolve on
         // that registry change, and one that reads the registry's revision after this
         // returns would keep an instance that dies with this version. The new version

@@ -623,22 +623,24 @@ impl Loader {
         }
         meter.set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
         let elastic = match (&target, self.config.replicas_for(bundle)) {
-            (Target::Group(group), Replicas::Elastic { .. }) => Controller::start(elastic::Spec {
-                plan: elastic::OwnedPlan::of(plan),
-                group: group.clone(),
-                contracts: contracts.clone(),
-                shapes,
-                host,
-                output: Arc::clone(&sink),
-                config: self.config.interpreter(bundle, mode),
-                caught: self.config.caught_refusals,
-                ignored: ignored.to_vec(),
-                memory_limit: limit,
-                fast_glue,
-                min: wanted,
-                max,
-                policy: self.config.elastic,
-            }),
+            (Target::Group(replicated), Replicas::Elastic { .. }) => {
+                Controller::start(elastic::Spec {
+                    plan: elastic::OwnedPlan::of(plan),
+                    replicated: replicated.clone(),
+                    contracts: contracts.clone(),
+                    shapes,
+                    host,
+                    output: Arc::clone(&sink),
+                    config: self.config.interpreter(bundle, mode),
+                    caught: self.config.caught_refusals,
+                    ignored: ignored.to_vec(),
+                    memory_limit: limit,
+                    fast_glue,
+                    min: wanted,
+                    max,
+                    policy: self.config.elastic,
+                })
+            }
             _ => None,
         };
         let reason = ModeReason {
@@ -747,7 +749,19 @@ impl Loader {
         for m in members {
             group.add(m.clone())?;
         }
-        Ok(Target::Group(group))
+        let bell = match self.config.replicas_for(bundle) {
+            Replicas::Elastic { .. } => Some(replicas::Bell::new(members.len())),
+            _ => None,
+        };
+        Ok(Target::Group(replicas::Replicated {
+            group,
+            loaded: members
+                .iter()
+                .cloned()
+                .map(replicas::Replica::new)
+                .collect(),
+            bell,
+        }))
     }
 
     /// Loads the bundle dir of `manifest`; `replaces`: see `load::register_all`.

@@ -542,6 +542,7 @@ fn registration(
         plugin_name,
         objects: ReplicaObjects {
             interp: py.id(),
+            replica: None,
             functions,
             factory: Persistent::new(py, factory),
             default_impl: Persistent::new(py, default_impl),
@@ -681,7 +682,7 @@ pub(crate) fn register_all(
             contract_id: GuestContractId::new(&d.name, d.major),
             fn_count,
             logger: runtime.logger(),
-            objects: Mutex::new(Some(Objects::new(replicas))),
+            objects: Mutex::new(Some(Objects::new(replicas, target))),
             successor: Successor::default(),
             contract,
         }));
