@@ -307,10 +307,12 @@ pub struct ElasticPolicy {
     /// busy. Default 2 ms: longer than a typical hand-off, far shorter than creating a
     /// replica (~15-30 ms), which happens off the callers' threads.
     pub grow_after: Duration,
-    /// Retire a replica (above `min`, holding no instance) that served nothing for this
-    /// long. Default 30 s.
+    /// Retire a replica (above `min`, running no call and holding no instance) that
+    /// started no call for this long. Default 30 s. The idle controller looks for one
+    /// every quarter of this.
     pub idle_retire: Duration,
-    /// How often the bundle's elastic controller looks. Default 1 ms.
+    /// How often the bundle's elastic controller looks while calls wait with every
+    /// replica busy (it sleeps otherwise). Default 1 ms.
     pub check_every: Duration,
 }
 

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use interp_pool::{
@@ -25,13 +26,17 @@ use crate::failure_log::Verdict;
 use crate::isolation::{self, BundleKey, Scope};
 use crate::metrics::{Meter, Outcome};
 use crate::refusals::{self, CallWatch};
-use crate::replicas::{self, Target};
+use crate::replicas::{Pin, Replica, Target};
 use crate::scope;
 
 /// One replica's Python objects of a contract: they live in its interpreter and are only
 /// touched inside its jobs.
 pub(crate) struct ReplicaObjects {
     pub(crate) interp: InterpreterId,
+    /// Its replica's record when the bundle is replicated: the handle an instance placed
+    /// here is called through, and the counts the elastic controller reads. Added and
+    /// dropped with the objects, so the two never disagree.
+    pub(crate) replica: Option<Arc<Replica>>,
     pub(crate) functions: Vec<Persistent>,
     pub(crate) factory: Persistent,
     pub(crate) default_impl: Persistent,
@@ -51,17 +56,19 @@ struct Instance {
 pub(crate) struct Objects {
     /// One per replica (in the order the replicas were made).
     replicas: Vec<ReplicaObjects>,
-    /// By instance id, unique per contract whatever the replica.
+    /// By instance id (process-wide unique: see [`next_instance_id`]).
     instances: HashMap<u64, Instance>,
-    next_id: u64,
 }
 
 impl Objects {
-    pub(crate) fn new(replicas: Vec<ReplicaObjects>) -> Self {
+    /// The objects of a load's replicas, each paired with `target`'s record of it.
+    pub(crate) fn new(mut replicas: Vec<ReplicaObjects>, target: &Target) -> Self {
+        for r in &mut replicas {
+            r.replica = target.replica(r.interp);
+        }
         Self {
             replicas,
             instances: HashMap::new(),
-            next_id: 1,
         }
     }
 
@@ -72,20 +79,24 @@ impl Objects {
             .ok_or_else(|| interp_pool::Error::Internal(format!("no objects for replica {interp}")))
     }
 
-    /// The replica holding the fewest instances (the first on a tie).
-    fn least_loaded(&self) -> Option<InterpreterId> {
-        self.replicas
+    /// Reserves the replica holding the fewest instances (the first on a tie) that is
+    /// not being retired, for a new instance.
+    fn place(&self) -> Option<Pin> {
+        let mut by_load: Vec<(usize, &Arc<Replica>)> = self
+            .replicas
             .iter()
-            .map(|r| {
+            .filter_map(|r| r.replica.as_ref().filter(|rec| !rec.is_retiring()))
+            .map(|rec| {
                 let n = self
                     .instances
                     .values()
-                    .filter(|i| i.interp == r.interp)
+                    .filter(|i| i.interp == rec.id())
                     .count();
-                (n, r.interp)
+                (n, rec)
             })
-            .min_by_key(|(n, _)| *n)
-            .map(|(_, id)| id)
+            .collect();
+        by_load.sort_by_key(|(n, _)| *n);
+        by_load.into_iter().find_map(|(_, rec)| rec.pin())
     }
 }
 
@@ -118,10 +129,41 @@ pub(crate) struct ContractData {
     /// What a refusal seen during a call does (`refusals::CallWatch`), shared by the
     /// bundle's contracts.
     pub(crate) watch: Arc<CallWatch>,
-    /// The same contract in the version that replaced this one by a hot reload. Set
-    /// before this version's objects are released, so a host still holding this
-    /// interface gets the new code for the default instance instead of `StaleHandle`.
-    pub(crate) successor: OnceLock<&'static ContractData>,
+    /// The same contract in the version that replaces this one by a hot reload. Set
+    /// before the new version is registered (so before any registry change a host could
+    /// react to by re-resolving), and so before this version's objects are released: a
+    /// host still holding this interface gets the new code for the default instance,
+    /// and its new instances are made by the new version, instead of `StaleHandle`.
+    pub(crate) successor: Successor,
+}
+
+/// A contract's successor after a reload: set when the new version registers, cleared
+/// if that registration fails (the old version then goes on alone).
+#[derive(Debug, Default)]
+pub(crate) struct Successor(AtomicPtr<ContractData>);
+
+impl Successor {
+    pub(crate) fn get(&self) -> Option<&'static ContractData> {
+        let p = self.0.load(Ordering::Acquire);
+        // SAFETY: no CPython involved (no rule applies): only `set` stores a non-null
+        // pointer, taken from a `&'static ContractData` (leaked, never freed).
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    pub(crate) fn set(&self, next: Option<&'static ContractData>) {
+        let p = next.map_or(std::ptr::null_mut(), |n| {
+            n as *const ContractData as *mut ContractData
+        });
+        self.0.store(p, Ordering::Release);
+    }
+}
+
+/// Instance ids are unique in the process, not per contract: a call through a retired
+/// version's interface with an instance its successor made (see `create_instance`) is
+/// told apart from the retired version's own instances by the id alone.
+fn next_instance_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Appended to the last traceback of a kind logged in a failure-log interval.
@@ -271,7 +313,8 @@ impl ContractData {
         out
     }
 
-    /// A new replica's objects (an elastic bundle grew); it must not serve calls before.
+    /// A new replica's objects, with its record (an elastic bundle grew); it must not serve
+    /// calls before.
     pub(crate) fn add_replica(&self, objects: ReplicaObjects) {
         let mut guard = self.objects();
         match guard.as_mut() {
@@ -324,6 +367,25 @@ impl ContractData {
         drop(instances);
     }
 
+    /// Whether instance `id` lives in this version (false once it is released).
+    fn holds(&self, id: u64) -> bool {
+        self.objects()
+            .as_ref()
+            .is_some_and(|o| o.instances.contains_key(&id))
+    }
+
+    /// The version that took over from this one, if `instance` (not the default one) is
+    /// not this version's: the host reached a new version's instance through the
+    /// interface it resolved before the reload swapped it.
+    fn forward_instance(&self, instance: u64) -> Option<&'static ContractData> {
+        if instance == 0 {
+            return None;
+        }
+        self.successor.get().filter(|_| !self.holds(instance))
+    }
+
+    /// One call. `forwarded`: a retired version passed it on, so an instance unknown here
+    /// died with an old version (`StaleHandle`), it was not a bad id.
     fn dispatch(
         &self,
         instance: u64,
@@ -331,7 +393,11 @@ impl ContractData {
         args: usize,
         out: usize,
         arena: usize,
+        forwarded: bool,
     ) -> AbiError {
+        if let Some(next) = self.forward_instance(instance) {
+            return next.dispatch(instance, fn_id, args, out, arena, true);
+        }
         let fn_id = fn_id as usize;
         if fn_id >= self.fn_count {
             return error::abi(
@@ -344,7 +410,7 @@ impl ContractData {
         let r = self.metered(self.route(instance), Some(fn_id as u32), |py| {
             // Take our own references, then release the lock before running Python:
             // the call may re-enter this contract (nested dispatch, create_instance).
-            let (f, imp, alloc) = {
+            let (f, imp, alloc, _running) = {
                 let guard = self.objects();
                 let Some(o) = guard.as_ref() else {
                     return Ok(Dispatched::Unloaded);
@@ -352,6 +418,8 @@ impl ContractData {
                 let Ok(r) = o.replica(py.id()) else {
                     return Ok(Dispatched::Unloaded); // this replica is being retired
                 };
+                // Busy until the guest returns (the elastic controller never retires it).
+                let running = r.replica.as_ref().map(Replica::run);
                 let imp = if instance == 0 {
                     &r.default_impl
                 } else {
@@ -364,6 +432,7 @@ impl ContractData {
                     r.functions[fn_id].bind(py)?,
                     imp.bind(py)?,
                     r.arena_alloc.bind(py)?,
+                    running,
                 )
             };
             let (a, o, ar) = (
@@ -388,6 +457,9 @@ impl ContractData {
         let decided = decided.into_inner().unwrap_or_else(|e| e.into_inner());
         match r {
             Ok(Dispatched::Done) => AbiError::ok(),
+            Ok(Dispatched::NoInstance) if forwarded => {
+                error::abi(AbiErrorCode::StaleHandle, b"python: bundle was reloaded")
+            }
             Ok(Dispatched::NoInstance) => error::abi(
                 AbiErrorCode::FunctionNotAvailable,
                 b"python: unknown instance",
@@ -398,7 +470,7 @@ impl ContractData {
                 if instance == 0 =>
             {
                 match self.successor.get() {
-                    Some(next) => next.dispatch(instance, fn_id as u32, args, out, arena),
+                    Some(next) => next.dispatch(instance, fn_id as u32, args, out, arena, true),
                     None => error::abi(AbiErrorCode::StaleHandle, b"python: bundle was unloaded"),
                 }
             }
@@ -430,17 +502,26 @@ impl ContractData {
     }
 
     fn create_instance(&self, host: usize) -> Option<u64> {
-        // On the replica holding the fewest instances; its calls will all run there.
-        let replica = match self.objects().as_ref().and_then(Objects::least_loaded) {
-            Some(id) if self.target.is_replicated() => {
-                replicas::find(&self.target.members(), id).cloned()
-            }
-            _ => None,
+        // This version is being retired: the instance belongs to the new one (a host
+        // re-resolving before the reload's swap still reaches this interface).
+        if let Some(next) = self.successor.get() {
+            return next.create_instance(host);
+        }
+        // On the replica holding the fewest instances, reserved until the instance is
+        // stored (it is not retired meanwhile); its calls will all run there.
+        let pin = match self.target.is_replicated() {
+            true => self.objects().as_ref().and_then(Objects::place),
+            false => None,
         };
-        let route = replica.clone().map_or(Route::Any, Route::On);
+        let route = pin
+            .as_ref()
+            .map_or(Route::Any, |p| Route::On(p.handle().clone()));
         let r = self.metered(route, None, |py| {
-            let factory = match self.objects().as_ref().map(|o| o.replica(py.id())) {
-                Some(Ok(r)) => r.factory.bind(py)?,
+            let (factory, replica) = match self.objects().as_ref().map(|o| o.replica(py.id())) {
+                Some(Ok(r)) => (
+                    r.factory.bind(py)?,
+                    r.replica.as_ref().map(|rec| rec.handle().clone()),
+                ),
                 _ => return Ok(None),
             };
             let host = py.uint(host as u64)?;
@@ -450,8 +531,7 @@ impl ContractData {
             let Some(o) = guard.as_mut() else {
                 return Ok(None);
             };
-            let id = o.next_id;
-            o.next_id += 1;
+            let id = next_instance_id();
             let interp = py.id();
             o.instances.insert(
                 id,
@@ -463,6 +543,14 @@ impl ContractData {
             );
             Ok(Some(id))
         });
+        drop(pin);
+        // A reload registered its new version while the factory ran: hosts re-resolve on
+        // that registry change, and one that reads the registry's revision after this
+        // returns would keep an instance that dies with this version. The new version
+        // makes it instead (this one's is released with this version).
+        if let (Ok(Some(_)), Some(next)) = (&r, self.successor.get()) {
+            return next.create_instance(host);
+        }
         r.unwrap_or_else(|e| {
             let what = format!("{} factory", self.contract);
             error::call_failed(&self.logger, &self.bundle, &what, &e);
@@ -471,6 +559,9 @@ impl ContractData {
     }
 
     fn destroy_instance(&self, id: u64) {
+        if let Some(next) = self.forward_instance(id) {
+            return next.destroy_instance(id);
+        }
         // The removed object is dropped inside a job of its own replica, attached.
         let job = |_py: &Attached<'_>| {
             let removed = self
@@ -514,6 +605,7 @@ pub(crate) unsafe extern "C" fn vm_call(
             args as usize,
             out as usize,
             arena as usize,
+            false,
         )
     }))
     .unwrap_or_else(|_| error::abi(AbiErrorCode::Panic, b"python: loader panicked"));

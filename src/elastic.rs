@@ -1,26 +1,34 @@
 //! `Replicas::Elastic { min, max }`: a controller thread per elastic bundle load grows the
 //! replica group when calls wait because every replica is busy, and retires a replica that
-//! stayed idle (never below `min`, never one holding an instance).
+//! stayed idle (never below `min`, never one running a call, holding an instance or
+//! reserved for one being created).
+//!
+//! The controller sleeps until a default-instance call finds every replica taken (the
+//! bundle's `replicas::Bell`, rung by the dispatch path without a lock), then looks every
+//! `check_every` while calls wait; idle, it wakes only on a coarse timer (a quarter of
+//! `idle_retire`) to look for replicas to retire.
 //!
 //! Growth runs the bundle's entry module and `polyplug_init` in a fresh interpreter off the
 //! callers' threads (creation is serialised process-wide, R8), checks that it registers
-//! what the first replica registered, hands its objects to every contract and only then
-//! lets it join the group, so no call reaches a replica without its objects. Retiring is
-//! the reverse: leave the group (no new calls), release the replica's objects inside it,
-//! end it.
+//! what the first replica registered, hands its objects (with its `replicas::Replica`
+//! record) to every contract and only then lets it join the group, so no call reaches a
+//! replica without its objects. Retiring is the reverse: mark the record retiring (no
+//! instance is placed on it from then on; see `Replica::try_retire`), then, on a thread of
+//! its own so that a call that started meanwhile delays only that thread, leave the group
+//! (no new calls), release the replica's objects inside it, end it.
 //!
 //! The controller needs the runtime (the init window of a new replica's `polyplug_init`):
 //! it reads it from the host pointer, which is valid while the bundle is loaded; it acts
-//! only while calls wait in the bundle's queue, and it is stopped and joined before the
-//! load is released.
+//! only while calls wait in the bundle's queue, and it is stopped and joined (with a
+//! retirement under way) before the load is released.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use interp_pool::{InterpreterConfig, InterpreterGroup, InterpreterHandle, InterpreterId};
+use interp_pool::{InterpreterConfig, InterpreterHandle, InterpreterId};
 use polyplug::runtime::Runtime;
 use polyplug_abi::HostApi;
 
@@ -28,6 +36,7 @@ use crate::config::{CaughtRefusals, ElasticPolicy, InterpreterMode};
 use crate::contract::ContractData;
 use crate::load::{self, Entry, Plan};
 use crate::output::OutputSink;
+use crate::replicas::{Replica, Replicated};
 
 /// A plan that outlives the load call: what a new replica needs to run the bundle's init.
 pub(crate) struct OwnedPlan {
@@ -82,7 +91,7 @@ impl OwnedPlan {
 /// Everything the controller uses to grow and shrink one bundle load's group.
 pub(crate) struct Spec {
     pub(crate) plan: OwnedPlan,
-    pub(crate) group: InterpreterGroup,
+    pub(crate) replicated: Replicated,
     pub(crate) contracts: Vec<&'static ContractData>,
     /// What the first replica registered (`load::shapes`).
     pub(crate) shapes: Vec<String>,
@@ -128,7 +137,8 @@ impl Controller {
         }
     }
 
-    /// Stops the controller and waits for it (a growth under way finishes first).
+    /// Stops the controller and waits for it (a growth or retirement under way finishes
+    /// first).
     pub(crate) fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -145,54 +155,96 @@ impl Drop for Controller {
 }
 
 fn run(spec: &Spec, stop: &AtomicBool) {
+    let Some(bell) = spec.replicated.bell.as_deref() else {
+        return;
+    };
+    bell.attach();
+    let mut replicas: Vec<Arc<Replica>> = spec.replicated.loaded.clone();
+    bell.set_replicas(replicas.len(), spec.max);
     let mut waiting_since: Option<Instant> = None;
-    // Per replica: the calls it had served when we last saw that count change, and when.
+    // Per replica: the calls it had started when we last saw that count change, and when.
     let mut activity: HashMap<InterpreterId, (u64, Instant)> = HashMap::new();
-    let mut made = spec.group.len();
+    let mut retiring: Option<JoinHandle<()>> = None;
+    let mut made = replicas.len();
+    let idle_tick = (spec.policy.idle_retire / 4).max(spec.policy.check_every);
     while !stop.load(Ordering::SeqCst) {
-        thread::park_timeout(spec.policy.check_every);
         let now = Instant::now();
-        let members = spec.group.members();
-        if spec.group.queue_len() > 0 && members.len() < spec.max {
+        // A call waits with every replica taken (not just one queued a moment, as each
+        // is on its way to a free replica).
+        let waiting = spec.replicated.group.queue_len() > 0 && bell.saturated();
+        if waiting && replicas.len() < spec.max {
             let since = *waiting_since.get_or_insert(now);
             if now - since >= spec.policy.grow_after {
                 waiting_since = None;
                 match grow(spec, made) {
-                    Ok(()) => made += 1,
+                    Ok(r) => {
+                        made += 1;
+                        replicas.push(r);
+                        bell.set_replicas(replicas.len(), spec.max);
+                    }
                     Err(e) => {
                         tracing::warn!(bundle = %spec.plan.name, error = %e, "could not add a replica")
                     }
                 }
-                continue;
+            } else {
+                // Calls wait: look again soon.
+                thread::park_timeout(spec.policy.check_every);
             }
-        } else {
-            waiting_since = None;
+            continue;
         }
-        activity.retain(|id, _| members.iter().any(|m| m.id() == *id));
-        for m in &members {
-            let served = m.jobs_served();
-            let seen = activity.entry(m.id()).or_insert((served, now));
-            if seen.0 != served {
-                *seen = (served, now);
+        waiting_since = None;
+        hooks::at(Step::Looked, &spec.plan.name);
+        if retiring.as_ref().is_none_or(JoinHandle::is_finished) {
+            if let Some(t) = retiring.take() {
+                let _ = t.join();
+            }
+            if let Some(i) = idle_replica(spec, &replicas, &mut activity, now) {
+                let r = replicas.remove(i);
+                bell.set_replicas(replicas.len(), spec.max);
+                retiring = retire(spec, r);
             }
         }
-        if members.len() > spec.min {
-            let idle = members[spec.min..].iter().rev().find(|m| {
-                activity
-                    .get(&m.id())
-                    .is_some_and(|(_, at)| now - *at >= spec.policy.idle_retire)
-                    && spec.contracts.iter().all(|c| c.instances_on(m.id()) == 0)
-            });
-            if let Some(m) = idle {
-                retire(spec, m);
-            }
+        bell.sleep(idle_tick);
+    }
+    if let Some(t) = retiring {
+        let _ = t.join();
+    }
+}
+
+/// The last replica beyond `min` that ran no call for `idle_retire` (none running now,
+/// none started since we last looked that long ago), marked retiring if nothing holds it.
+fn idle_replica(
+    spec: &Spec,
+    replicas: &[Arc<Replica>],
+    activity: &mut HashMap<InterpreterId, (u64, Instant)>,
+    now: Instant,
+) -> Option<usize> {
+    activity.retain(|id, _| replicas.iter().any(|r| r.id() == *id));
+    for r in replicas {
+        let (running, started) = r.activity();
+        let seen = activity.entry(r.id()).or_insert((started, now));
+        if seen.0 != started || running > 0 {
+            *seen = (started, now);
         }
     }
+    if replicas.len() <= spec.min {
+        return None;
+    }
+    (spec.min..replicas.len()).rev().find(|&i| {
+        let r = &replicas[i];
+        let idle = activity
+            .get(&r.id())
+            .is_some_and(|(_, at)| now - *at >= spec.policy.idle_retire);
+        idle && {
+            hooks::at(Step::Retiring, &spec.plan.name);
+            r.try_retire(|| spec.contracts.iter().any(|c| c.instances_on(r.id()) > 0))
+        }
+    })
 }
 
 /// A new replica: created, initialised and checked outside the group, then given its
 /// objects, then let in.
-fn grow(spec: &Spec, n: usize) -> Result<(), String> {
+fn grow(spec: &Spec, n: usize) -> Result<Arc<Replica>, String> {
     let t0 = Instant::now();
     let config = InterpreterConfig {
         name: format!("{}#{n}", spec.plan.name),
@@ -238,42 +290,125 @@ fn grow(spec: &Spec, n: usize) -> Result<(), String> {
             return Err(e);
         }
     };
+    let replica = Replica::new(member.clone());
     for (c, d) in spec.contracts.iter().zip(declared) {
-        c.add_replica(d.into_objects());
+        let mut objects = d.into_objects();
+        objects.replica = Some(Arc::clone(&replica));
+        c.add_replica(objects);
     }
-    if let Err(e) = spec.group.add(member.clone()) {
-        release_replica(spec, &member);
+    hooks::at(Step::ObjectsAdded, &spec.plan.name);
+    let group = &spec.replicated.group;
+    if let Err(e) = group.add(member.clone()) {
+        release_replica(&spec.contracts, &member);
         return Err(e.to_string());
     }
     tracing::info!(
         bundle = %spec.plan.name,
-        replicas = spec.group.len(),
+        replicas = group.len(),
         ms = t0.elapsed().as_secs_f64() * 1e3,
         "elastic bundle grew: calls were waiting with every replica busy"
     );
-    Ok(())
+    Ok(replica)
 }
 
-fn retire(spec: &Spec, member: &InterpreterHandle) {
-    if let Err(e) = spec.group.remove(member) {
-        tracing::warn!(bundle = %spec.plan.name, error = %e, "could not retire a replica");
-        return;
+/// Retires `replica` (already marked retiring) on a thread of its own: its leave job
+/// waits behind a call that started on it after the mark, and the controller must not.
+/// `None`: no thread could be started, and it was retired here.
+fn retire(spec: &Spec, replica: Arc<Replica>) -> Option<JoinHandle<()>> {
+    let (group, contracts) = (spec.replicated.group.clone(), spec.contracts.clone());
+    let bundle = spec.plan.name.clone();
+    let work = move || {
+        let member = replica.handle();
+        if let Err(e) = group.remove(member) {
+            tracing::warn!(bundle = %bundle, error = %e, "could not retire a replica");
+            return;
+        }
+        release_replica(&contracts, member);
+        tracing::info!(
+            bundle = %bundle,
+            replicas = group.len(),
+            "elastic bundle shrank: a replica stayed idle"
+        );
+    };
+    // `spawn` drops its closure when it fails: keep the work where both paths reach it.
+    let work = Arc::new(Mutex::new(Some(work)));
+    let shared = Arc::clone(&work);
+    let spawned = thread::Builder::new()
+        .name("py-elastic-retire".into())
+        .spawn(move || take_and_run(&shared));
+    match spawned {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(error = %e, "no thread for a retirement; retiring on the controller");
+            take_and_run(&work);
+            None
+        }
     }
-    release_replica(spec, member);
-    tracing::info!(
-        bundle = %spec.plan.name,
-        replicas = spec.group.len(),
-        "elastic bundle shrank: a replica stayed idle"
-    );
+}
+
+/// Runs the closure in `slot` if it is still there.
+fn take_and_run(slot: &Mutex<Option<impl FnOnce()>>) {
+    let work = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(work) = work {
+        work();
+    }
 }
 
 /// Releases one replica's objects inside it, then ends it.
-fn release_replica(spec: &Spec, member: &InterpreterHandle) {
+fn release_replica(contracts: &[&'static ContractData], member: &InterpreterHandle) {
     let _ = member.call(|py| {
-        for c in &spec.contracts {
+        for c in contracts {
             c.release_objects(py);
         }
         Ok(())
     });
     member.end();
+}
+
+/// Where the controller stops for a test's hook (see [`hooks`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// An idle pass: the controller looks for a replica to retire (then sleeps).
+    Looked,
+    /// A replica looked idle long enough; the controller is about to try retiring it.
+    Retiring,
+    /// A new replica's objects are in every contract; it has not joined the group yet.
+    ObjectsAdded,
+}
+
+/// Test hooks: a function the elastic controller of a bundle calls at each [`Step`], on its
+/// own thread (it may block it, to order a test's steps). Not API.
+#[doc(hidden)]
+pub mod hooks {
+    use std::collections::HashMap;
+    use std::sync::{Arc, RwLock};
+
+    use super::Step;
+
+    type Hook = Arc<dyn Fn(Step) + Send + Sync>;
+
+    static HOOKS: RwLock<Option<HashMap<String, Hook>>> = RwLock::new(None);
+
+    /// Installs (or with `None` removes) the hook of the bundle named `bundle`.
+    pub fn set(bundle: &str, hook: Option<Hook>) {
+        let mut hooks = HOOKS.write().unwrap_or_else(|e| e.into_inner());
+        let hooks = hooks.get_or_insert_with(HashMap::new);
+        match hook {
+            Some(h) => hooks.insert(bundle.to_owned(), h),
+            None => hooks.remove(bundle),
+        };
+    }
+
+    pub(crate) fn at(step: Step, bundle: &str) {
+        // Called with the lock released: a hook may block its controller.
+        let hook = HOOKS
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .and_then(|m| m.get(bundle).cloned());
+        if let Some(h) = hook {
+            h(step);
+        }
+    }
 }

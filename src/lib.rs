@@ -74,6 +74,9 @@ use polyplug_abi::SupportedLanguage;
 use polyplug_utils::BundleId;
 
 pub use config::{CaughtRefusals, ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
+/// Test hooks into the elastic controller (tests order their steps with them). Not API.
+#[doc(hidden)]
+pub use elastic::{hooks as elastic_hooks, Step as ElasticStep};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use failure_log::FailureLogPolicy;
 // interp-pool types that appear in this crate's API, so a host needs no dependency on it.

@@ -201,7 +201,7 @@ impl Loader {
         runtime: &Runtime,
     ) -> Result<(), LoaderError> {
         let loaded = match source {
-            BundleSource::Path(_) => self.load_path(manifest, runtime),
+            BundleSource::Path(_) => self.load_path(manifest, runtime, &[]),
             BundleSource::Code(code) => self.load_code(manifest, code, runtime),
             BundleSource::Bytes(bytes) => {
                 let code =
@@ -218,26 +218,32 @@ impl Loader {
 
     /// `BundleLoader::reload`: loads the bundle's current code (see `PythonLoader::reload`),
     /// then retires the previous loads, each old contract forwarding to its successor.
+    /// Reloads are serialised by the runtime, so the loads found here are the ones the new
+    /// load replaces.
     pub(crate) fn reload(
         &self,
         manifest: &ManifestData,
         runtime: &Runtime,
     ) -> Result<(), LoaderError> {
-        let serial = self.load_path(manifest, runtime)?;
-        let (old, new): (Vec<LoadedBundle>, Vec<&'static ContractData>) = {
+        // Each old contract forwards to its successor from before the new version is
+        // registered (`load::register_all`): a host re-resolves on the registry change the
+        // registration makes, and may reach the old interface until the swap.
+        let replaces: Vec<&'static ContractData> = self
+            .lock()
+            .get(&manifest.id)
+            .into_iter()
+            .flatten()
+            .flat_map(|b| b.contracts.iter().copied())
+            .collect();
+        let serial = self.load_path(manifest, runtime, &replaces)?;
+        let old: Vec<LoadedBundle> = {
             let mut bundles = self.lock();
             let list = bundles.entry(manifest.id).or_default();
             let (new, old): (Vec<_>, Vec<_>) = list.drain(..).partition(|b| b.serial == serial);
             *list = new;
-            let contracts = list.iter().flat_map(|b| b.contracts.clone()).collect();
-            (old, contracts)
+            old
         };
         for mut b in old {
-            for c in &b.contracts {
-                if let Some(n) = new.iter().find(|n| n.contract_id == c.contract_id) {
-                    let _ = c.successor.set(n);
-                }
-            }
             let replicas = b.target.replicas();
             b.release();
             b.flush_failure_log();
@@ -349,6 +355,7 @@ impl Loader {
         manifest: &ManifestData,
         plan: Plan<'_>,
         runtime: &Runtime,
+        replaces: &[&'static ContractData],
     ) -> Result<u64, LoaderError> {
         self.check_version()?;
         self.check_replica_names(manifest, runtime);
@@ -389,23 +396,30 @@ impl Loader {
         }
         let start = mode;
         loop {
-            let (err, refusal) =
-                match self.load_in(manifest, &plan, runtime, mode, &reason, &remember) {
-                    Ok(serial) => {
-                        if let (Some(key), true) = (&remember, mode != start) {
-                            remembered::store(key, mode, reason);
-                        }
-                        return Ok(serial);
+            let (err, refusal) = match self.load_in(&Attempt {
+                manifest,
+                plan: &plan,
+                runtime,
+                mode,
+                reason: &reason,
+                remember: &remember,
+                replaces,
+            }) {
+                Ok(serial) => {
+                    if let (Some(key), true) = (&remember, mode != start) {
+                        remembered::store(key, mode, reason);
                     }
-                    Err(LoadFailure {
-                        error,
-                        refusal: Some(refusal),
-                    }) => (error, refusal),
-                    Err(LoadFailure {
-                        error,
-                        refusal: None,
-                    }) => return Err(error),
-                };
+                    return Ok(serial);
+                }
+                Err(LoadFailure {
+                    error,
+                    refusal: Some(refusal),
+                }) => (error, refusal),
+                Err(LoadFailure {
+                    error,
+                    refusal: None,
+                }) => return Err(error),
+            };
             let one_per_process = refusal.binding.one_interpreter_per_process();
             let Some(next) = mode.fallback(one_per_process) else {
                 return Err(err);
@@ -474,62 +488,151 @@ impl Loader {
     /// One load attempt in `mode`: create the interpreter(s), run the bundle's init in
     /// each, register its contracts once. Any failure ends every interpreter it made and
     /// leaves nothing behind. Returns the new load's serial.
-    fn load_in(
-        &self,
-        manifest: &ManifestData,
-        plan: &Plan<'_>,
-        runtime: &Runtime,
-        mode: InterpreterMode,
-        reason: &ModeReason,
-        remember: &Option<remembered::Key>,
-    ) -> Result<u64, LoadFailure> {
-        let bundle = manifest.name.as_str();
+    fn load_in(&self, attempt: &Attempt<'_>) -> Result<u64, LoadFailure> {
+        let t0 = std::time::Instant::now();
+        let rss0 = crate::rss_bytes().unwrap_or(0);
+        let setup = self.setup(attempt)?;
+        let made = self.make_replicas(attempt, &setup)?;
+        let bundle = setup.bundle;
+        let target = match self.target(
+            bundle,
+            attempt.mode,
+            &made.members,
+            setup.replicated,
+            attempt.runtime,
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                discard(&made.members, made.declared, setup.key);
+                return Err(error::init_failed(bundle, "cannot group the replicas", &e).into());
+            }
+        };
+        // Said once the load worked: an attempt that fails moves on to another mode.
+        if attempt.mode == InterpreterMode::SharedGil && setup.max > 1 {
+            let logger = attempt.runtime.logger();
+            replicas::warn_unreplicated(&logger, bundle, attempt.mode.as_str(), setup.max);
+        }
+        let shapes = load::shapes(&made.declared[0]);
+        let registered = self.register(attempt, &setup, &target, made.declared, made.cpu0)?;
+        registered
+            .meter
+            .set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
+        registered.meter.set_load_time(t0.elapsed());
+        let elastic = self.start_elastic(attempt, &setup, &target, &registered.contracts, shapes);
+        let reason = ModeReason {
+            fallback: made.fallback,
+            ..attempt.reason.clone()
+        };
+        tracing::info!(
+            bundle,
+            interp = %made.members[0].id(),
+            mode = %attempt.mode,
+            replicas = made.members.len(),
+            reason = %reason,
+            fast_glue = made.fast_glue_everywhere,
+            contracts = registered.contracts.len(),
+            create_ms = made.t_spawn.as_secs_f64() * 1e3,
+            init_ms = (made.t_init - made.t_spawn).as_secs_f64() * 1e3,
+            total_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "bundle loaded"
+        );
+        static SERIAL: AtomicU64 = AtomicU64::new(1);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(attempt.plan.bundle_id)
+            .or_default()
+            .push(LoadedBundle {
+                name: bundle.to_owned(),
+                serial,
+                target,
+                contracts: registered.contracts,
+                mode: attempt.mode,
+                reason,
+                watch: registered.watch,
+                fast_glue: made.fast_glue_everywhere,
+                key: setup.key,
+                meter: registered.meter,
+                main_memory: setup.main_account,
+                _ctx_path: attempt.plan.ctx_path.into(),
+                _output: setup.sink,
+                elastic,
+            });
+        Ok(serial)
+    }
+
+    /// What an attempt settles before any interpreter exists: replica counts, the main
+    /// key, the output sink, memory limits.
+    fn setup<'a>(&'a self, attempt: &Attempt<'a>) -> Result<Setup<'a>, LoadFailure> {
+        let bundle = attempt.manifest.name.as_str();
+        let mode = attempt.mode;
         let (wanted, max) = self.replica_bounds(bundle)?;
         // Replicas are own-GIL interpreters; `main` has one copy served by several
-        // threads (the lane's limit, set below); `shared_gil` one interpreter.
+        // threads (the lane's limit, set in `target`); `shared_gil` one interpreter.
         let replicated = mode == InterpreterMode::OwnGil && max > 1;
         let count = if mode == InterpreterMode::OwnGil {
             wanted
         } else {
             1
         };
-        let rss0 = crate::rss_bytes().unwrap_or(0);
+        let key = (mode == InterpreterMode::Main).then(BundleKey::next);
+        // Memory: each replica's own account, limited to its share of the bundle's limit;
+        // in main, an account of the bundle's own, entered around its init and calls.
+        let shares = if replicated { max } else { 1 };
+        Ok(Setup {
+            bundle,
+            wanted,
+            max,
+            replicated,
+            count,
+            host: attempt.runtime.as_context_ptr() as usize,
+            key,
+            sink: Arc::new(OutputSink::register(attempt.runtime.logger(), bundle, key)),
+            ignored: self.config.ignored_for(bundle),
+            limit: self.config.memory_limit_for(bundle).map(|l| l / shares),
+            main_account: key.map(|_| MemoryAccount::new()),
+            fast_glue: crate::fast_glue::wanted(&self.config, mode),
+        })
+    }
+
+    /// Creates the attempt's interpreters and runs the bundle's init in each; all of
+    /// them must register the same contracts. On failure every one made is discarded.
+    fn make_replicas(&self, attempt: &Attempt<'_>, setup: &Setup<'_>) -> Result<Made, LoadFailure> {
+        let (bundle, mode, count) = (setup.bundle, attempt.mode, setup.count);
         let t0 = std::time::Instant::now();
         let first = self.interpreter(bundle, mode).map_err(|e| {
             error::init_failed(bundle, "cannot create the bundle's interpreter", &e)
         })?;
         let t_spawn = t0.elapsed();
         let cpu0 = first.cpu_time();
-        let host = runtime.as_context_ptr() as usize;
-        let key = (mode == InterpreterMode::Main).then(BundleKey::next);
-        let sink = Arc::new(OutputSink::register(runtime.logger(), bundle, key));
-        let ignored = self.config.ignored_for(bundle);
         let policy = RefusalPolicy {
             mode,
             caught: self.config.caught_refusals,
-            ignored,
+            ignored: setup.ignored,
         };
-        // Memory: each replica's own account, limited to its share of the bundle's limit;
-        // in main, an account of the bundle's own, entered around its init and calls.
-        let shares = if replicated { max } else { 1 };
-        let limit = self.config.memory_limit_for(bundle).map(|l| l / shares);
-        let main_account = key.map(|_| MemoryAccount::new());
         let account_of = |h: &InterpreterHandle| -> Arc<MemoryAccount> {
-            let account = match &main_account {
+            let account = match &setup.main_account {
                 Some(a) => Arc::clone(a),
                 None => Arc::clone(h.memory_account()),
             };
-            account.set_limit(limit);
+            account.set_limit(setup.limit);
             account
         };
-        let fast_glue = crate::fast_glue::wanted(&self.config, mode);
         // Each replica's init job: the ctypes fast paths first (before any bundle code).
         let init = |h: &InterpreterHandle, account: &Arc<MemoryAccount>| {
             h.call(|py| {
-                let installed = fast_glue && crate::fast_glue::install(py, bundle);
-                let _account = main_account.as_ref().map(|a| a.enter());
-                Ok(load::run_init(py, plan, runtime, host, key, &sink, &policy)
-                    .map(|i| (i, installed)))
+                let installed = setup.fast_glue && crate::fast_glue::install(py, bundle);
+                let _account = setup.main_account.as_ref().map(|a| a.enter());
+                let (plan, runtime) = (attempt.plan, attempt.runtime);
+                Ok(load::run_init(
+                    py,
+                    plan,
+                    runtime,
+                    setup.host,
+                    setup.key,
+                    &setup.sink,
+                    &policy,
+                )
+                .map(|i| (i, installed)))
             })
             .unwrap_or_else(|e| Err(error::init_failed(bundle, "bundle init", &e).into()))
             .map_err(|e| memory_limits::at_load(bundle, account, e))
@@ -550,7 +653,7 @@ impl Loader {
                         members.push(h);
                     }
                     Err(e) => {
-                        discard(&members, declared, key);
+                        discard(&members, declared, setup.key);
                         let doing = format!("cannot create replica {i} of {count}");
                         return Err(error::init_failed(bundle, &doing, &e).into());
                     }
@@ -565,7 +668,7 @@ impl Loader {
                     initialized.declared
                 }
                 Err(e) => {
-                    discard(&members, declared, key);
+                    discard(&members, declared, setup.key);
                     return Err(e);
                 }
             };
@@ -574,101 +677,104 @@ impl Loader {
                 .and_then(|d0| load::same_registrations(d0, &d).err())
             {
                 declared.push(d);
-                discard(&members, declared, key);
+                discard(&members, declared, setup.key);
                 return Err(error::init_failed_msg(bundle, why).into());
             }
             declared.push(d);
         }
-        let target = match self.target(bundle, mode, &members, replicated, runtime) {
-            Ok(t) => t,
-            Err(e) => {
-                discard(&members, declared, key);
-                return Err(error::init_failed(bundle, "cannot group the replicas", &e).into());
-            }
-        };
-        // Said once the load worked: an attempt that fails moves on to another mode.
-        if mode == InterpreterMode::SharedGil && max > 1 {
-            replicas::warn_unreplicated(&runtime.logger(), bundle, mode.as_str(), max);
-        }
-        let t_init = t0.elapsed() - t_spawn;
-        let shapes = load::shapes(&declared[0]);
+        Ok(Made {
+            members,
+            declared,
+            fallback,
+            fast_glue_everywhere,
+            cpu0,
+            t_spawn,
+            t_init: t0.elapsed(),
+        })
+    }
+
+    /// Registers the declared contracts (their objects now the contracts') with the
+    /// bundle's call settings; on failure releases them and the interpreters, and a
+    /// reload's old version goes on alone.
+    fn register(
+        &self,
+        attempt: &Attempt<'_>,
+        setup: &Setup<'_>,
+        target: &Target,
+        declared: Vec<Vec<load::Declared>>,
+        cpu0: Option<interp_pool::CpuTime>,
+    ) -> Result<Registered, LoadFailure> {
+        let bundle = setup.bundle;
         let meter = Arc::new(Meter::new(self.config.failure_log));
         meter.set_cpu_base(cpu0);
-        let watch = CallWatch::new(bundle, mode, ignored.to_vec(), remember.clone());
+        let watch = CallWatch::new(
+            bundle,
+            attempt.mode,
+            setup.ignored.to_vec(),
+            attempt.remember.clone(),
+        );
         let settings = load::BundleCallSettings {
-            memory: main_account.clone(),
-            key,
+            memory: setup.main_account.clone(),
+            key: setup.key,
             meter: Arc::clone(&meter),
             timeout: self.config.timeout_for(bundle),
             grace: self.config.interrupt_grace,
             watch: Arc::clone(&watch),
         };
-        let (contracts, registered) =
-            load::register_all(declared, &target, bundle, plan.bundle_id, settings, runtime);
+        let (contracts, registered) = load::register_all(
+            declared,
+            target,
+            bundle,
+            attempt.plan.bundle_id,
+            settings,
+            attempt.replaces,
+            attempt.runtime,
+        );
         if let Err(e) = registered {
-            release(&target, &contracts, key);
+            for old in attempt.replaces {
+                old.successor.set(None);
+            }
+            release(target, &contracts, setup.key);
             return Err(e.into());
         }
-        meter.set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
-        meter.set_load_time(t0.elapsed());
-        let elastic = match (&target, self.config.replicas_for(bundle)) {
-            (Target::Group(group), Replicas::Elastic { .. }) => Controller::start(elastic::Spec {
-                plan: elastic::OwnedPlan::of(plan),
-                group: group.clone(),
-                contracts: contracts.clone(),
-                shapes,
-                host,
-                output: Arc::clone(&sink),
-                config: self.config.interpreter(bundle, mode),
-                caught: self.config.caught_refusals,
-                ignored: ignored.to_vec(),
-                memory_limit: limit,
-                fast_glue,
-                min: wanted,
-                max,
-                policy: self.config.elastic,
-            }),
+        Ok(Registered {
+            contracts,
+            meter,
+            watch,
+        })
+    }
+
+    /// An elastic bundle's controller (`Replicas::Elastic` with replicas).
+    fn start_elastic(
+        &self,
+        attempt: &Attempt<'_>,
+        setup: &Setup<'_>,
+        target: &Target,
+        contracts: &[&'static ContractData],
+        shapes: Vec<String>,
+    ) -> Option<Controller> {
+        let bundle = setup.bundle;
+        match (target, self.config.replicas_for(bundle)) {
+            (Target::Group(replicated), Replicas::Elastic { .. }) => {
+                Controller::start(elastic::Spec {
+                    plan: elastic::OwnedPlan::of(attempt.plan),
+                    replicated: replicated.clone(),
+                    contracts: contracts.to_vec(),
+                    shapes,
+                    host: setup.host,
+                    output: Arc::clone(&setup.sink),
+                    config: self.config.interpreter(bundle, attempt.mode),
+                    caught: self.config.caught_refusals,
+                    ignored: setup.ignored.to_vec(),
+                    memory_limit: setup.limit,
+                    fast_glue: setup.fast_glue,
+                    min: setup.wanted,
+                    max: setup.max,
+                    policy: self.config.elastic,
+                })
+            }
             _ => None,
-        };
-        let reason = ModeReason {
-            fallback,
-            ..reason.clone()
-        };
-        tracing::info!(
-            bundle,
-            interp = %members[0].id(),
-            mode = %mode,
-            replicas = members.len(),
-            reason = %reason,
-            fast_glue = fast_glue_everywhere,
-            contracts = contracts.len(),
-            create_ms = t_spawn.as_secs_f64() * 1e3,
-            init_ms = t_init.as_secs_f64() * 1e3,
-            total_ms = t0.elapsed().as_secs_f64() * 1e3,
-            "bundle loaded"
-        );
-        static SERIAL: AtomicU64 = AtomicU64::new(1);
-        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .entry(plan.bundle_id)
-            .or_default()
-            .push(LoadedBundle {
-                name: bundle.to_owned(),
-                serial,
-                target,
-                contracts,
-                mode,
-                reason,
-                watch,
-                fast_glue: fast_glue_everywhere,
-                key,
-                meter,
-                main_memory: main_account,
-                _ctx_path: plan.ctx_path.into(),
-                _output: sink,
-                elastic,
-            });
-        Ok(serial)
+        }
     }
 
     /// Warns (once per loader) about `replicas` entries that name no bundle of the plugin
@@ -736,10 +842,28 @@ impl Loader {
         for m in members {
             group.add(m.clone())?;
         }
-        Ok(Target::Group(group))
+        let bell = match self.config.replicas_for(bundle) {
+            Replicas::Elastic { .. } => Some(replicas::Bell::new(members.len())),
+            _ => None,
+        };
+        Ok(Target::Group(replicas::Replicated {
+            group,
+            loaded: members
+                .iter()
+                .cloned()
+                .map(replicas::Replica::new)
+                .collect(),
+            bell,
+        }))
     }
 
-    fn load_path(&self, manifest: &ManifestData, runtime: &Runtime) -> Result<u64, LoaderError> {
+    /// Loads the bundle dir of `manifest`; `replaces`: see `load::register_all`.
+    fn load_path(
+        &self,
+        manifest: &ManifestData,
+        runtime: &Runtime,
+        replaces: &[&'static ContractData],
+    ) -> Result<u64, LoaderError> {
         if manifest.file.is_empty() {
             return Err(LoaderError::ManifestMissingFile {
                 bundle: manifest.name.clone(),
@@ -788,7 +912,7 @@ impl Loader {
             },
             ctx_path: &dir_s,
         };
-        self.load_plan(manifest, plan, runtime)
+        self.load_plan(manifest, plan, runtime, replaces)
     }
 
     fn load_code(
@@ -804,7 +928,7 @@ impl Loader {
             entry: Entry::Code { src },
             ctx_path: "",
         };
-        self.load_plan(manifest, plan, runtime)
+        self.load_plan(manifest, plan, runtime, &[])
     }
 }
 
@@ -815,6 +939,63 @@ impl Drop for Loader {
             b.release();
         }
     }
+}
+
+/// One load attempt's inputs: the bundle, the mode it is tried in and why, and (a
+/// reload) the contracts it replaces.
+struct Attempt<'a> {
+    manifest: &'a ManifestData,
+    plan: &'a Plan<'a>,
+    runtime: &'a Runtime,
+    mode: InterpreterMode,
+    reason: &'a ModeReason,
+    remember: &'a Option<remembered::Key>,
+    replaces: &'a [&'static ContractData],
+}
+
+/// What an attempt settled before creating interpreters (`Loader::setup`).
+struct Setup<'a> {
+    bundle: &'a str,
+    /// Replicas at load, and at most (elastic).
+    wanted: usize,
+    max: usize,
+    /// Whether the replicas form a group (own_gil, `max` > 1).
+    replicated: bool,
+    /// Interpreters to make now.
+    count: usize,
+    /// `HostApi*` of the loading runtime.
+    host: usize,
+    /// Its identity in the main interpreter (`main` mode).
+    key: Option<BundleKey>,
+    sink: Arc<OutputSink>,
+    ignored: &'a [String],
+    /// Each replica's share of the bundle's memory limit.
+    limit: Option<usize>,
+    /// `main`: the bundle's own memory account.
+    main_account: Option<Arc<MemoryAccount>>,
+    fast_glue: bool,
+}
+
+/// The interpreters an attempt made, each having run the bundle's init.
+struct Made {
+    members: Vec<InterpreterHandle>,
+    /// Per replica, what its init declared.
+    declared: Vec<Vec<load::Declared>>,
+    /// Modules whose caught refusal the bundle runs without (the first replica's).
+    fallback: Vec<String>,
+    fast_glue_everywhere: bool,
+    /// The first interpreter's CPU clock before the init.
+    cpu0: Option<interp_pool::CpuTime>,
+    /// When the first interpreter was ready, and when every init had run.
+    t_spawn: std::time::Duration,
+    t_init: std::time::Duration,
+}
+
+/// A registered load's contracts and what their calls share.
+struct Registered {
+    contracts: Vec<&'static ContractData>,
+    meter: Arc<Meter>,
+    watch: Arc<CallWatch>,
 }
 
 /// For every replica: emits a last unterminated output line and drops the contracts'

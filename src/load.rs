@@ -2,7 +2,7 @@
 //! parse the registration dicts, then register one VM-dispatch interface per contract.
 
 use std::ffi::c_void;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use interp_pool::{Attached, Persistent, PyObj};
 use polyplug::error::LoaderError;
@@ -17,7 +17,7 @@ use polyplug_abi::{
 use polyplug_utils::GuestContractId;
 
 use crate::config::{CaughtRefusals, InterpreterMode};
-use crate::contract::{self, ContractData, Objects, ReplicaObjects};
+use crate::contract::{self, ContractData, Objects, ReplicaObjects, Successor};
 use crate::error::{init_failed, init_failed_after_refusal, init_failed_msg};
 use crate::isolation::{self, BundleKey};
 use crate::metrics::Meter;
@@ -548,6 +548,7 @@ fn registration(
         plugin_name,
         objects: ReplicaObjects {
             interp: py.id(),
+            replica: None,
             functions,
             factory: Persistent::new(py, factory),
             default_impl: Persistent::new(py, default_impl),
@@ -644,13 +645,16 @@ pub(crate) struct BundleCallSettings {
 /// init window on this thread so the registry attributes the contracts to the bundle
 /// (`bundle`: its manifest name). `declared` has one list per replica, in the same order
 /// (checked by `same_registrations`). On failure the caller releases the Python objects of
-/// all of them (those already registered then answer `StaleHandle`).
+/// all of them (those already registered then answer `StaleHandle`). `replaces`: on a
+/// reload, the current version's contracts; each gets its new counterpart as
+/// `successor` before anything is registered (the caller clears them if this fails).
 pub(crate) fn register_all(
     declared: Vec<Vec<Declared>>,
     target: &Target,
     bundle: &str,
     bundle_id: u64,
     settings: BundleCallSettings,
+    replaces: &[&'static ContractData],
     runtime: &Runtime,
 ) -> (Vec<&'static ContractData>, Result<(), LoaderError>) {
     let host: *const HostApi = runtime.as_context_ptr();
@@ -684,12 +688,17 @@ pub(crate) fn register_all(
             contract_id: GuestContractId::new(&d.name, d.major),
             fn_count,
             logger: runtime.logger(),
-            objects: Mutex::new(Some(Objects::new(replicas))),
-            successor: OnceLock::new(),
+            objects: Mutex::new(Some(Objects::new(replicas, target))),
+            successor: Successor::default(),
             contract,
         }));
         datas.push(data);
         entries.push((data, d.major, d.plugin_name));
+    }
+    // A reload: the old version forwards to the new one from before the registry changes.
+    for old in replaces {
+        let next = datas.iter().find(|d| d.contract_id == old.contract_id);
+        old.successor.set(next.copied());
     }
     let _window = InitWindow::enter(runtime, bundle_id);
     for (data, major, plugin_name) in entries {

@@ -10,9 +10,12 @@
 //! lane's limit: how many of those threads may run its calls at once, sharing its module
 //! state (see [`main_limit`]).
 
-use interp_pool::{
-    Attached, CallOptions, InterpreterGroup, InterpreterHandle, InterpreterId, MainLane,
-};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
+use std::time::Duration;
+
+use interp_pool::{Attached, CallOptions, InterpreterGroup, InterpreterHandle, MainLane};
 use polyplug::logger::LoggerHandle;
 use polyplug_abi::types::LogLevel;
 
@@ -22,7 +25,7 @@ pub(crate) enum Target {
     /// One interpreter: a bundle with one replica, `shared_gil`, or `main`.
     One(InterpreterHandle),
     /// Replicas behind one queue.
-    Group(InterpreterGroup),
+    Group(Replicated),
     /// A `main`-mode bundle: its lane of the main interpreter's thread pool.
     Main(MainLane),
 }
@@ -36,7 +39,11 @@ impl Target {
     ) -> interp_pool::Result<R> {
         match self {
             Target::One(h) => h.call_with(opts, f),
-            Target::Group(g) => g.call_with(opts, f),
+            Target::Group(g) => {
+                // Counted for an elastic bundle's controller: it wakes when calls wait.
+                let _call = g.bell.as_deref().map(Bell::call);
+                g.group.call_with(opts, f)
+            }
             Target::Main(l) => l.call_with(opts, f),
         }
     }
@@ -46,7 +53,7 @@ impl Target {
     pub(crate) fn members(&self) -> Vec<InterpreterHandle> {
         match self {
             Target::One(h) => vec![h.clone()],
-            Target::Group(g) => g.members(),
+            Target::Group(g) => g.group.members(),
             Target::Main(l) => l.threads().first().cloned().into_iter().collect(),
         }
     }
@@ -78,6 +85,14 @@ impl Target {
         matches!(self, Target::Group(_))
     }
 
+    /// The record of replica `interp`, among those the bundle was loaded with.
+    pub(crate) fn replica(&self, interp: interp_pool::InterpreterId) -> Option<Arc<Replica>> {
+        match self {
+            Target::Group(g) => g.loaded.iter().find(|r| r.id() == interp).cloned(),
+            _ => None,
+        }
+    }
+
     /// The first replica: the one logs and `BundleInfo` name.
     pub(crate) fn primary(&self) -> Option<InterpreterHandle> {
         self.members().into_iter().next()
@@ -88,7 +103,8 @@ impl Target {
         match self {
             Target::One(h) => h.queue_len(),
             Target::Group(g) => {
-                g.queue_len() + g.members().iter().map(|m| m.queue_len()).sum::<usize>()
+                let members = g.group.members();
+                g.group.queue_len() + members.iter().map(|m| m.queue_len()).sum::<usize>()
             }
             Target::Main(l) => l.queue_len(),
         }
@@ -99,7 +115,7 @@ impl Target {
     pub(crate) fn end(&self) {
         match self {
             Target::One(h) => h.end(),
-            Target::Group(g) => g.end(),
+            Target::Group(g) => g.group.end(),
             Target::Main(l) => l.end(),
         }
     }
@@ -154,9 +170,202 @@ impl ReplicaStats {
     }
 }
 
-/// The replica an instance lives on, by interpreter id: the handle to send its calls to.
-pub(crate) fn find(members: &[InterpreterHandle], id: InterpreterId) -> Option<&InterpreterHandle> {
-    members.iter().find(|m| m.id() == id)
+/// A replicated bundle's interpreters: the group its default-instance calls go to, and a
+/// [`Replica`] record per interpreter it was loaded with (an elastic bundle's controller
+/// makes and drops others).
+#[derive(Debug, Clone)]
+pub(crate) struct Replicated {
+    pub(crate) group: InterpreterGroup,
+    /// The replicas the load made, in order; each contract's objects pair with these.
+    pub(crate) loaded: Vec<Arc<Replica>>,
+    /// An elastic bundle's: wakes its controller when calls wait.
+    pub(crate) bell: Option<Arc<Bell>>,
+}
+
+/// One replica of a replicated bundle: its interpreter, and how busy it is. Every
+/// contract's objects for that interpreter hold the same record (`ReplicaObjects`), so the
+/// replica an instance is placed on and the handle its calls are sent to come from one
+/// place, added and dropped with the objects; the elastic controller reads the counts.
+#[derive(Debug)]
+pub(crate) struct Replica {
+    handle: InterpreterHandle,
+    /// Calls running on it now: counted inside the job (so by the replica that runs it).
+    running: AtomicUsize,
+    /// Calls started on it so far: the controller watches it move to see recent use.
+    started: AtomicU64,
+    /// Instance creations under way on it: it is not retired meanwhile.
+    pins: AtomicUsize,
+    /// Set while the controller retires it (or decides to): no instance is placed on it.
+    retiring: AtomicBool,
+}
+
+impl Replica {
+    pub(crate) fn new(handle: InterpreterHandle) -> Arc<Self> {
+        Arc::new(Self {
+            handle,
+            running: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            pins: AtomicUsize::new(0),
+            retiring: AtomicBool::new(false),
+        })
+    }
+
+    pub(crate) fn handle(&self) -> &InterpreterHandle {
+        &self.handle
+    }
+
+    pub(crate) fn id(&self) -> interp_pool::InterpreterId {
+        self.handle.id()
+    }
+
+    /// A call starts running here; it counts as running until the guard drops.
+    pub(crate) fn run(self: &Arc<Self>) -> Running {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        self.started.fetch_add(1, Ordering::Relaxed);
+        Running(Arc::clone(self))
+    }
+
+    /// Reserves it for an instance being created, unless it is being retired.
+    pub(crate) fn pin(self: &Arc<Self>) -> Option<Pin> {
+        // Pairs with `try_retire`: either it sees our pin, or we see its flag.
+        self.pins.fetch_add(1, Ordering::SeqCst);
+        if self.retiring.load(Ordering::SeqCst) {
+            self.pins.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Pin(Arc::clone(self)))
+    }
+
+    /// Whether the controller is retiring it (no instance may be placed on it).
+    pub(crate) fn is_retiring(&self) -> bool {
+        self.retiring.load(Ordering::SeqCst)
+    }
+
+    /// `(calls running now, calls started so far)`.
+    pub(crate) fn activity(&self) -> (usize, u64) {
+        (
+            self.running.load(Ordering::SeqCst),
+            self.started.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Marks it retiring if nothing holds it: no call running, no creation pinning it,
+    /// and `holds_instances()` false (read after the mark, so no instance can appear
+    /// later). Returns whether it is now retiring; if not, it stays as it was.
+    pub(crate) fn try_retire(&self, holds_instances: impl FnOnce() -> bool) -> bool {
+        self.retiring.store(true, Ordering::SeqCst);
+        let free = self.pins.load(Ordering::SeqCst) == 0
+            && self.running.load(Ordering::SeqCst) == 0
+            && !holds_instances();
+        if !free {
+            self.retiring.store(false, Ordering::SeqCst);
+        }
+        free
+    }
+}
+
+/// A call running on a replica (see [`Replica::run`]).
+#[derive(Debug)]
+pub(crate) struct Running(Arc<Replica>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A replica reserved for an instance being created (see [`Replica::pin`]).
+#[derive(Debug)]
+pub(crate) struct Pin(Arc<Replica>);
+
+impl Pin {
+    pub(crate) fn handle(&self) -> &InterpreterHandle {
+        &self.0.handle
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.0.pins.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How an elastic bundle's calls wake its controller, which otherwise sleeps: a count of
+/// default-instance calls in progress, and a threshold (the replica count, or none once
+/// at `max`) past which some call must be waiting. The dispatch path only counts and,
+/// rarely, unparks; it takes no lock.
+#[derive(Debug)]
+pub(crate) struct Bell {
+    in_flight: AtomicUsize,
+    threshold: AtomicUsize,
+    asleep: AtomicBool,
+    controller: OnceLock<Thread>,
+}
+
+impl Bell {
+    pub(crate) fn new(replicas: usize) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            threshold: AtomicUsize::new(replicas),
+            asleep: AtomicBool::new(false),
+            controller: OnceLock::new(),
+        })
+    }
+
+    /// A call on the group starts: wakes the controller if calls may now be waiting.
+    fn call(&self) -> InFlight<'_> {
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        // Pairs with `sleep`: either it sees our count, or we see it asleep.
+        if n > self.threshold.load(Ordering::Relaxed)
+            && self.asleep.load(Ordering::SeqCst)
+            && self.asleep.swap(false, Ordering::SeqCst)
+        {
+            if let Some(t) = self.controller.get() {
+                t.unpark();
+            }
+        }
+        InFlight(self)
+    }
+
+    /// Whether more default-instance calls are in progress than there are replicas to
+    /// run them (some call waits). Always false at `max`.
+    pub(crate) fn saturated(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > self.threshold.load(Ordering::Relaxed)
+    }
+
+    /// The controller's thread (once, from that thread).
+    pub(crate) fn attach(&self) {
+        let _ = self.controller.set(std::thread::current());
+    }
+
+    /// Calls past `replicas` wake the controller; at `max` none do (it cannot grow).
+    pub(crate) fn set_replicas(&self, replicas: usize, max: usize) {
+        let threshold = if replicas >= max {
+            usize::MAX
+        } else {
+            replicas
+        };
+        self.threshold.store(threshold, Ordering::Relaxed);
+    }
+
+    /// The controller sleeps until a call may be waiting, it is unparked (stop), or
+    /// `timeout` passes.
+    pub(crate) fn sleep(&self, timeout: Duration) {
+        self.asleep.store(true, Ordering::SeqCst);
+        if !self.saturated() {
+            std::thread::park_timeout(timeout);
+        }
+        self.asleep.store(false, Ordering::SeqCst);
+    }
+}
+
+/// A default-instance call in progress on an elastic bundle (see [`Bell::call`]).
+struct InFlight<'a>(&'a Bell);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A replica count above one for a bundle that cannot have replicas: the warning (to the

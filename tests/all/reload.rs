@@ -266,3 +266,117 @@ fn a_main_mode_bundle_reloads_and_its_old_modules_are_forgotten() {
         "only the new load's modules remain"
     );
 }
+
+/// Issue 20, defect 11: six host threads call the calculator (directly, and through the
+/// pipeline, which calls it from inside its own calls) while the calculator is reloaded
+/// and another bundle is loaded and unloaded, both bundles at two replicas. Every caller
+/// holds an instance and re-resolves when the registry changes, as polyplugc's callers
+/// do; each re-resolve made while a reload is under way used to create its instance on
+/// the version being retired, which died with it: that caller's calls failed until the
+/// next registry change. Steps are gated on calls made, not on time.
+#[test]
+fn replicated_bundles_reloading_among_churn_fail_no_call() {
+    use crate::core_api::host::host_callers::{CalculatorContract, PipelineContract};
+    use std::collections::BTreeMap;
+    let replicas = polyplug_subinterp::Replicas::Fixed(2);
+    let loader = PythonLoader::new(PythonConfig {
+        replicas: [
+            ("py_calculator".to_owned(), replicas),
+            ("py_pipeline".to_owned(), replicas),
+        ]
+        .into(),
+        ..PythonConfig::default()
+    });
+    let (rt, _logs) = reload_runtime(loader.clone());
+    let fixtures = fixtures();
+    for b in ["py_calculator", "py_counter", "py_pipeline"] {
+        rt.load_bundle(&fixtures.join(b)).unwrap();
+    }
+    let (_, churn) = write_bundle(
+        "churny",
+        &plugin_source(
+            "churny@1",
+            "def f(impl, args, out, arena, alloc):\n    put_i64(out, 1)\n",
+            "f",
+        ),
+        &[],
+    );
+    let reloads = stress(12);
+    let calls = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let failed: std::sync::Mutex<BTreeMap<String, u64>> = Default::default();
+    let host = host(&rt) as usize;
+    let wait_calls = |n: u64| {
+        while calls.load(Ordering::Relaxed) < n && !done.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        }
+    };
+    within("reloads among churn", || {
+        std::thread::scope(|s| {
+            for t in 0..6i64 {
+                let (rt, calls, done, failed) = (&rt, &calls, &done, &failed);
+                s.spawn(move || {
+                    let host = host as *const polyplug_abi::HostApi;
+                    let mut calc = CalculatorContract::new(find(rt, "calculator"), host).unwrap();
+                    let mut pipe = PipelineContract::new(find(rt, "pipeline"), host).unwrap();
+                    let mut i = 0i64;
+                    while !done.load(Ordering::Relaxed) {
+                        i += 1;
+                        let (what, r) = if t % 2 == 0 {
+                            ("calculator", calc.add(i, t).map(|v| (v, i + t)))
+                        } else {
+                            ("pipeline", pipe.run(i, t).map(|v| (v, (i + t) * 2)))
+                        };
+                        match r {
+                            Ok((got, want)) => assert_eq!(got, want, "{what}"),
+                            Err(e) => {
+                                *failed
+                                    .lock()
+                                    .unwrap()
+                                    .entry(format!("{what} code {:?}", e.code))
+                                    .or_default() += 1;
+                            }
+                        }
+                        calls.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            let (rt, churn, calls, done) = (&rt, &churn, &calls, &done);
+            // Another bundle comes and goes: every load and unload changes the registry.
+            s.spawn(move || {
+                let mut loaded = false;
+                while !done.load(Ordering::Relaxed) {
+                    let now = calls.load(Ordering::Relaxed);
+                    if loaded {
+                        rt.unload_bundle(BundleId::new("churny")).unwrap();
+                    } else {
+                        rt.load_bundle(churn).unwrap();
+                    }
+                    loaded = !loaded;
+                    wait_calls(now + 100);
+                }
+            });
+            wait_calls(300);
+            for _ in 0..reloads {
+                let now = calls.load(Ordering::Relaxed);
+                rt.reload_bundle(&fixtures.join("py_calculator"))
+                    .expect("reload succeeds");
+                wait_calls(now + 300);
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+    });
+    // Unloaded while the runtime lives: the pipeline's peer callers call the host when
+    // their objects are released.
+    for b in ["py_pipeline", "py_calculator", "py_counter"] {
+        rt.unload_bundle(BundleId::new(b)).unwrap();
+    }
+    let failed = failed.into_inner().unwrap();
+    let made = calls.into_inner();
+    let n: u64 = failed.values().sum();
+    note(
+        "reloads among churn",
+        &format!("{n} of {made} calls failed over {reloads} reloads: {failed:?}"),
+    );
+    assert!(failed.is_empty(), "{n} of {made} calls failed: {failed:?}");
+}

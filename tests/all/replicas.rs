@@ -2,8 +2,10 @@
 //! Real fixture bundles through the polyplugc host callers, every answer checked.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use polyplug_abi::StringView;
 use polyplug_subinterp::{PythonConfig, PythonLoader, Replicas};
@@ -384,5 +386,332 @@ fn an_elastic_bundle_grows_under_load_and_shrinks_when_idle() {
         wait_until(|| replicas() == 1);
         assert_eq!(call_i64(&rt, "stretchy", 0, 5), Ok(15));
         assert_eq!(loader.metrics(id).unwrap().errors, 0);
+        unload_elastic(&loader, &rt, "stretchy");
     });
+}
+
+// ---- issue 20, defect 5: elastic replicas ----
+
+/// An elastic loader for `bundle` (`min`..`max` replicas) that grows at once when calls
+/// wait and retires after `idle_retire`.
+fn elastic(bundle: &str, min: usize, max: usize, idle_retire: Duration) -> PythonLoader {
+    PythonLoader::new(PythonConfig {
+        replicas: [(bundle.to_owned(), Replicas::Elastic { min, max })].into(),
+        elastic: polyplug_subinterp::ElasticPolicy {
+            grow_after: Duration::from_millis(1),
+            idle_retire,
+            check_every: Duration::from_millis(1),
+        },
+        ..PythonConfig::default()
+    })
+}
+
+/// fn 0: `x * 3` on the called instance; fn 1: waits until the file `hold` exists, then
+/// `x`. The factory waits for `make_gate` when the file `make_blocks` exists, after
+/// creating `make_entered`.
+fn gated_source(contract: &str, dir: &Path) -> String {
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let defs = format!(
+        "import os, time\n\
+         def exists(f):\n    return os.path.exists(f)\n\
+         def f(impl, args, out, arena, alloc):\n    put_i64(out, i64_at(args) * impl.k)\n\
+         def hold(impl, args, out, arena, alloc):\n    \
+             while not exists({hold:?}):\n        time.sleep(0.0005)\n    \
+             put_i64(out, i64_at(args))\n\
+         class Made(Impl):\n    k = 3\n\
+         def make(host):\n    \
+             if exists({blocks:?}):\n        \
+                 open({entered:?}, 'w').close()\n        \
+                 while not exists({gate:?}):\n            time.sleep(0.0005)\n    \
+             return Made(host)\n\
+         Impl.k = 3\n",
+        hold = p("hold"),
+        blocks = p("make_blocks"),
+        entered = p("make_entered"),
+        gate = p("make_gate"),
+    );
+    plugin_source(contract, &defs, "f, hold").replace("\"factory\": Impl", "\"factory\": make")
+}
+
+/// Unloads `name` while the runtime lives: `load_dir` loads behind the runtime's back, so
+/// dropping the runtime would leave its elastic controller running with a dangling host.
+fn unload_elastic(loader: &PythonLoader, rt: &polyplug::runtime::Runtime, name: &str) {
+    use polyplug::loader::BundleLoader;
+    loader.unload(BundleId::new(name), rt).unwrap();
+    polyplug_subinterp::elastic_hooks::set(name, None);
+}
+
+fn touch(dir: &Path, f: &str) {
+    std::fs::write(dir.join(f), "").unwrap();
+}
+
+fn create_on(
+    iface: *const polyplug_abi::GuestContractInterface,
+    rt: &polyplug::runtime::Runtime,
+) -> polyplug_abi::GuestContractInstance {
+    let mut inst = polyplug_abi::GuestContractInstance::null();
+    // SAFETY: a live registry interface, valid while its bundle is loaded.
+    let iface = unsafe { &*iface };
+    // SAFETY: a VM-dispatch interface: `vm` is the union's active field.
+    let data = unsafe { iface.dispatch.vm }.loader_data;
+    // SAFETY: the interface's own entry point with its own loader data; `inst` is writable.
+    unsafe { (iface.create_instance)(data, host(rt), std::ptr::null(), &mut inst) };
+    inst
+}
+
+/// A new replica's objects are in its contracts before it joins the group: an instance
+/// created then is placed on it and its calls go to its own queue. (Before: its handle
+/// was looked up among the group's members, not there yet, so the instance had no
+/// replica, and its calls went to whichever replica was free: half failed.)
+#[test]
+fn an_instance_placed_on_a_replica_still_joining_is_called_there() {
+    if !own_gil_runs_ctypes() {
+        return note("elastic joining", "needs own-GIL replicas (3.13+)");
+    }
+    let name = "el_join";
+    let loader = elastic(name, 1, 2, Duration::from_secs(3600));
+    let (rt, _) = runtime_with(loader.clone(), &[]);
+    let (_, dir) = write_bundle(name, &gated_source("el_joinc@1", Path::new("")), &[]);
+    let dir_gates = dir.clone();
+    std::fs::write(
+        dir.join(format!("{name}.py")),
+        gated_source("el_joinc@1", &dir),
+    )
+    .unwrap();
+    let (added_tx, added_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let added_tx = std::sync::Mutex::new(added_tx);
+    polyplug_subinterp::elastic_hooks::set(
+        name,
+        Some(Arc::new(move |step| {
+            if step == polyplug_subinterp::ElasticStep::ObjectsAdded {
+                let _ = added_tx.lock().unwrap().send(());
+                let _ = go_rx.lock().unwrap().recv();
+            }
+        })),
+    );
+    load_dir(&loader, &rt, &dir).unwrap();
+    let id = BundleId::new(name).id();
+    within("elastic joining", || {
+        std::thread::scope(|s| {
+            let first = s.spawn(|| call_i64(&rt, "el_joinc", 1, 1));
+            wait_until(|| {
+                let m = loader.metrics(id).unwrap();
+                m.in_flight == 1 && m.queue_depth == 0
+            });
+            let second = s.spawn(|| call_i64(&rt, "el_joinc", 1, 2));
+            // The controller made the replica and gave it its objects; it has not joined.
+            added_rx.recv().unwrap();
+            touch(&dir_gates, "hold");
+            assert_eq!(first.join().unwrap(), Ok(1));
+            let iface = resolve(&rt, "el_joinc", 1);
+            // Two instances: one per replica (the fewest instances first).
+            let made: Vec<_> = (0..2).map(|_| create_on(iface, &rt)).collect();
+            assert!(made.iter().all(|i| !i.data.is_null()), "created");
+            go_tx.send(()).unwrap();
+            assert_eq!(second.join().unwrap(), Ok(2));
+            wait_until(|| loader.bundle_info(id).unwrap().replicas == 2);
+            let iface = iface as usize;
+            for t in 0..4i64 {
+                let made = made.clone();
+                s.spawn(move || {
+                    let iface = iface as *const polyplug_abi::GuestContractInterface;
+                    for i in 0..(stress(50) as i64) {
+                        for inst in &made {
+                            let n = t * 1000 + i;
+                            assert_eq!(call_on(iface, *inst, 0, n).map_err(|e| e.code), Ok(n * 3));
+                        }
+                    }
+                });
+            }
+        });
+    });
+    unload_elastic(&loader, &rt, name);
+}
+
+/// A replica reserved for an instance whose factory is running is not retired under it.
+/// (Before: it looked idle, was retired, and the instance the factory made was released
+/// with it: the host got an id whose calls failed.)
+#[test]
+fn a_replica_creating_an_instance_is_not_retired_under_it() {
+    if !own_gil_runs_ctypes() {
+        return note("elastic creating", "needs own-GIL replicas (3.13+)");
+    }
+    let name = "el_make";
+    let loader = elastic(name, 1, 2, Duration::from_millis(20));
+    let (rt, _) = runtime_with(loader.clone(), &[]);
+    let (_, dir) = write_bundle(name, &gated_source("el_makec@1", Path::new("")), &[]);
+    std::fs::write(
+        dir.join(format!("{name}.py")),
+        gated_source("el_makec@1", &dir),
+    )
+    .unwrap();
+    // The controller stops before its first try at retiring a replica, until told; it
+    // reports every later try.
+    let (tried_tx, tried_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let hook = std::sync::Mutex::new((tried_tx, go_rx, true));
+    polyplug_subinterp::elastic_hooks::set(
+        name,
+        Some(Arc::new(move |step| {
+            if step == polyplug_subinterp::ElasticStep::Retiring {
+                let mut h = hook.lock().unwrap();
+                let _ = h.0.send(());
+                if std::mem::replace(&mut h.2, false) {
+                    let _ = h.1.recv();
+                }
+            }
+        })),
+    );
+    load_dir(&loader, &rt, &dir).unwrap();
+    let id = BundleId::new(name).id();
+    within("elastic creating", || {
+        std::thread::scope(|s| {
+            let first = s.spawn(|| call_i64(&rt, "el_makec", 1, 1));
+            wait_until(|| {
+                let m = loader.metrics(id).unwrap();
+                m.in_flight == 1 && m.queue_depth == 0
+            });
+            let second = s.spawn(|| call_i64(&rt, "el_makec", 1, 2));
+            wait_until(|| loader.bundle_info(id).unwrap().replicas == 2);
+            touch(&dir, "hold");
+            assert_eq!(
+                (first.join().unwrap(), second.join().unwrap()),
+                (Ok(1), Ok(2))
+            );
+            let iface = resolve(&rt, "el_makec", 1);
+            // On the first replica (a tie goes to the first); the next goes to the second.
+            assert!(!create_on(iface, &rt).data.is_null());
+            // The controller is about to retire the idle second replica.
+            tried_rx.recv().unwrap();
+            touch(&dir, "make_blocks");
+            let iface_addr = iface as usize;
+            let rt = &rt;
+            let making = s.spawn(move || {
+                create_on(
+                    iface_addr as *const polyplug_abi::GuestContractInterface,
+                    rt,
+                )
+            });
+            wait_until(|| dir.join("make_entered").exists());
+            go_tx.send(()).unwrap();
+            // It tried (and found the replica reserved), then tried again.
+            tried_rx.recv().unwrap();
+            touch(&dir, "make_gate");
+            let inst = making.join().unwrap();
+            assert!(!inst.data.is_null(), "the factory's instance is kept");
+            assert_eq!(call_on(iface, inst, 0, 5).map_err(|e| e.code), Ok(15));
+            assert_eq!(loader.bundle_info(id).unwrap().replicas, 2);
+        });
+    });
+    unload_elastic(&loader, &rt, name);
+}
+
+/// A replica running one long call is busy, not idle, however long the call: it is not
+/// retired under it. (Before: busy-ness was the count of jobs started, which stood still
+/// during the call, so the replica was taken out of the group and its leave job waited
+/// behind the call, blocking the controller.)
+#[test]
+fn a_replica_running_a_long_call_is_not_retired() {
+    if !own_gil_runs_ctypes() {
+        return note("elastic long call", "needs own-GIL replicas (3.13+)");
+    }
+    let name = "el_long";
+    let idle_retire = Duration::from_millis(20);
+    let loader = elastic(name, 1, 2, idle_retire);
+    let (rt, _) = runtime_with(loader.clone(), &[]);
+    let (_, dir) = write_bundle(name, &gated_source("el_longc@1", Path::new("")), &[]);
+    std::fs::write(
+        dir.join(format!("{name}.py")),
+        gated_source("el_longc@1", &dir),
+    )
+    .unwrap();
+    // When the controller made each idle pass.
+    let looked = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
+    let seen = Arc::clone(&looked);
+    polyplug_subinterp::elastic_hooks::set(
+        name,
+        Some(Arc::new(move |step| {
+            if step == polyplug_subinterp::ElasticStep::Looked {
+                seen.lock().unwrap().push(std::time::Instant::now());
+            }
+        })),
+    );
+    load_dir(&loader, &rt, &dir).unwrap();
+    let id = BundleId::new(name).id();
+    within("elastic long call", || {
+        std::thread::scope(|s| {
+            let first = s.spawn(|| call_i64(&rt, "el_longc", 1, 1));
+            wait_until(|| {
+                let m = loader.metrics(id).unwrap();
+                m.in_flight == 1 && m.queue_depth == 0
+            });
+            let second = s.spawn(|| call_i64(&rt, "el_longc", 1, 2));
+            // Both replicas run a call that lasts until the test says.
+            wait_until(|| {
+                let m = loader.metrics(id).unwrap();
+                m.replicas.len() == 2 && m.queue_depth == 0
+            });
+            let both = std::time::Instant::now();
+            // Idle passes well past `idle_retire` since then (measured, not slept).
+            wait_until(|| {
+                looked
+                    .lock()
+                    .unwrap()
+                    .last()
+                    .is_some_and(|t| *t >= both + idle_retire * 3)
+            });
+            assert_eq!(
+                loader.bundle_info(id).unwrap().replicas,
+                2,
+                "none retired mid-call"
+            );
+            touch(&dir, "hold");
+            assert_eq!(
+                (first.join().unwrap(), second.join().unwrap()),
+                (Ok(1), Ok(2))
+            );
+            // Idle now: back to one.
+            wait_until(|| loader.bundle_info(id).unwrap().replicas == 1);
+        });
+    });
+    unload_elastic(&loader, &rt, name);
+}
+
+/// The controller sleeps while no call waits: it does not look every `check_every` (it
+/// looked 1000 times a second per bundle before).
+#[test]
+fn an_elastic_controller_sleeps_while_no_call_waits() {
+    if !own_gil_runs_ctypes() {
+        return note("elastic sleeps", "needs own-GIL replicas (3.13+)");
+    }
+    let name = "el_calm";
+    let loader = elastic(name, 1, 2, Duration::from_secs(3600));
+    let (rt, _) = runtime_with(loader.clone(), &[]);
+    let (_, dir) = write_bundle(name, &gated_source("el_calmc@1", Path::new("")), &[]);
+    let passes = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&passes);
+    polyplug_subinterp::elastic_hooks::set(
+        name,
+        Some(Arc::new(move |step| {
+            if step == polyplug_subinterp::ElasticStep::Looked {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+        })),
+    );
+    load_dir(&loader, &rt, &dir).unwrap();
+    let before = passes.load(Ordering::Relaxed);
+    let t0 = std::time::Instant::now();
+    for i in 0..(stress(300) as i64) {
+        assert_eq!(call_i64(&rt, "el_calmc", 0, i), Ok(i * 3));
+    }
+    let took = t0.elapsed();
+    let looked = passes.load(Ordering::Relaxed) - before;
+    // One pass per quarter of `idle_retire` (15 min here), plus the one it may be in.
+    assert!(
+        looked <= 1,
+        "{looked} idle passes during {took:?} of sequential calls"
+    );
+    unload_elastic(&loader, &rt, name);
 }

@@ -158,7 +158,7 @@ impl InterpreterGroup {
     }
 
     /// Runs `f` on whichever member takes it first, like [`InterpreterHandle::call`]; on
-    /// a member's own thread it runs inline there.
+    /// a member's own thread it runs inline there (not once that member left the group).
     ///
     /// # Errors
     /// [`Error::InterpreterGone`] once the group has ended (or has no member left),
@@ -181,7 +181,7 @@ impl InterpreterGroup {
             });
         }
         match activation::owner() {
-            Some(owner) if owner.link.group.get() == Some(&g.id) => {
+            Some(owner) if owner.link.group.get() == Some(&g.id) && !owner.left_group.get() => {
                 handle::run_inline(owner, depth, f)
             }
             owner => {

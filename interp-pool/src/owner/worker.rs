@@ -179,7 +179,7 @@ pub(crate) struct Owner {
     /// The mailbox of the group this interpreter joined (`group.rs`), served after its own.
     group_mailbox: OnceLock<Arc<Mailbox>>,
     /// Set when the interpreter leaves its group: it stops taking the group's jobs.
-    left_group: Cell<bool>,
+    pub(crate) left_group: Cell<bool>,
     server_spin: Duration,
     /// The main-pool seat this thread is (`main_pool.rs`), if it serves the main interpreter.
     pub(crate) seat: Option<Seat>,

@@ -137,6 +137,30 @@ fn a_call_from_a_members_own_thread_runs_inline_on_it() {
     g.end();
 }
 
+/// Issue 20, defect 5: a member that left the group (an elastic replica being retired)
+/// no longer runs the group's calls, its own thread's included: those go to a member.
+#[test]
+fn a_call_from_a_member_that_left_runs_on_a_member() {
+    let g = group_of("left", 2, WaitPolicy::default());
+    let members = g.members();
+    let (gone, staying) = (&members[0], &members[1]);
+    g.remove(gone).unwrap();
+    let g2 = g.clone();
+    let ran_on = within(
+        Duration::from_secs(60),
+        "call from a member that left",
+        || gone.call(move |_| g2.call(|_| Ok(interp_pool::current_interpreter()))),
+    )
+    .unwrap();
+    assert_eq!(
+        ran_on,
+        Some(staying.id()),
+        "not inline on the member that left"
+    );
+    gone.end();
+    g.end();
+}
+
 /// Both members wait on B at once while B calls back into the group: the callbacks are
 /// served by the members' nested loops (which serve the group queue too).
 #[test]
