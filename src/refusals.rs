@@ -123,11 +123,17 @@ pub(crate) fn install(py: &Attached<'_>, in_main: bool) -> interp_pool::Result<(
 /// `open` gives the main interpreter's handle with the loader's settings.
 pub(crate) fn watch_main(open: impl FnOnce() -> interp_pool::Result<InterpreterHandle>) {
     static ONCE: Once = Once::new();
-    if !interp_pool::owns_python() || interp_pool::python_version() < (3, 13) {
+    if interp_pool::python_version() < (3, 13) {
         return;
     }
     ONCE.call_once(|| {
-        let installed = open().and_then(|main| {
+        // Opening main starts the runtime, so `owns_python` is known (on a process's first
+        // load it is not yet: checking first would leave that load unwatched).
+        let main = open();
+        if !interp_pool::owns_python() {
+            return;
+        }
+        let installed = main.and_then(|main| {
             main.call(|py| {
                 let note = py.native_function(
                     c"note",
