@@ -150,7 +150,7 @@ impl InterpreterHandle {
 
     /// Whether the interpreter has been ended.
     pub fn is_ended(&self) -> bool {
-        self.link.is_ended()
+        self.link.ending.is_done()
     }
 
     /// Runs `f` in this interpreter, with its thread state attached, and returns the result.
@@ -259,7 +259,7 @@ impl InterpreterHandle {
         }
         self.link.request_end();
         if activation::owner().is_none() {
-            self.link.wait_ended();
+            self.link.ending.wait();
         }
     }
 }

@@ -32,7 +32,7 @@ pub fn shutdown() -> Result<()> {
         s.request_end();
     }
     for s in &live {
-        s.wait_ended();
+        s.ending.wait();
     }
     rt.finalize();
     tracing::debug!("interpreter pool shut down");

@@ -5,6 +5,7 @@
 //! lanes or handles above it.
 
 pub(crate) mod activation;
+pub(crate) mod ending;
 pub(crate) mod job;
 pub(crate) mod mailbox;
 pub(crate) mod pace;

@@ -2,13 +2,14 @@
 //! it waits on another interpreter), and ends the interpreter on the same thread.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::ending::Ending;
 use super::seat::{Hold, Looking, Seat};
 use crate::capi::attach::{self, AttachGuard, Attached};
 use crate::capi::ffi::{self, sys};
@@ -50,9 +51,9 @@ pub(crate) struct OwnerLink {
     /// What the owner thread is doing (`wait::OwnerState`): callers spin only if it is not
     /// parked, and yield rather than spin while it waits on another interpreter.
     pub(crate) state: OwnerStateCell,
-    /// Set once by `end`; new calls fail, and the owner leaves its top-level loop when it
-    /// sees it (then closes its mailbox).
-    pub(crate) end_requested: AtomicBool,
+    /// Asked once by `end` (new calls fail; the owner leaves its top-level loop when it
+    /// sees it, then closes its mailbox), and done once the interpreter has ended.
+    pub(crate) ending: Ending,
     pub(crate) max_depth: usize,
     pub(crate) caller_spin: Duration,
     /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
@@ -70,9 +71,6 @@ pub(crate) struct OwnerLink {
     pub(crate) clock: OwnerClock,
     /// What the interpreter allocates (`memory.rs`): current on the owner thread.
     pub(crate) memory: Arc<MemoryAccount>,
-    /// Set by the owner thread as its last act, after `Py_EndInterpreter`.
-    ended: Mutex<bool>,
-    ended_cv: Condvar,
 }
 
 impl OwnerLink {
@@ -105,30 +103,13 @@ impl OwnerLink {
 
     /// Whether the interpreter was asked to end (new calls fail).
     pub(crate) fn is_closing(&self) -> bool {
-        self.end_requested.load(Ordering::Acquire)
+        self.ending.is_requested()
     }
 
     /// Asks the owner thread to end the interpreter once it is back at its top level.
     pub(crate) fn request_end(&self) {
-        self.end_requested.store(true, Ordering::SeqCst);
+        self.ending.request();
         self.thread.unpark();
-    }
-
-    /// Waits until the owner thread has ended the interpreter.
-    pub(crate) fn wait_ended(&self) {
-        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
-        while !*ended {
-            ended = self.ended_cv.wait(ended).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    pub(crate) fn is_ended(&self) -> bool {
-        *self.ended.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn mark_ended(&self) {
-        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.ended_cv.notify_all();
     }
 }
 
@@ -224,7 +205,7 @@ impl Owner {
             mailbox: Mailbox::new(config.queue_capacity, config.when_full),
             thread: thread::current(),
             state: OwnerStateCell::new(OwnerState::Running),
-            end_requested: AtomicBool::new(false),
+            ending: Ending::default(),
             max_depth: config.max_depth,
             caller_spin: config.wait.caller_spin,
             pace: Pace::new(config.wait.caller_spin_max),
@@ -234,8 +215,6 @@ impl Owner {
             served: AtomicU64::new(0),
             clock: OwnerClock::current_thread(),
             memory,
-            ended: Mutex::new(false),
-            ended_cv: Condvar::new(),
         });
         super::registry::register(&link);
         drop(serial);
@@ -263,7 +242,7 @@ impl Owner {
         link.mailbox.close();
         // The group's queue lives on for its other members.
         drop(group_mailbox);
-        // No interrupter may hold a thread state in the interpreter from here on (`end_requested`
+        // No interrupter may hold a thread state in the interpreter from here on (`ending`
         // is set, so none starts after we release this at the end of the function).
         let _no_interrupts = link.target.lock_out();
         let release = |att: &Attached<'_>| link.target.classes.release(att);
@@ -280,7 +259,7 @@ impl Owner {
         link.clock.end();
         // Still under the interrupt lock: an interrupter that gets it next sees the end.
         link.target.mark_ended();
-        link.mark_ended();
+        link.ending.mark_done();
         tracing::debug!(interp = %link.id, "interpreter ended");
     }
 }
@@ -299,7 +278,7 @@ pub(crate) fn spawn(
         None => InterpreterId::next(),
     };
     let thread_name = format!("py-{}", config.name);
-    // The thread is detached: `OwnerLink::wait_ended` is how anyone waits for it.
+    // The thread is detached: `OwnerLink::ending` is how anyone waits for it.
     thread::Builder::new()
         .name(thread_name)
         .stack_size(config.stack_size)
@@ -320,7 +299,7 @@ fn owner_main(
     seat: Option<MainSeat>,
     ready: Sender<Result<Arc<OwnerLink>>>,
 ) {
-    // Whatever happens below, waiters in `wait_ended` must not hang: a panic here is a bug,
+    // Whatever happens below, waiters on `ending` must not hang: a panic here is a bug,
     // but it must not turn into a stuck `end()` or `shutdown()`.
     let ended = EndedOnExit(once_cell::sync::OnceCell::new());
     let owner = match Owner::start(rt, id, &config, origin, seat) {
@@ -356,7 +335,7 @@ impl Drop for EndedOnExit {
                 tracing::error!(interp = %link.id, "interpreter owner thread panicked (bug)");
             }
             link.clock.end();
-            link.mark_ended();
+            link.ending.mark_done();
         }
     }
 }
