@@ -577,13 +577,22 @@ pub fn best_of<L: BundleLoader + 'static>(label: &str, rt: &Arc<Runtime>, make: 
     let runtimes: Vec<_> = (0..2).map(|_| runtime(make)).collect();
     for op in [Op::Add, Op::Increment] {
         let crew = Crew::new(&runtimes, op);
-        let best = (0..batches)
+        let rounds: Vec<f64> = (0..batches)
             .map(|_| crew.round(batch).as_nanos() as f64)
-            .fold(f64::MAX, f64::min);
-        out = out.num(
-            &format!("{}/2x2_calls_per_s", op.name()),
-            2.0 * batch as f64 / best * 1e9,
-        );
+            .collect();
+        let best = rounds.iter().copied().fold(f64::MAX, f64::min);
+        // Best-of hides the slow mode a busy machine also gives users: the sustained
+        // figure is every call over the whole run's wall time.
+        let total: f64 = rounds.iter().sum();
+        out = out
+            .num(
+                &format!("{}/2x2_calls_per_s", op.name()),
+                2.0 * batch as f64 / best * 1e9,
+            )
+            .num(
+                &format!("{}/2x2_sustained_calls_per_s", op.name()),
+                2.0 * (batch * batches) as f64 / total * 1e9,
+            );
     }
     out.write(&format!("{label}-best"));
 }
