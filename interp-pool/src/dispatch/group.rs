@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
 use crate::owner::job::{Call, Job};
-use crate::owner::mailbox::{Mailbox, Posted};
+use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
 use crate::owner::wait::OwnerState;
 pub use crate::owner::worker::GroupId;
@@ -249,11 +249,14 @@ impl InterpreterGroup {
         // `park_unless` (it stores Parked, fences, re-checks the group queue): either a
         // member sees the job, or we see it Parked and claim it.
         let wake = || self.lock_members().iter().any(|m| m.claim_parked());
-        let posted = worker::post_to(&g.mailbox, job, serving, || self.gone_id(), wake)?;
-        Ok(match posted {
-            Posted::Awake => g.caller_spin,
-            Posted::Woke | Posted::Closed => Duration::ZERO,
-        })
+        worker::post_to(
+            &g.mailbox,
+            job,
+            serving,
+            || self.gone_id(),
+            wake,
+            g.caller_spin,
+        )
     }
 
     /// The interpreter errors name: the first member, or the id the group reserved.

@@ -51,7 +51,7 @@ use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
 use crate::owner::job::{Call, Job};
-use crate::owner::mailbox::{Mailbox, Posted};
+use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
 use crate::owner::seat::{Hold, Lanes, Release, Seat};
 use crate::owner::worker::{self, MainSeat, Owner};
@@ -452,11 +452,7 @@ impl MainLane {
         // lanes) and with `Hold::drop`'s fence: either a seat sees the job or we see it
         // Parked and claim it; either a releaser sees the job or we see its release.
         let wake = || l.wake_for_queued();
-        let posted = worker::post_to(&l.mailbox, job, serving, || self.id(), wake)?;
-        Ok(match posted {
-            Posted::Awake => l.caller_spin,
-            Posted::Woke | Posted::Closed => Duration::ZERO,
-        })
+        worker::post_to(&l.mailbox, job, serving, || self.id(), wake, l.caller_spin)
     }
 }
 

@@ -79,7 +79,7 @@ impl OwnerLink {
     /// caller is detached. `Err` only if the job was not queued (see [`Mailbox::post`]);
     /// otherwise the caller waits on its slot.
     pub(crate) fn post(&self, job: Job, serving: Option<&Owner>) -> Result<Duration> {
-        let posted = post_to(
+        post_to(
             &self.mailbox,
             job,
             serving,
@@ -89,11 +89,8 @@ impl OwnerLink {
                 // owner sees the job, or we see Parked and unpark it.
                 self.state.unpark_if_parked(|| self.thread.unpark())
             },
-        )?;
-        Ok(match posted {
-            Posted::Awake => self.caller_spin,
-            Posted::Woke | Posted::Closed => Duration::ZERO,
-        })
+            self.caller_spin,
+        )
     }
 
     /// True while the owner waits on another interpreter: see `wait::OwnerState::Nested`.
@@ -115,14 +112,17 @@ impl OwnerLink {
 
 /// Posts `job` to `mailbox` (an owner's, a group's or a lane's), `wake` waking a taker;
 /// an owner thread (`serving`) serves its own queues while it waits for room. A refusal
-/// becomes the error the caller sees, naming `interp()`.
+/// becomes the error the caller sees, naming `interp()`. Returns the caller's base spin:
+/// `caller_spin` if a taker was awake, zero if `wake` woke a parked one (it needs a moment
+/// to run) or the mailbox closed meanwhile.
 pub(crate) fn post_to(
     mailbox: &Mailbox,
     job: Job,
     serving: Option<&Owner>,
     interp: impl Fn() -> InterpreterId,
     wake: impl FnOnce() -> bool,
-) -> Result<Posted> {
+    caller_spin: Duration,
+) -> Result<Duration> {
     let serve = || {
         if let Some(owner) = serving {
             owner.run_queued();
@@ -132,12 +132,16 @@ pub(crate) fn post_to(
         Some(_) => Some(&serve),
         None => None,
     };
-    mailbox.post(job, serve, wake).map_err(|r| match r {
+    let posted = mailbox.post(job, serve, wake).map_err(|r| match r {
         Refused::Closed => Error::InterpreterGone { interp: interp() },
         Refused::Full => Error::Busy {
             interp: interp(),
             capacity: mailbox.capacity(),
         },
+    })?;
+    Ok(match posted {
+        Posted::Awake => caller_spin,
+        Posted::Woke | Posted::Closed => Duration::ZERO,
     })
 }
 
