@@ -54,7 +54,9 @@ use polyplug_utils::BundleId;
 pub use config::{CaughtRefusals, ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
 pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use failure_log::FailureLogPolicy;
-pub use interp_pool::{memory_accounting, CallOptions, CancelToken, WhenFull};
+pub use interp_pool::{
+    memory_accounting, Allocator, AllocatorInUse, CallOptions, CancelToken, WhenFull,
+};
 pub use metrics::BundleMetrics;
 pub use refusals::{Binding, ModeCause, ModeReason, RefusalHow};
 pub use replicas::ReplicaStats;
@@ -98,6 +100,9 @@ pub struct BundleInfo {
     /// the host initialised Python, `PYTHONMALLOC` is set, or
     /// `PythonConfig::memory_accounting` was off when Python started.
     pub memory_accounting: bool,
+    /// The allocator CPython's objects live on in this process (`PythonConfig::allocator`),
+    /// or why none of ours: `PYTHONMALLOC` set, or the host initialised Python.
+    pub allocator: AllocatorInUse,
     /// Its memory limit, bytes (`PythonConfig::memory_limit` / `bundle_memory_limits`),
     /// enforced only with `memory_accounting`.
     pub memory_limit: Option<u64>,
@@ -111,6 +116,10 @@ impl PythonLoader {
     pub fn new(config: PythonConfig) -> Self {
         if !config.memory_accounting && !interp_pool::set_memory_accounting(false) {
             tracing::info!("memory accounting stays on: CPython was initialised with it");
+        }
+        if config.allocator != Allocator::default() && !interp_pool::set_allocator(config.allocator)
+        {
+            tracing::info!(allocator = %interp_pool::allocator(), "CPython already runs on another allocator");
         }
         Self {
             inner: Arc::new(Loader::new(config)),
@@ -137,6 +146,7 @@ impl PythonLoader {
             python_interp_id: b.target.primary().map_or(0, |h| h.python_id()),
             replicas: b.target.replicas(),
             memory_accounting: interp_pool::memory_accounting(),
+            allocator: interp_pool::allocator(),
             memory_limit: b.memory_limit(),
             fast_glue: b.fast_glue,
         })

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod activation;
+mod allocator;
 mod attach;
 mod cancel;
 mod config;
@@ -59,6 +60,7 @@ use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use allocator::{allocator, set_allocator, Allocator, AllocatorInUse};
 pub use attach::Attached;
 pub use cancel::{CallOptions, CancelToken, DEFAULT_GRACE};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull};

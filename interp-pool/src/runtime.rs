@@ -35,11 +35,6 @@ struct MainThread {
     join: JoinHandle<()>,
 }
 
-/// Whether this crate has started (or tried to start) the runtime.
-pub(crate) fn initialised() -> bool {
-    RUNTIME.get().is_some()
-}
-
 /// The runtime, initialising CPython on first use.
 pub(crate) fn get() -> Result<&'static Runtime> {
     if SHUT_DOWN.load(Ordering::Acquire) {
@@ -56,6 +51,7 @@ impl Runtime {
         // SAFETY: Py_IsInitialized may be called at any time, on any thread.
         let main = if unsafe { sys::Py_IsInitialized() } != 0 {
             tracing::info!("CPython already initialised by the host; it keeps ownership");
+            crate::allocator::host_initialised();
             None
         } else {
             Some(MainThread::start()?)
@@ -185,8 +181,8 @@ fn pre_initialize() -> bool {
 fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
     promote_libpython();
     let malloc = pre_initialize();
-    // Wrap it with the accounting allocator, still before initialisation (`memory.rs`).
-    crate::memory::install(malloc);
+    // MEM and OBJ on the chosen allocator, still before initialisation (`allocator.rs`).
+    crate::allocator::install(malloc);
     // SAFETY: R1: thread: py-main, the only thread initialising (OnceCell). tstate: none.
     // Py_InitializeEx(0) installs no signal handlers; afterwards main's tstate is
     // attached on this thread.
