@@ -127,17 +127,24 @@ impl Local {
     }
 
     /// Adds `delta` to the pending bytes, flushing them to the account past [`FLUSH`].
+    #[inline(always)]
     fn add(&mut self, delta: isize) {
         let Some(s) = self.slot else { return };
         self.pending += delta;
-        if self.pending >= FLUSH || self.pending <= -FLUSH {
+        if !(-FLUSH..FLUSH).contains(&self.pending) {
             s.commit(self.pending);
             self.pending = 0;
         }
     }
 
+    /// Whether the account may grow by `size` (the limit's check out of line: most
+    /// accounts have none).
+    #[inline(always)]
     fn admit(self, size: usize) -> bool {
-        self.slot.is_none_or(|s| s.admit(size, self.pending))
+        match self.slot {
+            Some(s) if s.limit.load(Relaxed) != usize::MAX => s.admit(size, self.pending),
+            _ => true,
+        }
     }
 
     fn header(self, size: usize) -> Header {
@@ -170,7 +177,7 @@ thread_local! {
 fn switch(to: Option<(&'static Slot, u64)>) -> Option<(&'static Slot, u64)> {
     LOCAL.with(|c| {
         let l = c.get();
-        if let Some(s) = l.slot {
+        if let Some(s) = l.slot.filter(|_| l.pending != 0) {
             s.commit(l.pending);
         }
         c.set(Local {
@@ -185,23 +192,26 @@ fn switch(to: Option<(&'static Slot, u64)>) -> Option<(&'static Slot, u64)> {
 /// Credits a freed block to the account it was charged to: on this thread's pending bytes
 /// if that is this thread's account, else on the account's counter, if the account is
 /// still alive (its slot still has the block's generation).
+#[inline(always)]
 fn credit(h: Header) {
     if h.slot.is_null() {
         return;
     }
-    LOCAL.with(|c| {
-        let mut l = c.get();
-        if l.owns(h) {
-            l.add(-h.size());
-            c.set(l);
-            return;
-        }
-        // SAFETY: no CPython call; a non-null header slot is a leaked, never freed `Slot`.
-        let s = unsafe { &*h.slot };
-        if s.gen.load(Relaxed) == h.gen() {
-            s.commit(-h.size());
-        }
-    })
+    if !LOCAL.with(|c| credit_here(c, h)) {
+        credit_elsewhere(h.slot, h.tag);
+    }
+}
+
+/// Credits a block charged to an account other than this thread's, if it is still alive.
+#[cold]
+#[inline(never)]
+fn credit_elsewhere(slot: *const Slot, tag: u64) {
+    let h = Header { slot, tag };
+    // SAFETY: no CPython call; a non-null header slot is a leaked, never freed `Slot`.
+    let s = unsafe { &*h.slot };
+    if s.gen.load(Relaxed) == h.gen() {
+        s.commit(-h.size());
+    }
 }
 
 /// Allocates `size` bytes plus a [`Header`] with `alloc` (given the total), charges the
@@ -212,22 +222,26 @@ pub(crate) fn alloc_counted(size: usize, alloc: impl FnOnce(usize) -> *mut u8) -
     let Some(total) = size.checked_add(HEADER).filter(|t| *t as u64 <= SIZE_MASK) else {
         return std::ptr::null_mut();
     };
+    // The thread-local is read again after `alloc`, rather than kept across it: fewer
+    // registers to save on this path, which runs for every object CPython makes.
+    if !LOCAL.with(|c| c.get().admit(total)) {
+        return std::ptr::null_mut();
+    }
+    let base = alloc(total);
+    if base.is_null() {
+        return base;
+    }
     LOCAL.with(|c| {
         let mut l = c.get();
-        if !l.admit(total) {
-            return std::ptr::null_mut();
-        }
-        let base = alloc(total);
-        if base.is_null() {
-            return base;
-        }
         // SAFETY: no CPython call; `base` is a fresh, 16-byte aligned block of `total` ≥
         // HEADER bytes.
         unsafe { base.cast::<Header>().write(l.header(total)) };
-        l.add(total as isize);
-        c.set(l);
-        base.wrapping_add(HEADER)
-    })
+        if l.slot.is_some() {
+            l.add(total as isize);
+            c.set(l);
+        }
+    });
+    base.wrapping_add(HEADER)
 }
 
 /// Frees a block [`alloc_counted`] or [`realloc_counted`] returned with `free` (given
@@ -240,8 +254,23 @@ pub(crate) unsafe fn free_counted(ptr: *mut u8, free: impl FnOnce(*mut u8)) {
     let base = ptr.wrapping_sub(HEADER);
     // SAFETY: no CPython call; per the contract `base` is a live counted block's start.
     let h = unsafe { base.cast::<Header>().read() };
+    let credited = h.slot.is_null() || LOCAL.with(|c| credit_here(c, h));
     free(base);
-    credit(h);
+    if !credited {
+        credit_elsewhere(h.slot, h.tag);
+    }
+}
+
+/// Credits `h` to this thread's pending bytes if it was charged to this thread's account.
+#[inline(always)]
+fn credit_here(c: &Cell<Local>, h: Header) -> bool {
+    let mut l = c.get();
+    let mine = l.owns(h);
+    if mine {
+        l.add(-h.size());
+        c.set(l);
+    }
+    mine
 }
 
 /// Resizes a block [`alloc_counted`] returned (or allocates one, for NULL) with
@@ -405,6 +434,8 @@ impl Drop for MemoryAccount {
 }
 
 impl Slot {
+    #[cold]
+    #[inline(never)]
     fn admit(&self, size: usize, pending: isize) -> bool {
         let limit = self.limit.load(Relaxed);
         if limit == usize::MAX {
@@ -421,12 +452,12 @@ impl Slot {
     }
 
     /// Adds one thread's pending bytes (or one freed block) to the shared counter.
+    /// Inline and call-free: on the allocation paths a call would make every allocation
+    /// save registers for it.
+    #[inline(always)]
     fn commit(&self, delta: isize) {
-        if delta == 0 {
-            return;
-        }
         let now = (self.live.fetch_add(delta, Relaxed) + delta).max(0) as usize;
-        if delta > 0 && now > self.peak.load(Relaxed) {
+        if delta > 0 {
             self.peak.fetch_max(now, Relaxed);
         }
     }
