@@ -17,7 +17,11 @@
 //! crashes, as it would under CPython's default pymalloc. Why mimalloc by default: it is
 //! both faster than `malloc` and keeps less memory per ended interpreter (BENCHMARKS.md,
 //! allocators). Its heaps are per thread, but any thread may free any block, so nothing
-//! here assumes one thread per interpreter.
+//! here assumes one thread per interpreter. mimalloc's thread-local is built with the
+//! initial-exec TLS model (the loader's cdylib is marked `STATIC_TLS`): a C host that
+//! `dlopen`s the cdylib relies on glibc's static TLS surplus (enough by default; a `ctypes`
+//! load from Python works), which `libmimalloc-sys`'s `local_dynamic_tls` feature would
+//! lift at a cost per allocation.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
