@@ -33,7 +33,9 @@ use criterion::{BenchmarkId, Criterion};
 use interp_pool::{InterpreterConfig, InterpreterHandle, Persistent};
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_abi::{AbiError, GuestContractInstance};
-use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader, Replicas};
+use polyplug_subinterp::{
+    Allocator, AllocatorInUse, InterpreterMode, PythonConfig, PythonLoader, Replicas,
+};
 
 /// Without the pre-warmed spare: every load creates its interpreter on the spot.
 fn cold() -> PythonLoader {
@@ -412,8 +414,37 @@ fn main_mode_and_waits(c: &mut Criterion, rt: &std::sync::Arc<polyplug::runtime:
     }
 }
 
+/// `-- sustained` alone (`benches/sustained.sh`): one host thread calling
+/// `cruncher.crunch` (~100 µs of allocation-heavy pure Python) for a sustained while, on
+/// the allocator `BENCH_ALLOCATOR` names (`mimalloc`, the default, or `malloc`), with
+/// accounting unless `BENCH_ACCOUNTING=off`; `PYTHONMALLOC` overrides both (no wrapper).
+fn sustained() {
+    if std::env::var("BENCH_ALLOCATOR").as_deref() == Ok("malloc") {
+        interp_pool::set_allocator(Allocator::Malloc);
+    }
+    if std::env::var("BENCH_ACCOUNTING").as_deref() == Ok("off") {
+        interp_pool::set_memory_accounting(false);
+    }
+    let rt = common::runtime(PythonLoader::default);
+    let label = match interp_pool::allocator() {
+        AllocatorInUse::PythonMalloc => format!(
+            "ours PYTHONMALLOC={}",
+            std::env::var("PYTHONMALLOC").unwrap_or_default()
+        ),
+        a => match interp_pool::memory_accounting() {
+            true => format!("ours {a} accounting on"),
+            false => format!("ours {a} accounting off"),
+        },
+    };
+    common::sustained(&label, &rt, Op::Crunch);
+}
+
 fn main() {
     common::one_blas_thread();
+    if common::only("sustained") {
+        sustained();
+        return;
+    }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))

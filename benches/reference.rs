@@ -39,6 +39,12 @@ const CHILD: &str = "POLYPLUG_BENCH_CHILD";
 
 fn main() {
     common::one_blas_thread();
+    if common::only("sustained") {
+        // `benches/sustained.sh`: the same one-thread `cruncher.crunch` calls as ours.
+        let rt = common::runtime(PythonLoader::default);
+        common::sustained(LOADER, &rt, Op::Crunch);
+        return;
+    }
     if std::env::var_os(CHILD).is_some() {
         // Child: one nested call, then report success by exit status.
         let rt = common::runtime(PythonLoader::default);

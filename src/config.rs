@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use std::time::Duration;
 
-use interp_pool::{GilMode, WaitPolicy, WhenFull};
+use interp_pool::{Allocator, GilMode, WaitPolicy, WhenFull};
 
 use crate::failure_log::FailureLogPolicy;
 
@@ -214,6 +214,13 @@ pub struct PythonConfig {
     /// load has it off, and off when the host initialised Python or `PYTHONMALLOC` is set
     /// (`BundleInfo::memory_accounting` tells). Default `true`.
     pub memory_accounting: bool,
+    /// The allocator of CPython's MEM and OBJ domains (objects and most buffers), chosen
+    /// before CPython is initialised, for the whole process: the last loader made before
+    /// the first load with a non-default value decides; not used when the host initialised
+    /// Python or `PYTHONMALLOC` is set (`BundleInfo::allocator` tells). Default
+    /// [`Allocator::Mimalloc`] (a mimalloc linked into the loader: faster than `malloc` on
+    /// allocation-heavy Python and leaner per ended interpreter, BENCHMARKS.md).
+    pub allocator: Allocator,
     /// Most bytes a bundle's interpreter may hold in CPython's MEM and OBJ domains (its
     /// interpreter's own start-up included: ~2–4 MiB); an allocation past it raises
     /// `MemoryError` in the plugin. Default `None`: no limit.
@@ -250,6 +257,7 @@ impl Default for PythonConfig {
             when_full: WhenFull::Block,
             failure_log: FailureLogPolicy::default(),
             memory_accounting: true,
+            allocator: Allocator::Mimalloc,
             memory_limit: None,
             bundle_memory_limits: HashMap::new(),
             replicas: HashMap::new(),

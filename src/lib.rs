@@ -81,7 +81,8 @@ pub use error::{BUSY_MESSAGE, CANCELLED_MESSAGE, TIMEOUT_MESSAGE};
 pub use failure_log::FailureLogPolicy;
 // interp-pool types that appear in this crate's API, so a host needs no dependency on it.
 pub use interp_pool::{
-    memory_accounting, CallOptions, CancelToken, WaitPolicy, WhenFull, DEFAULT_GRACE,
+    memory_accounting, Allocator, AllocatorInUse, CallOptions, CancelToken, WaitPolicy, WhenFull,
+    DEFAULT_GRACE,
 };
 #[cfg(feature = "metrics")]
 pub use metrics::export::{MetricsPublisher, BUNDLE_LABEL, REPLICA_LABEL};
@@ -131,6 +132,9 @@ pub struct BundleInfo {
     /// the host initialised Python, `PYTHONMALLOC` is set, or
     /// `PythonConfig::memory_accounting` was off when Python started.
     pub memory_accounting: bool,
+    /// The allocator CPython's objects live on in this process (`PythonConfig::allocator`),
+    /// or why none of ours: `PYTHONMALLOC` set, or the host initialised Python.
+    pub allocator: AllocatorInUse,
     /// Its memory limit, bytes (`PythonConfig::memory_limit` / `bundle_memory_limits`),
     /// enforced only with `memory_accounting`.
     pub memory_limit: Option<u64>,
@@ -144,6 +148,10 @@ impl PythonLoader {
     pub fn new(config: PythonConfig) -> Self {
         if !config.memory_accounting && !interp_pool::set_memory_accounting(false) {
             tracing::info!("memory accounting stays on: CPython was initialised with it");
+        }
+        if config.allocator != Allocator::default() && !interp_pool::set_allocator(config.allocator)
+        {
+            tracing::info!(allocator = %interp_pool::allocator(), "CPython already runs on another allocator");
         }
         Self {
             inner: Arc::new(Loader::new(config)),
@@ -172,6 +180,7 @@ impl PythonLoader {
             python_interp_id: b.target.primary().map_or(0, |h| h.python_id()),
             replicas: b.target.replicas(),
             memory_accounting: interp_pool::memory_accounting(),
+            allocator: interp_pool::allocator(),
             memory_limit: b.memory_limit(),
             fast_glue: b.fast_glue,
         })

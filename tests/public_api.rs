@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_subinterp::{
-    rss_bytes, with_call_options, Binding, BundleInfo, BundleMetrics, CallOptions, CancelToken,
-    CaughtRefusals, ElasticPolicy, Evidence, FailureLogPolicy, InterpreterMode, ModeCause,
-    ModeReason, PythonConfig, PythonLoader, RefusalHow, ReplicaStats, Replicas, WaitPolicy,
-    WhenFull, BUSY_MESSAGE, CANCELLED_MESSAGE, DEFAULT_GRACE, TIMEOUT_MESSAGE,
+    rss_bytes, with_call_options, Allocator, AllocatorInUse, Binding, BundleInfo, BundleMetrics,
+    CallOptions, CancelToken, CaughtRefusals, ElasticPolicy, Evidence, FailureLogPolicy,
+    InterpreterMode, ModeCause, ModeReason, PythonConfig, PythonLoader, RefusalHow, ReplicaStats,
+    Replicas, WaitPolicy, WhenFull, BUSY_MESSAGE, CANCELLED_MESSAGE, DEFAULT_GRACE,
+    TIMEOUT_MESSAGE,
 };
 
 /// Every field set explicitly, each to its default's value (asserted below), so a
@@ -54,6 +55,7 @@ fn every_field() -> PythonConfig {
             per_interval: 20,
         },
         memory_accounting: true,
+        allocator: Allocator::Mimalloc,
         memory_limit: None::<usize>,
         bundle_memory_limits: HashMap::<String, usize>::new(),
         fast_glue: true,
@@ -94,6 +96,8 @@ fn a_host_reads_what_the_loader_reports_by_these_names() {
     let id = polyplug_utils::BundleId::new("py_calculator").id();
 
     let info: BundleInfo = loader.bundle_info(id).expect("loaded");
+    // This process started CPython with the default allocator.
+    assert_eq!(info.allocator, AllocatorInUse::Mimalloc);
     let ModeReason {
         cause,
         remembered: _,

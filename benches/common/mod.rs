@@ -772,6 +772,46 @@ pub fn wanted(name: &str) -> bool {
     })
 }
 
+/// Whether the filter is exactly `name` (a run of that figure alone, no criterion groups).
+pub fn only(name: &str) -> bool {
+    filter().as_deref() == Some(name)
+}
+
+/// Sustained calls of `op` made by this thread, one after another: a warm-up of 0.3 s,
+/// then calls for at least [`SUSTAIN`] (or, with `BENCH_CALLS=n`, exactly n calls after
+/// 20 warm-up calls: for instruction counts under callgrind). Prints calls/s, µs per call
+/// and the calling thread's CPU per call, as `sustained <label>: ...` lines that
+/// `benches/sustained.sh` collects.
+pub fn sustained(label: &str, rt: &Runtime, op: Op) {
+    let mut call = op.caller(rt);
+    let fixed: Option<u64> = std::env::var("BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    let warm = Instant::now();
+    let mut n = 0;
+    while fixed.map_or(warm.elapsed() < SUSTAIN / 5, |_| n < 20) {
+        call();
+        n += 1;
+    }
+    let (start, cpu) = (Instant::now(), thread_cpu_ns());
+    let mut calls = 0u64;
+    while fixed.map_or(start.elapsed() < SUSTAIN, |f| calls < f) {
+        call();
+        calls += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = (thread_cpu_ns() - cpu) as f64 / calls.max(1) as f64;
+    println!(
+        "sustained {label}: {:.0} calls/s, {:.1} µs per call, caller CPU {:.1} µs per call, {calls} calls in {secs:.2} s",
+        calls as f64 / secs,
+        secs * 1e6 / calls.max(1) as f64,
+        cpu / 1e3,
+    );
+}
+
+/// How long [`sustained`] calls for.
+pub const SUSTAIN: Duration = Duration::from_millis(1500);
+
 /// Whether criterion was asked for a quick smoke run.
 pub fn quick() -> bool {
     std::env::args().any(|a| a == "--quick")

@@ -59,6 +59,7 @@ pub use governance::cpu::{thread_cpu_time, CpuTime};
 pub use governance::escalate::{exempt_from_interrupt_tracing, guest_returned};
 pub use governance::sleep::install_interruptible_sleep;
 pub use owner::persistent::Persistent;
+pub use process::allocator::{allocator, set_allocator, Allocator, AllocatorInUse};
 pub use process::memory::{
     memory_accounting, set_memory_accounting, AccountScope, MemoryAccount, MemoryUsage,
 };

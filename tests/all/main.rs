@@ -27,6 +27,7 @@ mod core_api;
 mod ext_api;
 
 mod accelerators;
+mod allocator;
 mod config;
 mod ext_modules;
 mod fast_glue;

@@ -32,11 +32,6 @@ struct MainThread {
     join: JoinHandle<()>,
 }
 
-/// Whether this crate has started (or tried to start) the runtime.
-pub(crate) fn initialised() -> bool {
-    RUNTIME.get().is_some()
-}
-
 /// The runtime, initialising CPython on first use.
 pub(crate) fn get() -> Result<&'static Runtime> {
     if SHUT_DOWN.load(Ordering::Acquire) {
@@ -53,6 +48,7 @@ impl Runtime {
         // SAFETY: Py_IsInitialized may be called at any time, on any thread.
         let main = if unsafe { sys::Py_IsInitialized() } != 0 {
             tracing::info!("CPython already initialised by the host; it keeps ownership");
+            crate::process::allocator::host_initialised();
             None
         } else {
             Some(MainThread::start()?)
@@ -169,8 +165,8 @@ fn pre_initialize() -> bool {
 fn main_thread(ready: Sender<()>, finalize: Receiver<Sender<i32>>) {
     promote_libpython();
     let malloc = pre_initialize();
-    // Wrap it with the accounting allocator, still before initialisation (`memory.rs`).
-    crate::process::memory::install(malloc);
+    // MEM and OBJ on the chosen allocator, still before initialisation (`allocator.rs`).
+    crate::process::allocator::install(malloc);
     // SAFETY: R1: thread: py-main, the only thread initialising (OnceCell). tstate: none.
     // Py_InitializeEx(0) installs no signal handlers; afterwards main's tstate is
     // attached on this thread.

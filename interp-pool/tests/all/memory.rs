@@ -80,3 +80,82 @@ fn an_entered_account_takes_the_allocations_of_its_scope() {
     assert!(h.memory_account().usage().live < own + MIB);
     h.end();
 }
+
+/// An interpreter that may start threads, with `keep = bytearray(16 MiB)` of its own.
+fn with_threads(name: &str) -> (InterpreterHandle, u64) {
+    let h = InterpreterHandle::spawn(InterpreterConfig {
+        allow_threads: true,
+        ..InterpreterConfig::named(name)
+    })
+    .unwrap();
+    h.call(|py| py.run("import threading\nkeep = bytearray(16 << 20)"))
+        .unwrap();
+    let live = h.memory_account().usage().live;
+    (h, live)
+}
+
+#[test]
+fn a_block_freed_on_a_plugin_thread_is_credited_to_the_account_that_allocated_it() {
+    let (h, live) = with_threads("mem-thread-free");
+    // `box.pop` returns the 8 MiB bytearray to the thread, which drops it there: a thread
+    // with no account current frees what the owner's account was charged for.
+    h.call(|py| {
+        py.run(
+            "box = [bytearray(8 << 20)]\n\
+             t = threading.Thread(target=box.pop)\n\
+             t.start()\n\
+             t.join()\n\
+             assert not box",
+        )
+    })
+    .unwrap();
+    let after = h.memory_account().usage().live;
+    assert!(
+        after < live + 2 * MIB,
+        "8 MiB freed on another thread stayed charged: {after} after, {live} before"
+    );
+    h.end();
+}
+
+#[test]
+fn a_block_a_plugin_thread_allocated_is_not_credited_when_the_owner_frees_it() {
+    let (h, live) = with_threads("mem-thread-alloc");
+    // The thread (no account) allocates 8 MiB; the owner frees it: the owner's account,
+    // which was never charged for it, must not shrink by it.
+    h.call(|py| {
+        py.run(
+            "box = []\n\
+             t = threading.Thread(target=lambda: box.append(bytearray(8 << 20)))\n\
+             t.start()\n\
+             t.join()\n\
+             del box[0]",
+        )
+    })
+    .unwrap();
+    let after = h.memory_account().usage().live;
+    assert!(
+        after + 2 * MIB > live,
+        "freeing a block it never paid for shrank the account: {after} after, {live} before"
+    );
+    h.end();
+}
+
+#[test]
+fn a_block_freed_under_another_account_is_credited_to_its_own() {
+    // Main mode's case: bundle B's call frees what bundle A allocated.
+    let (h, live) = with_threads("mem-cross-account");
+    let other = MemoryAccount::new();
+    let o2 = std::sync::Arc::clone(&other);
+    h.call(move |py| {
+        let _in = o2.enter();
+        py.run("del keep")
+    })
+    .unwrap();
+    let own = h.memory_account().usage().live;
+    assert!(
+        own + 14 * MIB < live,
+        "16 MiB freed under another account stayed charged to its own: {own} after, {live} before"
+    );
+    assert!(other.usage().live < MIB, "{:?}", other.usage());
+    h.end();
+}

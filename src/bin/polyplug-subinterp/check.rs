@@ -114,6 +114,7 @@ fn print_rows(rows: &[Row]) {
             "mode",
             "replicas",
             "fast glue",
+            "allocator",
             "why",
             "load ms",
             "cpu ms",
@@ -121,40 +122,43 @@ fn print_rows(rows: &[Row]) {
             "py MiB",
             "error",
         ],
-        &[5, 8, 9, 10, 11],
+        &[5, 9, 10, 11, 12],
     );
     for r in rows {
-        let (status, contracts, functions, mode, replicas, fast, why, error) = match &r.outcome {
-            Ok(info) => {
-                let list = |f: fn(&(String, usize)) -> String| {
-                    info.contracts.iter().map(f).collect::<Vec<_>>().join(", ")
-                };
-                let mut why = info.reason.to_string();
-                if !info.call_refusals.is_empty() {
-                    why.push_str(&format!(
-                        "; refused at call: {}",
-                        info.call_refusals.join(", ")
-                    ));
+        let (status, contracts, functions, mode, replicas, fast, alloc, why, error) =
+            match &r.outcome {
+                Ok(info) => {
+                    let list = |f: fn(&(String, usize)) -> String| {
+                        info.contracts.iter().map(f).collect::<Vec<_>>().join(", ")
+                    };
+                    let mut why = info.reason.to_string();
+                    if !info.call_refusals.is_empty() {
+                        why.push_str(&format!(
+                            "; refused at call: {}",
+                            info.call_refusals.join(", ")
+                        ));
+                    }
+                    let contracts = list(|c| c.0.clone());
+                    let functions = list(|c| c.1.to_string());
+                    let replicas = info.replicas.to_string();
+                    let fast = if info.fast_glue { "on" } else { "off" };
+                    let alloc = info.allocator.as_str();
+                    (
+                        "ok", contracts, functions, info.mode, replicas, fast, alloc, why, "",
+                    )
                 }
-                let contracts = list(|c| c.0.clone());
-                let functions = list(|c| c.1.to_string());
-                let replicas = info.replicas.to_string();
-                let fast = if info.fast_glue { "on" } else { "off" };
-                (
-                    "ok", contracts, functions, info.mode, replicas, fast, why, "",
-                )
-            }
-            Err(e) => (
-                "FAILED",
-                String::new(),
-                String::new(),
-                "-",
-                "-".into(),
-                "-",
-                "-".into(),
-                e.as_str(),
-            ),
-        };
+                Err(e) => (
+                    "FAILED",
+                    String::new(),
+                    String::new(),
+                    "-",
+                    "-".into(),
+                    "-",
+                    "-",
+                    "-".into(),
+                    e.as_str(),
+                ),
+            };
         t.add_row(vec![
             r.bundle.clone(),
             status.into(),
@@ -163,6 +167,7 @@ fn print_rows(rows: &[Row]) {
             mode.into(),
             replicas,
             fast.into(),
+            alloc.into(),
             why,
             format!("{:.1}", r.load_ms),
             r.cpu_ms.map_or("-".into(), |c| format!("{c:.1}")),
@@ -176,7 +181,8 @@ fn print_rows(rows: &[Row]) {
 
 /// The rows as `check --json` prints them: per bundle its status, contracts, mode and the
 /// reason (`how`: configured, pinned, raised, caught, at_call or fallback; `module`;
-/// `from`; `binding`; `remembered`; `fallback` modules), load time and RSS growth.
+/// `from`; `binding`; `remembered`; `fallback` modules), the allocator CPython runs on
+/// (`allocator`, `memory_accounting`: `BundleInfo`), load time and RSS growth.
 fn to_json(rows: &[Row]) -> Value {
     let bundles: Vec<Value> = rows
         .iter()
@@ -204,6 +210,8 @@ fn to_json(rows: &[Row]) -> Value {
                     v["mode"] = json!(info.mode);
                     v["replicas"] = json!(info.replicas);
                     v["fast_glue"] = json!(info.fast_glue);
+                    v["allocator"] = json!(info.allocator.as_str());
+                    v["memory_accounting"] = json!(info.memory_accounting);
                     v["reason"] = json!({
                         "how": reason.how(),
                         "module": reason.module(),
