@@ -72,8 +72,9 @@ static POOL: Mutex<Option<Arc<Pool>>> = Mutex::new(None);
 static LANES: RwLock<Option<Vec<Arc<LaneLink>>>> = RwLock::new(Some(Vec::new()));
 
 /// Calls queued on all lanes together: a seat looking for work reads this one word and
-/// takes the lanes' lock only when something is queued somewhere. Raised after a push
-/// (before the poster's fence), lowered after a take or a drop.
+/// takes the lanes' lock only when something is queued somewhere. Raised before a push
+/// (so it never reads below what the lanes hold: see `Mailbox::post`), lowered after a
+/// take, a drop or a refused push.
 static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
 /// Per seat: where its next scan of the lanes starts (only that seat writes it).

@@ -101,8 +101,8 @@ impl<T> Mailbox<T> {
         }
     }
 
-    /// The same, also counting its queued jobs in `counter` (raised after a send, before
-    /// the post's fence; lowered after a take or a drop).
+    /// The same, also counting its queued jobs in `counter` (raised before the send, so
+    /// never below what is queued; lowered after a take, a drop or a refused send).
     pub(crate) fn counted(
         capacity: usize,
         when_full: WhenFull,
@@ -157,9 +157,18 @@ impl<T> Mailbox<T> {
         if self.is_closing() {
             return Err(Refused::Closed);
         }
-        self.send(job, serve)?;
+        // Counted before it is queued, so the count is never below what the queues hold: a
+        // taker may take the job as soon as it is queued, and a count raised only after
+        // that dipped below (even to zero while another lane's call waited). A seat that
+        // had just taken a call read that zero in `hand_off` and woke no one, while the
+        // other call's poster had counted the seat as looking: that call waited behind a
+        // long one while two seats slept (tests/main_pool_wake.rs, under load on 3.12).
         if let Some(c) = self.counter {
             c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if let Err(refused) = self.send(job, serve) {
+            self.uncount(1);
+            return Err(refused);
         }
         // Pairs with the fence in `close` (either its drain sees the job or we see
         // `closing`) and with the takers' park handshake (`wake` reads their state).
