@@ -86,7 +86,10 @@ pub fn host(rt: &Runtime) -> *const HostApi {
     rt.as_context_ptr()
 }
 
-/// A fresh, unique scratch directory.
+/// A fresh, unique scratch directory. Named by this process's id, which the system reuses:
+/// one left by an earlier process with the same id is emptied first (a bundle's
+/// `site-packages` link in it made `write_bundle_with_sdk` fail with "File exists" in a
+/// loaded run of `tools/test`).
 pub fn scratch(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -95,6 +98,7 @@ pub fn scratch(tag: &str) -> PathBuf {
         tag,
         N.fetch_add(1, Ordering::Relaxed)
     ));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
