@@ -100,6 +100,11 @@ pub struct InterpreterConfig {
     pub queue_capacity: usize,
     /// What a call does when the queue is full. Default [`WhenFull::Block`].
     pub when_full: WhenFull,
+    /// Direct dispatch: a caller that finds the interpreter free and nothing queued for it
+    /// runs the call itself, on a thread state of its own kept for this interpreter,
+    /// instead of handing it to the owner thread (ARCHITECTURE.md, "Direct calls").
+    /// Default `false`: every call from another thread is posted.
+    pub direct: bool,
 }
 
 impl Default for InterpreterConfig {
@@ -117,6 +122,7 @@ impl Default for InterpreterConfig {
             wait: WaitPolicy::default(),
             queue_capacity: 1024,
             when_full: WhenFull::Block,
+            direct: false,
         }
     }
 }

@@ -128,6 +128,13 @@ impl InterpreterHandle {
         self.link.pace.parks()
     }
 
+    /// Calls that callers ran themselves on this interpreter (direct dispatch,
+    /// [`InterpreterConfig::direct`](crate::InterpreterConfig::direct)); [`jobs_served`](Self::jobs_served)
+    /// counts them too.
+    pub fn direct_calls(&self) -> u64 {
+        self.link.direct_calls.load(Ordering::Relaxed)
+    }
+
     /// Whether the owner thread is running a job or looking for one (not parked).
     pub fn is_busy(&self) -> bool {
         self.link.state.load(Ordering::Relaxed) != crate::owner::wait::OwnerState::Parked

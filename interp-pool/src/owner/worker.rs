@@ -67,6 +67,8 @@ pub(crate) struct OwnerLink {
     pub(crate) group: OnceLock<GroupId>,
     /// Jobs this owner has run from its queues (an idle member's count stands still).
     pub(crate) served: AtomicU64,
+    /// Calls callers ran themselves on the interpreter (direct dispatch).
+    pub(crate) direct_calls: AtomicU64,
     /// The owner thread's CPU clock and spin time (`cpu.rs`).
     pub(crate) clock: OwnerClock,
     /// What the interpreter allocates (`memory.rs`): current on the owner thread.
@@ -217,6 +219,7 @@ impl Owner {
             target: InterruptTarget::new(id, created.interp, created.ts, created.interrupts),
             group: OnceLock::new(),
             served: AtomicU64::new(0),
+            direct_calls: AtomicU64::new(0),
             clock: OwnerClock::current_thread(),
             memory,
         });
