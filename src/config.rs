@@ -234,6 +234,64 @@ pub struct PythonConfig {
     /// own). In `main` mode only if this process's loader initialised Python: a host's own
     /// main interpreter is left alone. Default `true`.
     pub fast_glue: bool,
+    /// How a host thread's call reaches a bundle's interpreter (see [`Dispatch`]). Default
+    /// [`Dispatch::Post`]: the bundle's code runs on its own threads only.
+    pub dispatch: Dispatch,
+    /// Per-bundle dispatch, by bundle (manifest) name; wins over `dispatch`.
+    pub bundle_dispatch: HashMap<String, Dispatch>,
+}
+
+/// How a host thread's call reaches a bundle's interpreter.
+///
+/// Under **`Direct`** the bundle's Python runs on the host's threads: a caller that finds
+/// the bundle's interpreter (or one of its replicas) free, with nothing queued for it,
+/// claims it and runs the call itself, on a thread state of its own for that interpreter
+/// kept across calls: no hand-off, so N host threads use N cores even when threads
+/// outnumber cores. Otherwise the call is posted as under `Post`. Calls of one
+/// interpreter still run one at a time.
+///
+/// What changes for the plugin: `threading.get_ident()`, `threading.local()` and the
+/// per-thread `decimal` context differ between calls from different host threads, and
+/// objects that check their creating thread (a `sqlite3` connection with
+/// `check_same_thread`, the default) fail when a later call comes from another thread.
+/// Safe to switch: stateless plugins and plugins whose state is plain module globals or
+/// instance attributes (validators, routers, header rewrites, calculators). Keep `Post`
+/// for plugins that keep thread-bound objects across calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Dispatch {
+    /// Every call is handed to the interpreter's own thread (default).
+    #[default]
+    Post,
+    /// The calling thread runs the call itself when the interpreter is free.
+    Direct,
+}
+
+impl Dispatch {
+    /// `"post"` or `"direct"`, as the CLI and `check` spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dispatch::Post => "post",
+            Dispatch::Direct => "direct",
+        }
+    }
+}
+
+impl std::fmt::Display for Dispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Dispatch {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "post" => Ok(Dispatch::Post),
+            "direct" => Ok(Dispatch::Direct),
+            other => Err(format!("unknown dispatch {other:?} (post or direct)")),
+        }
+    }
 }
 
 impl Default for PythonConfig {
@@ -264,6 +322,8 @@ impl Default for PythonConfig {
             main_threads: None,
             elastic: ElasticPolicy::default(),
             fast_glue: true,
+            dispatch: Dispatch::Post,
+            bundle_dispatch: HashMap::new(),
         }
     }
 }
@@ -428,6 +488,14 @@ impl PythonConfig {
         }
     }
 
+    /// `bundle`'s dispatch: its own setting, else the default.
+    pub(crate) fn dispatch_for(&self, bundle: &str) -> Dispatch {
+        self.bundle_dispatch
+            .get(bundle)
+            .copied()
+            .unwrap_or(self.dispatch)
+    }
+
     /// The modules whose refusal `bundle` ignores.
     pub(crate) fn ignored_for(&self, bundle: &str) -> &[String] {
         self.ignored_refusals.get(bundle).map_or(&[], Vec::as_slice)
@@ -457,6 +525,7 @@ impl PythonConfig {
             wait: self.wait,
             queue_capacity: self.queue_capacity,
             when_full: self.when_full,
+            direct: self.dispatch_for(bundle) == Dispatch::Direct,
             ..interp_pool::InterpreterConfig::named(bundle)
         }
     }

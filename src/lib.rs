@@ -73,7 +73,9 @@ use polyplug::runtime::Runtime;
 use polyplug_abi::SupportedLanguage;
 use polyplug_utils::BundleId;
 
-pub use config::{CaughtRefusals, ElasticPolicy, InterpreterMode, PythonConfig, Replicas};
+pub use config::{
+    CaughtRefusals, Dispatch, ElasticPolicy, InterpreterMode, PythonConfig, Replicas,
+};
 /// Test hooks into the elastic controller (tests order their steps with them). Not API.
 #[doc(hidden)]
 pub use elastic::{hooks as elastic_hooks, Step as ElasticStep};

@@ -12,7 +12,7 @@ use std::time::Duration;
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_subinterp::{
     rss_bytes, with_call_options, Allocator, AllocatorInUse, Binding, BundleInfo, BundleMetrics,
-    CallOptions, CancelToken, CaughtRefusals, ElasticPolicy, Evidence, FailureLogPolicy,
+    CallOptions, CancelToken, CaughtRefusals, Dispatch, ElasticPolicy, Evidence, FailureLogPolicy,
     InterpreterMode, ModeCause, ModeReason, PythonConfig, PythonLoader, RefusalHow, ReplicaStats,
     Replicas, WaitPolicy, WhenFull, BUSY_MESSAGE, CANCELLED_MESSAGE, DEFAULT_GRACE,
     TIMEOUT_MESSAGE,
@@ -59,6 +59,8 @@ fn every_field() -> PythonConfig {
         memory_limit: None::<usize>,
         bundle_memory_limits: HashMap::<String, usize>::new(),
         fast_glue: true,
+        dispatch: Dispatch::Post,
+        bundle_dispatch: HashMap::<String, Dispatch>::new(),
     }
 }
 
@@ -72,6 +74,7 @@ fn every_config_field_is_nameable_from_this_crate() {
         Replicas::Elastic { min: 1, max: 2 },
     ];
     let _ = [CaughtRefusals::Downgrade, CaughtRefusals::KeepMode];
+    let _ = [Dispatch::Post, Dispatch::Direct];
     let _ = [WhenFull::Block, WhenFull::Fail];
     let _ = [
         InterpreterMode::OwnGil,
