@@ -50,7 +50,7 @@ pub use capi::object::PyObj;
 pub use capi::raised::{Detail, RaiseSite, Raised};
 pub use config::{GilMode, InterpreterConfig, WaitPolicy, WhenFull, MIN_STACK_SIZE};
 pub use dispatch::group::{GroupId, InterpreterGroup};
-pub use dispatch::handle::{current_depth, current_interpreter, InterpreterHandle};
+pub use dispatch::handle::{current_depth, current_interpreter, running_direct, InterpreterHandle};
 pub use dispatch::main_pool::{main_threads, set_main_threads, MainLane, MAX_MAIN_THREADS};
 pub use dispatch::shutdown::{live_interpreters, shutdown};
 pub use error::{Error, PyException, Result};

@@ -380,6 +380,13 @@ pub fn current_interpreter() -> Option<InterpreterId> {
     activation::owner().map(|o| o.link.id)
 }
 
+/// Whether the call running on this thread runs on a thread of the caller's rather than on
+/// an interpreter's owner thread (direct dispatch, [`InterpreterConfig::direct`](crate::InterpreterConfig::direct)):
+/// per-call CPU time must then be sampled, the owner's clock does not see it.
+pub fn running_direct() -> bool {
+    false
+}
+
 /// The nesting depth of the call running on this thread (0 outside any call).
 pub fn current_depth() -> usize {
     activation::depth()
