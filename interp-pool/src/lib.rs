@@ -16,16 +16,21 @@
 //!
 //! * CPython is initialised once per process, on a `py-main` thread that keeps the main
 //!   interpreter detached, and finalized only by [`shutdown`].
-//! * Each interpreter is created, used and ended on its owner thread (`py-<name>`), with
-//!   one thread state for its whole life. Nothing else ever attaches it.
+//! * Each interpreter is created and ended on its owner thread (`py-<name>`), with one
+//!   thread state for its whole life, and runs its calls there. Only the thread holding
+//!   its *claim* attaches it: the owner, or, with [`InterpreterConfig::direct`], a caller's
+//!   thread that found it free and runs a call itself on a thread state of its own, kept
+//!   for that interpreter across calls (never this thread's `PyGILState` state outside
+//!   the call; deleted by the owner when the thread exits or the interpreter ends).
 //! * The main interpreter is served by a pool of owner threads (`py-__main__`, ...), each
 //!   with a thread state of its own there; [`MainLane`] gives a workload a queue on it and
 //!   a limit on how many of those threads run its calls at once.
 //! * [`InterpreterHandle::call`] runs a closure there. Python objects ([`PyObj`]) cannot
 //!   leave the closure; results and errors cross as plain Rust data.
-//! * Calls from the owner thread run inline (re-attaching if a `ctypes` callback detached
-//!   the thread state); an owner waiting on another interpreter serves its own queue, so
-//!   A→B→A completes. Depth is capped ([`Error::ReentryLimit`]).
+//! * Calls from a thread holding the interpreter (its owner, or a caller's thread inside a
+//!   direct call) run inline (re-attaching if a `ctypes` callback detached the thread
+//!   state); a thread waiting on another interpreter serves the queues of those it holds,
+//!   so A→B→A completes. Depth is capped ([`Error::ReentryLimit`]).
 //!
 //! Rules and reasoning: `ARCHITECTURE.md` at the repository root.
 

@@ -232,3 +232,96 @@ pub(crate) unsafe fn finalize(main_ts: *mut sys::PyThreadState) -> c_int {
     // SAFETY: R9: main attached on the initialising thread, every subinterpreter ended.
     unsafe { sys::Py_FinalizeEx() }
 }
+
+/// A new thread state of this thread's own in `interp` (id `id`), unattached, which is not
+/// this thread's PyGILState state (`csrc/host_state.c`): a caller's state for direct calls.
+/// `None` if CPython could not make one.
+///
+/// # Safety
+/// R13: this thread holds the interpreter's claim (so it is alive and not ending).
+pub(crate) unsafe fn new_host_state(
+    interp: *mut sys::PyInterpreterState,
+) -> Option<*mut sys::PyThreadState> {
+    // SAFETY: R13: `interp` is alive while we hold its claim; PyThreadState_New needs no
+    // GIL (it takes the runtime's head lock); the shim leaves the thread's PyGILState
+    // binding as it found it.
+    let ts = unsafe { ffi::shim::interp_pool_host_state_new(interp) };
+    (!ts.is_null()).then_some(ts)
+}
+
+/// Attaches a host-thread state for one direct call and detaches it on drop, clearing a
+/// leftover exception (R6). While attached, the state is the thread's PyGILState state (a
+/// ctypes or sqlite3 callback inside the call attaches it, as on an owner thread); on drop
+/// the thread gets its previous binding back (`csrc/host_state.c`).
+pub(crate) struct HostAttachGuard {
+    ts: *mut sys::PyThreadState,
+    prev: *mut sys::PyThreadState,
+    id: InterpreterId,
+}
+
+impl HostAttachGuard {
+    /// # Safety
+    /// R13: `ts` was made on this thread by [`new_host_state`] for interpreter `id`, this
+    /// thread holds that interpreter's claim, and no thread state is attached here (R4).
+    pub(crate) unsafe fn attach(ts: *mut sys::PyThreadState, id: InterpreterId) -> Self {
+        debug_assert!(ffi::current_tstate().is_null());
+        // SAFETY: R13: `ts` is this thread's, its interpreter alive and ours to attach
+        // (claim held); none attached here.
+        let prev = unsafe { ffi::shim::interp_pool_host_attach(ts) };
+        Self { ts, prev, id }
+    }
+
+    /// The token for this attachment; it cannot outlive the guard.
+    pub(crate) fn token(&self) -> Attached<'_> {
+        Attached {
+            id: self.id,
+            _bound: PhantomData,
+        }
+    }
+}
+
+impl Drop for HostAttachGuard {
+    fn drop(&mut self) {
+        debug_assert_eq!(ffi::current_tstate(), self.ts);
+        // SAFETY: R6: thread: the one that attached `self.ts` (the guard is !Send); attached.
+        let pending = unsafe { sys::PyErr_Occurred() };
+        if !pending.is_null() {
+            // SAFETY: R6: as above, attached; clears the leftover indicator before detaching.
+            unsafe { sys::PyErr_Clear() };
+        }
+        // SAFETY: R13: `self.ts` is attached on this thread by `attach`, which returned
+        // `self.prev`; detaching restores that binding.
+        unsafe { ffi::shim::interp_pool_host_detach(self.ts, self.prev) };
+    }
+}
+
+/// Clears and deletes the host-thread state `ts` of `att`'s interpreter, made on another
+/// thread (which may have exited) and attached nowhere.
+///
+/// # Safety
+/// R13: `ts` belongs to `att`'s interpreter, is not attached and never will be again (its
+/// thread gave it up, or the interpreter is ending), and no interrupter holds a thread
+/// state for it (its target's interrupt lock is held and marked ended).
+pub(crate) unsafe fn delete_host_state(_att: &Attached<'_>, ts: *mut sys::PyThreadState) {
+    // SAFETY: R13 per the contract; R10: `_att` proves a thread state of the same
+    // interpreter is attached here, as PyThreadState_Clear requires.
+    unsafe { ffi::shim::interp_pool_host_state_delete(ts) }
+}
+
+/// Bounds the C recursion depth of the host-thread state `ts` for the call about to run on
+/// it (CPython raises RecursionError past it).
+///
+/// # Safety
+/// R13: `ts` is this thread's own host-thread state, not attached (so no C code counts on
+/// it meanwhile).
+pub(crate) unsafe fn set_c_recursion(ts: *mut sys::PyThreadState, remaining: i32) {
+    // SAFETY: R13: an int field of a thread state only this thread uses.
+    unsafe { ffi::shim::interp_pool_set_c_recursion(ts, remaining) }
+}
+
+/// CPython's C recursion bound for a fresh thread state (10 000 on 3.13, 1 500 on 3.12,
+/// release builds), sized for an 8 MiB stack.
+pub(crate) fn c_recursion_limit() -> i32 {
+    // SAFETY: returns a compile-time constant; touches no Python state.
+    unsafe { ffi::shim::interp_pool_c_recursion_limit() }
+}

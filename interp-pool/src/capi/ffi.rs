@@ -128,3 +128,26 @@ impl ExcType {
         }
     }
 }
+
+/// `csrc/host_state.c`, compiled by build.rs against this Python's headers: host-thread
+/// states that never stay a thread's PyGILState state (`attach::HostAttachGuard`).
+pub(crate) mod shim {
+    use super::sys;
+    use std::ffi::c_int;
+
+    extern "C" {
+        pub(crate) fn interp_pool_host_state_new(
+            interp: *mut sys::PyInterpreterState,
+        ) -> *mut sys::PyThreadState;
+        pub(crate) fn interp_pool_host_attach(
+            ts: *mut sys::PyThreadState,
+        ) -> *mut sys::PyThreadState;
+        pub(crate) fn interp_pool_host_detach(
+            ts: *mut sys::PyThreadState,
+            prev: *mut sys::PyThreadState,
+        );
+        pub(crate) fn interp_pool_host_state_delete(ts: *mut sys::PyThreadState);
+        pub(crate) fn interp_pool_set_c_recursion(ts: *mut sys::PyThreadState, remaining: c_int);
+        pub(crate) fn interp_pool_c_recursion_limit() -> c_int;
+    }
+}

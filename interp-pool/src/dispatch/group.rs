@@ -17,10 +17,12 @@ use std::time::Duration;
 
 use crate::capi::attach::Attached;
 use crate::config::InterpreterConfig;
+use crate::dispatch::direct;
 use crate::dispatch::handle::{self, InterpreterHandle};
 use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
+use crate::owner::held;
 use crate::owner::job::{Call, Job};
 use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
@@ -52,6 +54,8 @@ pub(crate) struct GroupLink {
     caller_spin: Duration,
     /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
     pace: Pace,
+    /// Callers may run a call on a free member themselves (`InterpreterConfig::direct`).
+    direct: bool,
 }
 
 impl fmt::Debug for InterpreterGroup {
@@ -76,6 +80,7 @@ impl InterpreterGroup {
                 reserved_id: crate::InterpreterId::next(),
                 max_depth: config.max_depth,
                 caller_spin: config.wait.caller_spin,
+                direct: config.direct,
                 pace: Pace::new(config.wait.caller_spin_max),
             }),
         }
@@ -95,7 +100,7 @@ impl InterpreterGroup {
             });
         }
         let (id, mailbox) = (self.link.id, Arc::clone(&self.link.mailbox));
-        member.call(move |_| match activation::owner() {
+        member.call_on_owner(move |_| match activation::owner() {
             Some(owner) => owner.join_group(id, mailbox),
             None => Err(Error::Internal("group join ran off its owner".into())),
         })?;
@@ -117,7 +122,7 @@ impl InterpreterGroup {
         if !listed {
             return Ok(());
         }
-        member.call(|_| match activation::owner() {
+        member.call_on_owner(|_| match activation::owner() {
             Some(owner) => {
                 owner.leave_group();
                 Ok(())
@@ -180,11 +185,28 @@ impl InterpreterGroup {
                 limit: g.max_depth,
             });
         }
-        match activation::owner() {
-            Some(owner) if owner.link.group.get() == Some(&g.id) && !owner.left_group.get() => {
-                handle::run_inline(owner, depth, f)
+        let owner = activation::owner();
+        if let Some(owner) =
+            owner.filter(|o| o.link.group.get() == Some(&g.id) && !o.link.left_group())
+        {
+            return handle::run_inline(owner, depth, f);
+        }
+        // A thread holding a member's claim runs the group's calls inline on it.
+        if let Some(place) = held::find_member(g.id) {
+            return direct::run_held(&place, depth, f);
+        }
+        let mut f = f;
+        if g.direct {
+            // A free member, if any: the one this thread has a state for first.
+            for member in self.members_for_direct() {
+                match direct::try_run(member.link_arc(), depth, f) {
+                    Ok(out) => return out,
+                    Err(back) => f = back,
+                }
             }
-            owner => {
+        }
+        {
+            {
                 let mut call = Call::new(f);
                 // Any member may take it: none in particular is "the one we wait for".
                 handle::post_and_wait(
@@ -260,6 +282,14 @@ impl InterpreterGroup {
     }
 
     /// The interpreter errors name: the first member, or the id the group reserved.
+    /// The members a direct call may claim, those this thread keeps a state for first (a
+    /// state per member and thread costs memory: stay where we have one).
+    fn members_for_direct(&self) -> Vec<InterpreterHandle> {
+        let mut members = self.members();
+        members.sort_by_key(|m| !held::has_state(m.link_arc()));
+        members
+    }
+
     fn gone_id(&self) -> crate::InterpreterId {
         self.lock_members()
             .first()

@@ -6,13 +6,15 @@ use std::panic;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::capi::attach::{AttachGuard, Attached, DetachGuard};
-use crate::capi::ffi;
+use crate::capi::attach::{Attached, DetachGuard};
 use crate::config::InterpreterConfig;
+use crate::dispatch::direct;
 use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::governance::interrupt;
 use crate::owner::activation::{self, DepthGuard};
+use crate::owner::enter::{self, Kind};
+use crate::owner::held;
 use crate::owner::job::{Call, Job};
 use crate::owner::pace::Pace;
 use crate::owner::wait;
@@ -135,9 +137,18 @@ impl InterpreterHandle {
         self.link.direct_calls.load(Ordering::Relaxed)
     }
 
-    /// Whether the owner thread is running a job or looking for one (not parked).
+    /// Whether the interpreter is running a call (on its owner thread or, direct, on a
+    /// caller's) or its owner is looking for one (not parked).
     pub fn is_busy(&self) -> bool {
         self.link.state.load(Ordering::Relaxed) != crate::owner::wait::OwnerState::Parked
+            || self.link.claim.held_by_caller()
+    }
+
+    /// Thread states callers' threads keep for this interpreter now (direct dispatch). A
+    /// probe for tests.
+    #[doc(hidden)]
+    pub fn host_states(&self) -> usize {
+        self.link.hosts.count()
     }
 
     /// CPU time of the interpreter's owner thread so far (the last reading once it has
@@ -189,6 +200,36 @@ impl InterpreterHandle {
                 limit: sh.max_depth,
             });
         }
+        let owner = activation::owner();
+        if let Some(owner) = owner.filter(|o| o.link.id == sh.id) {
+            return run_inline(owner, depth, f);
+        }
+        // A thread holding this interpreter's claim runs its calls inline (A→B→A).
+        if let Some(place) = held::find(sh.id) {
+            return direct::run_held(&place, depth, f);
+        }
+        let f = match sh.direct {
+            true => match direct::try_run(&self.link, depth, f) {
+                Ok(out) => return out,
+                Err(f) => f,
+            },
+            false => f,
+        };
+        self.post_and_wait(owner, depth, f)
+    }
+
+    /// [`call`](Self::call), but never direct: runs on the owner thread (for what must
+    /// run there, e.g. joining a group).
+    pub(crate) fn call_on_owner<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R> + Send,
+        R: Send,
+    {
+        let sh = &*self.link;
+        if sh.is_closing() {
+            return Err(Error::InterpreterGone { interp: sh.id });
+        }
+        let depth = activation::depth() + 1;
         match activation::owner() {
             Some(owner) if owner.link.id == sh.id => run_inline(owner, depth, f),
             owner => self.post_and_wait(owner, depth, f),
@@ -265,7 +306,9 @@ impl InterpreterHandle {
             return;
         }
         self.link.request_end();
-        if activation::owner().is_none() {
+        // A thread that holds an interpreter (its owner, or a caller's thread in a direct
+        // call) cannot wait: the end may wait for it.
+        if activation::owner().is_none() && !held::holds_any() {
             self.link.ending.wait();
         }
     }
@@ -278,21 +321,11 @@ where
     F: FnOnce(&Attached<'_>) -> Result<R>,
 {
     let _depth = DepthGuard::enter(depth);
-    let cur = ffi::current_tstate();
-    if cur == owner.ts {
-        // SAFETY: R10: this is the owner thread of `owner.link.id` and its own thread
-        // state is current (just checked), so it holds the interpreter's GIL throughout.
-        return unsafe { Attached::scope(owner.link.id, f) };
-    }
-    if !cur.is_null() {
-        return Err(Error::Internal(
-            "an owner thread has a foreign thread state attached".into(),
-        ));
-    }
-    // SAFETY: R2/R4: thread: owner of `owner.ts`. interp: alive (its owner is running us).
-    // tstate: none attached (just checked).
-    let attached = unsafe { AttachGuard::attach(owner.ts, owner.link.id) };
-    f(&attached.token())
+    let link = &owner.link;
+    // SAFETY: R2: thread: owner of `link.target`'s thread state; interp: alive (its owner
+    // is running us); `run_at` attaches, or switches from another interpreter's call
+    // this thread runs as its caller (R13), and restores what it found.
+    unsafe { enter::run_at(&link.target, &link.memory, Kind::Owner, f) }.and_then(|r| r)
 }
 
 /// Posts `call` with `post` and waits until it ran (or was dropped unrun): `post` must
@@ -313,17 +346,11 @@ where
     F: FnOnce(&Attached<'_>) -> Result<R> + Send,
     R: Send,
 {
-    if let Some(owner) = owner {
-        let cur = ffi::current_tstate();
-        if !cur.is_null() && cur != owner.ts {
-            return Err(Error::Internal(
-                "an owner thread has a foreign thread state attached".into(),
-            ));
-        }
-    }
+    // A thread holding claims as a caller serves those interpreters while it waits.
+    let holds = owner.is_none() && held::holds_any();
     // An interruptible call waiting here is not executing: its interrupts are deferred
     // until the wait is over (and the jobs served meanwhile never receive them).
-    let _not_executing = owner.map(|_| interrupt::Barrier::wait());
+    let _not_executing = (owner.is_some() || holds).then(interrupt::Barrier::wait);
     wait::with_slot(|slot| {
         // SAFETY: R7: `call` (the caller's) and `slot` outlive this closure, which does
         // not return until `slot` is complete: `post` fails only before queueing the job
@@ -341,6 +368,7 @@ where
         let spin = post(job, owner)?;
         match owner {
             Some(owner) => owner.serve(Some((slot, target_nested)), pace.budget(spin)),
+            None if holds => held::wait_serving(slot, pace.budget(spin), target_nested),
             None => pace.wait(slot, spin, target_nested),
         }
         if let Some(posted) = posted {
@@ -384,7 +412,7 @@ pub fn current_interpreter() -> Option<InterpreterId> {
 /// an interpreter's owner thread (direct dispatch, [`InterpreterConfig::direct`](crate::InterpreterConfig::direct)):
 /// per-call CPU time must then be sampled, the owner's clock does not see it.
 pub fn running_direct() -> bool {
-    false
+    held::running_direct()
 }
 
 /// The nesting depth of the call running on this thread (0 outside any call).

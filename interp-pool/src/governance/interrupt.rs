@@ -163,6 +163,16 @@ impl InterruptTarget {
         })
     }
 
+    /// The thread state interrupts are raised in.
+    pub(crate) fn ts(&self) -> *mut sys::PyThreadState {
+        self.ts as _
+    }
+
+    /// Its interpreter.
+    pub(crate) fn interp(&self) -> *mut sys::PyInterpreterState {
+        self.interp as _
+    }
+
     /// Keeps interrupters out while held (R3): the owner holds it from before it ends the
     /// interpreter (or deletes its thread state) until after [`mark_ended`](Self::mark_ended).
     pub(crate) fn lock_out(&self) -> MutexGuard<'_, ()> {
@@ -306,6 +316,48 @@ pub(crate) fn register(target: Arc<InterruptTarget>) -> Registration {
 
 /// This thread's target registration; unregisters on drop.
 pub(crate) struct Registration(());
+
+/// Registers `target` as this thread's for one call made on it (a direct call, or a call
+/// of the owner's own interpreter made while the thread ran another's): the previous
+/// target and the frames above the current top are given back on drop.
+pub(crate) fn register_scoped(target: Arc<InterruptTarget>) -> ScopedRegistration {
+    let (prev, depth) =
+        with_frames(|f| (f.target.replace(target), f.stack.len())).unwrap_or((None, 0));
+    ScopedRegistration { prev, depth }
+}
+
+/// Whether this thread runs a call of interpreter `id` now, with the thread state it runs
+/// it on attached (its own as the owner, or its host-thread state there).
+pub(crate) fn runs_attached(id: InterpreterId) -> bool {
+    with_frames(|f| {
+        f.target
+            .as_ref()
+            .is_some_and(|t| t.id == id && t.is_own_thread_state())
+    })
+    .unwrap_or(false)
+}
+
+/// Whether `target` is this thread's registered target now.
+pub(crate) fn is_registered(target: &Arc<InterruptTarget>) -> bool {
+    with_frames(|f| f.target.as_ref().is_some_and(|t| Arc::ptr_eq(t, target))).unwrap_or(false)
+}
+
+/// See [`register_scoped`].
+pub(crate) struct ScopedRegistration {
+    prev: Option<Arc<InterruptTarget>>,
+    depth: usize,
+}
+
+impl Drop for ScopedRegistration {
+    fn drop(&mut self) {
+        let prev = self.prev.take();
+        let depth = self.depth;
+        with_frames(|f| {
+            f.target = prev;
+            f.stack.truncate(depth);
+        });
+    }
+}
 
 impl Drop for Registration {
     fn drop(&mut self) {

@@ -5,7 +5,11 @@
 //! lanes or handles above it.
 
 pub(crate) mod activation;
+pub(crate) mod claim;
 pub(crate) mod ending;
+pub(crate) mod enter;
+pub(crate) mod held;
+pub(crate) mod host;
 pub(crate) mod job;
 pub(crate) mod mailbox;
 pub(crate) mod pace;

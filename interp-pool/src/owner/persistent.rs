@@ -6,10 +6,9 @@
 use std::ptr::NonNull;
 
 use crate::capi::attach::Attached;
-use crate::capi::ffi::{self, sys};
+use crate::capi::ffi::sys;
 use crate::capi::object::PyObj;
 use crate::error::{Error, Result};
-use crate::owner::activation;
 use crate::InterpreterId;
 
 /// A strong reference owned by Rust, pinned to the interpreter that created it.
@@ -66,8 +65,8 @@ impl Persistent {
 
 impl Drop for Persistent {
     fn drop(&mut self) {
-        let on_owner = activation::owner()
-            .is_some_and(|o| o.link.id == self.interp && ffi::current_tstate() == o.ts);
+        // Its owner, or a caller's thread running a direct call there, attached.
+        let on_owner = crate::governance::interrupt::runs_attached(self.interp);
         if on_owner {
             // SAFETY: thread: owner of `self.interp`; tstate: its thread state is attached
             // (both just checked). refs: we own one strong reference.

@@ -1,15 +1,18 @@
 //! The owner thread: creates its interpreter, serves the interpreter's queue (also while
 //! it waits on another interpreter), and ends the interpreter on the same thread.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use super::claim::Claim;
 use super::ending::Ending;
+use super::enter::{self, Kind};
+use super::held;
+use super::host::HostStates;
 use super::seat::{Hold, Looking, Seat};
 use crate::capi::attach::{self, AttachGuard, Attached};
 use crate::capi::ffi::{self, sys};
@@ -71,8 +74,24 @@ pub(crate) struct OwnerLink {
     pub(crate) direct_calls: AtomicU64,
     /// The owner thread's CPU clock and spin time (`cpu.rs`).
     pub(crate) clock: OwnerClock,
-    /// What the interpreter allocates (`memory.rs`): current on the owner thread.
+    /// What the interpreter allocates (`memory.rs`): current on the owner thread, and on
+    /// a caller's thread during its direct calls.
     pub(crate) memory: Arc<MemoryAccount>,
+    /// Callers may run calls themselves when it is free (`InterpreterConfig::direct`).
+    pub(crate) direct: bool,
+    /// Who may attach the interpreter now (`claim.rs`, R13).
+    pub(crate) claim: Claim,
+    /// The thread states callers' threads made for it (`host.rs`).
+    pub(crate) hosts: HostStates,
+    /// The mailbox of the group this interpreter joined (`group.rs`), served after its own
+    /// (by the owner, or by a caller's thread holding the claim while it waits).
+    pub(crate) group_mailbox: OnceLock<Arc<Mailbox>>,
+    /// Set when the interpreter leaves its group: it stops taking the group's jobs.
+    left_group: AtomicBool,
+    /// A caller's thread that holds the claim and waits (on another interpreter): it
+    /// serves this interpreter's queues meanwhile, so posts must wake it (`held.rs`).
+    holder: Mutex<Option<Thread>>,
+    holder_set: AtomicBool,
 }
 
 impl OwnerLink {
@@ -89,10 +108,68 @@ impl OwnerLink {
             || {
                 // After the mailbox's fence; pairs with `park_unless` in `serve`: either the
                 // owner sees the job, or we see Parked and unpark it.
-                self.state.unpark_if_parked(|| self.thread.unpark())
+                let woke = self.state.unpark_if_parked(|| self.thread.unpark());
+                // A caller's thread running a direct call: the owner cannot take the job
+                // until it lets go (then it wakes the owner), unless it waits meanwhile
+                // and serves it. Either way nobody is spinning for us to see.
+                woke | self.wake_holder() | self.claim.held_by_caller()
             },
             self.caller_spin,
         )
+    }
+
+    /// Whether a job is queued for it: in its own mailbox, or its group's while a member.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.mailbox.is_empty() || self.group().is_some_and(|g| !g.is_empty())
+    }
+
+    /// The next job queued for it (its own mailbox first, then its group's).
+    pub(crate) fn take_queued(&self) -> Option<Job> {
+        self.mailbox
+            .try_take()
+            .or_else(|| self.group().and_then(|g| g.try_take()))
+    }
+
+    /// The group's mailbox while it is a member.
+    fn group(&self) -> Option<&Arc<Mailbox>> {
+        self.group_mailbox.get().filter(|_| !self.left_group())
+    }
+
+    /// Whether it left its group.
+    pub(crate) fn left_group(&self) -> bool {
+        self.left_group.load(Ordering::SeqCst)
+    }
+
+    /// Wakes the owner if it parked (for a given-up host-thread state, a claim let go).
+    pub(crate) fn wake_owner(&self) {
+        self.state.unpark_if_parked(|| self.thread.unpark());
+    }
+
+    /// Sets (or clears) the waiting claim holder that posts must wake; returns the previous.
+    pub(crate) fn set_holder(&self, holder: Option<Thread>) -> Option<Thread> {
+        let mut h = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+        self.holder_set.store(holder.is_some(), Ordering::SeqCst);
+        std::mem::replace(&mut *h, holder)
+    }
+
+    /// After a post's fence: wakes the waiting claim holder, if any.
+    pub(crate) fn wake_holder(&self) -> bool {
+        if !self.holder_set.load(Ordering::SeqCst) {
+            return false;
+        }
+        let h = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+        h.as_ref().inspect(|t| t.unpark()).is_some()
+    }
+
+    /// A caller's thread lets go of the claim after its direct call: if something waits
+    /// for the interpreter (a queued job, a given-up state, the end), the owner takes over.
+    pub(crate) fn release_caller_claim(&self) {
+        // SeqCst store, then SeqCst loads of the queues and the owner's state: pairs with
+        // the owner's park (stores Parked, fences, reads the claim).
+        self.claim.release();
+        if self.has_queued() || self.hosts.has_doomed() || self.is_closing() {
+            self.wake_owner();
+        }
     }
 
     /// True while the owner waits on another interpreter: see `wait::OwnerState::Nested`.
@@ -163,10 +240,6 @@ pub(crate) struct Owner {
     pub(crate) link: Arc<OwnerLink>,
     /// The creation thread state: the interpreter's only one, for its whole life (R2).
     pub(crate) ts: *mut sys::PyThreadState,
-    /// The mailbox of the group this interpreter joined (`group.rs`), served after its own.
-    group_mailbox: OnceLock<Arc<Mailbox>>,
-    /// Set when the interpreter leaves its group: it stops taking the group's jobs.
-    pub(crate) left_group: Cell<bool>,
     server_spin: Duration,
     /// The main-pool seat this thread is (`main_pool.rs`), if it serves the main interpreter.
     pub(crate) seat: Option<Seat>,
@@ -222,14 +295,20 @@ impl Owner {
             direct_calls: AtomicU64::new(0),
             clock: OwnerClock::current_thread(),
             memory,
+            // Main-pool seats serve lanes (`main_pool.rs`), which have their own limit.
+            direct: config.direct && origin == Origin::New,
+            claim: Claim::default(),
+            hosts: HostStates::default(),
+            group_mailbox: OnceLock::new(),
+            left_group: AtomicBool::new(false),
+            holder: Mutex::new(None),
+            holder_set: AtomicBool::new(false),
         });
         super::registry::register(&link);
         drop(serial);
         Ok(Self {
             link,
             ts: created.ts,
-            group_mailbox: OnceLock::new(),
-            left_group: Cell::new(false),
             server_spin: config.wait.server_spin,
             seat: seat.map(|s| s.seat),
         })
@@ -240,19 +319,23 @@ impl Owner {
     /// then ends the interpreter (or, for main, deletes this thread's thread state: R1,
     /// py-main finalizes main).
     fn retire(self) {
-        let Owner {
-            ts,
-            group_mailbox,
-            link,
-            ..
-        } = self;
+        let Owner { ts, link, .. } = self;
+        // A direct call in progress finishes first; then no caller attaches any more (R13).
+        link.claim.close(|| {
+            link.state.park_unless(|| !link.claim.is_free());
+            link.state.store(OwnerState::Running, Ordering::SeqCst);
+        });
         link.mailbox.close();
-        // The group's queue lives on for its other members.
-        drop(group_mailbox);
+        // Every thread state callers made here goes before the interpreter (R13).
+        let hosts = link.hosts.end();
         // No interrupter may hold a thread state in the interpreter from here on (`ending`
-        // is set, so none starts after we release this at the end of the function).
+        // is set, so none starts after we release these at the end of the function).
         let _no_interrupts = link.target.lock_out();
-        let release = |att: &Attached<'_>| link.target.classes.release(att);
+        let _no_host_interrupts = lock_out(&hosts);
+        let release = |att: &Attached<'_>| {
+            delete_host_states(att, &hosts);
+            link.target.classes.release(att);
+        };
         match link.origin {
             // SAFETY: R2: thread: the owner, which created `ts`; no call runs any more and
             // the top-level loop detaches between jobs, so none is attached; the
@@ -268,6 +351,32 @@ impl Owner {
         link.target.mark_ended();
         link.ending.mark_done();
         tracing::debug!(interp = %link.id, "interpreter ended");
+    }
+}
+
+/// Takes the interrupt locks of host-thread states about to be deleted and marks them
+/// ended, so no interrupter attaches for them (before attaching: an interrupter holding a
+/// lock may be waiting for the interpreter's GIL).
+fn lock_out(hosts: &[Arc<InterruptTarget>]) -> Vec<std::sync::MutexGuard<'_, ()>> {
+    hosts
+        .iter()
+        .map(|h| {
+            let guard = h.lock_out();
+            h.mark_ended();
+            guard
+        })
+        .collect()
+}
+
+/// Deletes host-thread states given up or left at the end, attached through the owner's
+/// thread state (`att`), their interrupt locks held (`lock_out`).
+fn delete_host_states(att: &Attached<'_>, hosts: &[Arc<InterruptTarget>]) {
+    for h in hosts {
+        h.classes.release(att);
+        // SAFETY: R13: a state of `att`'s interpreter whose thread gave it up (or the
+        // interpreter is ending, its claim closed: nobody attaches it again); its
+        // interrupt lock is held and marked ended.
+        unsafe { attach::delete_host_state(att, h.ts()) };
     }
 }
 
@@ -431,6 +540,11 @@ impl Owner {
     /// Serves this interpreter's queue until `slot` is done, or, for the top-level loop
     /// (`slot == None`), until the interpreter is asked to end. Never panics: a job's
     /// panic is caught inside the job.
+    ///
+    /// Under direct dispatch the top-level loop takes the claim for each job (`claim.rs`):
+    /// a queued job waits while a caller's thread runs a direct call, whose release wakes
+    /// us. A nested wait already holds it (it is inside a job), and also serves the
+    /// interpreters this thread holds as a caller (`held.rs`).
     pub(crate) fn serve(&self, wait_on: Option<(&ReplySlot, &dyn Fn() -> bool)>, spin: Duration) {
         let sh = &*self.link;
         let finished = || match wait_on {
@@ -444,14 +558,23 @@ impl Owner {
             OwnerState::Running
         };
         let defer = || wait_on.is_some_and(|(_, target_nested)| target_nested());
-        // Read on every turn: the interpreter may join a group while this loop runs (the
-        // join is a job of this very loop).
-        let group = || self.group_mailbox.get().filter(|_| !self.left_group.get());
+        // The top-level loop of a direct interpreter takes the claim per job.
+        let claims = wait_on.is_none() && sh.direct;
+        let nested = wait_on.is_some();
         let queued = || {
-            !sh.mailbox.is_empty()
-                || group().is_some_and(|g| !g.is_empty())
+            sh.has_queued()
                 || self.seat.is_some_and(|s| s.lanes.has_work(s.index))
+                || (nested && held::has_work())
         };
+        let ready = || {
+            if claims {
+                (queued() || sh.hosts.has_doomed()) && sh.claim.is_free()
+            } else {
+                queued()
+            }
+        };
+        // Posts to the interpreters this thread holds as a caller wake it while it waits.
+        let _announced = nested.then(held::Announced::new);
         sh.state.store(waiting, Ordering::Relaxed);
         // A main-pool seat here, between jobs and not parked, takes a lane's call without
         // being woken: posters see this and wake no other seat for it.
@@ -459,21 +582,36 @@ impl Owner {
         let look = |on: bool| looking.as_ref().inspect(|l| l.set(on));
         loop {
             look(true);
-            if let Some((job, hold)) = self.next_job(group()) {
-                if let Some(seat) = self.seat {
-                    // Flagged until now: a poster may have counted us for another call.
-                    look(false);
-                    seat.lanes.hand_off();
-                }
-                sh.state.store(OwnerState::Running, Ordering::Relaxed);
-                // Looking again before the caller has its reply: the call it may post at
-                // once finds us looking and wakes no other seat.
-                self.run_posted(job, || {
-                    drop(hold);
-                    look(true);
-                });
-                sh.state.store(waiting, Ordering::Relaxed);
+            if nested && held::run_queued() {
                 continue;
+            }
+            let claimed = !claims || (ready() && sh.claim.try_owner());
+            if claimed {
+                if claims && sh.hosts.has_doomed() {
+                    self.delete_given_up();
+                }
+                if let Some((job, hold)) = self.next_job() {
+                    if let Some(seat) = self.seat {
+                        // Flagged until now: a poster may have counted us for another call.
+                        look(false);
+                        seat.lanes.hand_off();
+                    }
+                    sh.state.store(OwnerState::Running, Ordering::Relaxed);
+                    // Looking again before the caller has its reply: the call it may post at
+                    // once finds us looking and wakes no other seat.
+                    self.run_posted(job, || {
+                        drop(hold);
+                        look(true);
+                    });
+                    if claims {
+                        sh.claim.release();
+                    }
+                    sh.state.store(waiting, Ordering::Relaxed);
+                    continue;
+                }
+                if claims {
+                    sh.claim.release();
+                }
             }
             if finished() {
                 // A poster that saw us looking woke no one: hand its call on.
@@ -484,9 +622,9 @@ impl Owner {
                 break;
             }
             let spun = Instant::now();
-            let ready = spin_until(spin, || finished() || queued(), defer);
+            let got = spin_until(spin, || finished() || ready(), defer);
             sh.clock.add_spin(spun.elapsed());
-            if ready {
+            if got {
                 continue;
             }
             // Nested: the reply's completer must know to unpark us.
@@ -498,20 +636,32 @@ impl Owner {
             // Before Parked is stored and fenced (see `main_pool::MainLane::post`).
             look(false);
             // Pairs with the fence in `Mailbox::post`, after which its `wake` reads our
-            // state (`OwnerLink::post`, the group's claim, the lane's).
-            sh.state.park_unless(|| !finished() && !queued());
+            // state (`OwnerLink::post`, the group's claim, the lane's), and with a caller's
+            // release of the claim (`release_caller_claim`).
+            sh.state.park_unless(|| !finished() && !ready());
             sh.state.store(waiting, Ordering::SeqCst);
         }
         sh.state.store(OwnerState::Running, Ordering::Relaxed);
     }
 
+    /// Deletes the host-thread states their threads gave up. Top-level loop, claim held,
+    /// detached.
+    fn delete_given_up(&self) {
+        let hosts = self.link.hosts.take_doomed();
+        if hosts.is_empty() {
+            return;
+        }
+        let _no_interrupts = lock_out(&hosts);
+        // SAFETY: R2/R4: thread: owner of `self.ts`; interp: alive (before `retire`);
+        // tstate: none attached (the top-level loop is detached between jobs).
+        let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };
+        delete_host_states(&attached.token(), &hosts);
+    }
+
     /// The next job: this interpreter's own queue first (calls that must run here), then
     /// its group's, then (a main-pool seat) a lane's, with the hold it runs under.
-    fn next_job(&self, group: Option<&Arc<Mailbox>>) -> Option<(Job, Option<Hold>)> {
-        if let Some(job) = self.link.mailbox.try_take() {
-            return Some((job, None));
-        }
-        if let Some(job) = group.and_then(|g| g.try_take()) {
+    fn next_job(&self) -> Option<(Job, Option<Hold>)> {
+        if let Some(job) = self.link.take_queued() {
             return Some((job, None));
         }
         let seat = self.seat?;
@@ -522,13 +672,13 @@ impl Owner {
     /// Stops serving the group's queue (its own goes on). Runs on the owner, inside a job:
     /// once that job returns, no group job starts here any more.
     pub(crate) fn leave_group(&self) {
-        self.left_group.set(true);
+        self.link.left_group.store(true, Ordering::SeqCst);
     }
 
     /// Makes this owner a member of a group: from now on it also serves `mailbox`. Runs on
     /// the owner thread (inside a job), once.
     pub(crate) fn join_group(&self, id: GroupId, mailbox: Arc<Mailbox>) -> Result<()> {
-        if self.link.group.set(id).is_err() || self.group_mailbox.set(mailbox).is_err() {
+        if self.link.group.set(id).is_err() || self.link.group_mailbox.set(mailbox).is_err() {
             return Err(Error::Internal(format!(
                 "interpreter {} is already a member of a group",
                 self.link.id
@@ -540,12 +690,12 @@ impl Owner {
     /// Runs whatever is queued now, without waiting (a caller waiting for room in a full
     /// queue elsewhere). Detached, like every serving loop.
     pub(crate) fn run_queued(&self) {
-        let group = self.group_mailbox.get().filter(|_| !self.left_group.get());
-        while let Some((job, hold)) = self.next_job(group) {
+        while let Some((job, hold)) = self.next_job() {
             let before = self.link.state.swap(OwnerState::Running, Ordering::Relaxed);
             self.run_posted(job, || drop(hold));
             self.link.state.store(before, Ordering::Relaxed);
         }
+        held::run_queued();
     }
 
     /// Runs a job that came through the queue. The thread is detached here: the top-level
@@ -554,15 +704,20 @@ impl Owner {
     /// goes there: a call that returned no longer counts against the lane's limit).
     fn run_posted(&self, job: Job, before_reply: impl FnOnce()) {
         let _depth = DepthGuard::enter(job.depth);
-        // SAFETY: R2/R4: thread: owner of `self.ts`. interp: alive until `retire` after
-        // the loop. tstate: none attached (we serve only while detached).
-        let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };
         self.link.served.fetch_add(1, Ordering::Relaxed);
-        let token = attached.token();
-        // This job is not the interruptible call that may be waiting under it (nested):
-        // an interrupt aimed at that one is deferred until control returns to it.
-        let barrier = Barrier::job(&token);
-        job.execute_then(&token, before_reply);
-        drop(barrier);
+        let run = |token: &Attached<'_>| {
+            // This job is not the interruptible call that may be waiting under it (nested):
+            // an interrupt aimed at that one is deferred until control returns to it.
+            let barrier = Barrier::job(token);
+            job.execute_then(token, before_reply);
+            drop(barrier);
+        };
+        // SAFETY: R2/R4: thread: owner of `self.ts`, registered with its target. interp:
+        // alive until `retire` after the loop. We serve only while detached, or (switched
+        // to another interpreter as its caller) `run_at` detaches and switches back.
+        let ran = unsafe { enter::run_at(&self.link.target, &self.link.memory, Kind::Owner, run) };
+        if let Err(e) = ran {
+            tracing::error!(interp = %self.link.id, "cannot run a queued job: {e}");
+        }
     }
 }

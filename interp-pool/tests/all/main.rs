@@ -5,6 +5,7 @@ mod basics;
 mod concurrency;
 mod cpu;
 mod deadlines;
+mod direct;
 mod end_races;
 mod errors;
 mod escalation;

@@ -1,0 +1,303 @@
+//! Direct dispatch (`InterpreterConfig::direct`): a caller's thread runs the call itself on
+//! a free interpreter, with a thread state of its own kept for it (R13).
+
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use interp_pool::{CallOptions, Error, InterpreterConfig, InterpreterHandle};
+use pyo3_ffi as sys;
+
+use crate::reentry::{install_ping, register};
+use crate::util::*;
+
+fn direct_config(name: &str) -> InterpreterConfig {
+    InterpreterConfig {
+        direct: true,
+        ..InterpreterConfig::named(name)
+    }
+}
+
+fn direct(name: &str) -> InterpreterHandle {
+    spawn_with(direct_config(name))
+}
+
+/// CPython's ident of the calling thread, as `threading.get_ident()` reports it.
+fn my_ident() -> i64 {
+    // SAFETY: pthread_self needs nothing.
+    (unsafe { libc::pthread_self() }) as i64
+}
+
+fn ident_in(h: &InterpreterHandle) -> i64 {
+    eval_i64(h, "__import__('threading').get_ident()")
+}
+
+#[test]
+fn a_direct_call_runs_on_the_calling_thread_and_is_counted() {
+    within(LIMIT, "direct on caller", || {
+        let h = direct("direct-caller");
+        let owner = thread::scope(|_| {
+            // The interpreter was made on its owner thread; a call from here runs here.
+            ident_in(&h)
+        });
+        assert_eq!(owner, my_ident());
+        assert!(h.direct_calls() >= 1);
+        assert_eq!(h.host_states(), 1);
+        // A second thread gets a state of its own.
+        let other = thread::spawn({
+            let h = h.clone();
+            move || (ident_in(&h), my_ident())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other.0, other.1);
+        // That thread exited: its state is given up and deleted by the owner.
+        wait_until(|| h.host_states() == 1);
+        h.end();
+    });
+}
+
+#[test]
+fn a_posted_interpreter_never_runs_on_the_caller() {
+    let h = spawn("posted-only");
+    assert_ne!(ident_in(&h), my_ident());
+    assert_eq!(h.direct_calls(), 0);
+    h.end();
+}
+
+/// Bounces between two direct interpreters `n` times, all on this thread.
+fn bounce(hs: &[InterpreterHandle; 2], i: usize, n: usize) -> interp_pool::Result<usize> {
+    hs[i].call(move |py| {
+        let ident = py
+            .eval("__import__('threading').get_ident()")?
+            .extract_i64(py)?;
+        assert_eq!(ident, my_ident(), "level {n} ran off the caller");
+        py.run("hits = globals().get('hits', 0) + 1")?;
+        if n == 0 {
+            Ok(0)
+        } else {
+            Ok(bounce(hs, 1 - i, n - 1)? + 1)
+        }
+    })
+}
+
+#[test]
+fn a_b_a_runs_inline_on_the_caller_thread() {
+    within(LIMIT, "direct a-b-a", || {
+        let hs = [direct("direct-aba-a"), direct("direct-aba-b")];
+        assert_eq!(bounce(&hs, 0, 40).unwrap(), 40);
+        assert_eq!(eval_i64(&hs[0], "hits"), 21);
+        assert_eq!(eval_i64(&hs[1], "hits"), 20);
+        match bounce(&hs, 0, 100) {
+            Err(Error::ReentryLimit { depth, limit }) => assert_eq!((depth, limit), (65, 64)),
+            other => panic!("expected ReentryLimit, got {other:?}"),
+        }
+        assert_eq!(bounce(&hs, 1, 3).unwrap(), 3);
+        hs[0].end();
+        hs[1].end();
+    });
+}
+
+#[test]
+fn a_b_a_through_ctypes_from_a_host_thread() {
+    const TEST: &str = "direct::a_b_a_through_ctypes_from_a_host_thread";
+    within(LIMIT, "direct a-b-a ctypes", || {
+        let a = spawn_with(InterpreterConfig {
+            direct: true,
+            ..ctypes_config(TEST, "dct-a")
+        });
+        let b = spawn_with(InterpreterConfig {
+            direct: true,
+            ..ctypes_config(TEST, "dct-b")
+        });
+        let (ia, ib) = (register(&a), register(&b));
+        install_ping(&a, ia, ib);
+        install_ping(&b, ib, ia);
+        assert_eq!(eval_i64(&a, "ping(10)"), 11);
+        assert_eq!(eval_i64(&a, "calls"), 6);
+        assert_eq!(eval_i64(&b, "calls"), 5);
+        // Every level ran on this thread.
+        assert_eq!(eval_i64(&a, "len(threads)"), 1);
+        assert_eq!(ident_in(&a), eval_i64(&a, "next(iter(threads))"));
+        a.end();
+        b.end();
+    });
+}
+
+#[test]
+fn many_threads_each_get_their_own_answers() {
+    within(LIMIT, "direct many threads", || {
+        let hs = [direct("direct-many-a"), direct("direct-many-b")];
+        for h in &hs {
+            run(h, "def f(a, b):\n    return a * 1000 + b\n");
+        }
+        let start = Arc::new(Barrier::new(8));
+        let workers: Vec<_> = (0..8)
+            .map(|t| {
+                let h = hs[t % 2].clone();
+                let start = Arc::clone(&start);
+                thread::spawn(move || {
+                    start.wait();
+                    for i in 0..2000i64 {
+                        let got = h
+                            .call(move |py| py.eval(&format!("f({t}, {i})"))?.extract_i64(py))
+                            .unwrap();
+                        assert_eq!(got, t as i64 * 1000 + i);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        for h in &hs {
+            // Every call ran once, direct or posted.
+            assert!(h.jobs_served() >= 8000);
+        }
+        hs[0].end();
+        hs[1].end();
+    });
+}
+
+#[test]
+fn the_threads_gilstate_binding_is_left_as_it_was() {
+    within(LIMIT, "direct gilstate", || {
+        let hs = [direct("direct-gil-a"), direct("direct-gil-b")];
+        thread::spawn(move || {
+            // SAFETY: reads a thread-specific slot; Python is initialised.
+            let before = unsafe { sys::PyGILState_GetThisThreadState() };
+            assert!(before.is_null());
+            for h in &hs {
+                assert_eq!(ident_in(h), my_ident());
+            }
+            // SAFETY: as above.
+            assert!(unsafe { sys::PyGILState_GetThisThreadState() }.is_null());
+            // PyGILState_Ensure gets the main interpreter, as on any fresh thread.
+            // SAFETY: Python is initialised and main is detached (R1); balanced below.
+            let g = unsafe { sys::PyGILState_Ensure() };
+            // SAFETY: attached by Ensure.
+            let interp = unsafe { sys::PyInterpreterState_Get() };
+            // SAFETY: needs nothing.
+            let main = unsafe { sys::PyInterpreterState_Main() };
+            // SAFETY: balances Ensure above.
+            unsafe { sys::PyGILState_Release(g) };
+            assert_eq!(interp, main);
+            // Direct calls still work after, and leave the binding alone again.
+            assert_eq!(eval_i64(&hs[0], "1 + 1"), 2);
+            // SAFETY: as above.
+            assert!(unsafe { sys::PyGILState_GetThisThreadState() }.is_null());
+            for h in &hs {
+                h.end();
+            }
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_deadline_interrupts_a_direct_call_and_the_interpreter_serves_again() {
+    within(LIMIT, "direct deadline", || {
+        let h = direct("direct-deadline");
+        let opts = CallOptions {
+            timeout: Some(Duration::from_millis(200)),
+            ..CallOptions::default()
+        };
+        let r = h.call_with(&opts, |py| py.run("while True: pass"));
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        assert!(h.direct_calls() >= 1);
+        assert_eq!(eval_i64(&h, "6 * 7"), 42);
+        h.end();
+    });
+}
+
+#[test]
+fn ending_after_threads_exited_and_with_calls_in_flight_aborts_nothing() {
+    within(LIMIT, "direct end", || {
+        for round in 0..5 {
+            let h = direct(&format!("direct-end-{round}"));
+            run(&h, "def f(x):\n    return x + 1\n");
+            let go = Arc::new(Barrier::new(5));
+            let callers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (h, go) = (h.clone(), Arc::clone(&go));
+                    thread::spawn(move || {
+                        go.wait();
+                        let mut ok = 0;
+                        loop {
+                            match h.call(|py| py.eval("f(1)")?.extract_i64(py)) {
+                                Ok(2) => ok += 1,
+                                Err(Error::InterpreterGone { .. }) => return ok,
+                                other => panic!("unexpected {other:?}"),
+                            }
+                        }
+                    })
+                })
+                .collect();
+            go.wait();
+            // Some calls ran (the callers are past the barrier); then end under them.
+            wait_until(|| h.jobs_served() > 20);
+            h.end();
+            for c in callers {
+                c.join().unwrap();
+            }
+        }
+    });
+}
+
+/// Recursion that consumes C stack per level (C slots, C containers), with Python's own
+/// limit raised out of the way: on a small host thread it must end in RecursionError.
+const DEEP_C: &str = r#"
+import sys, json
+sys.setrecursionlimit(1_000_000)
+def nested(n):
+    x = []
+    for _ in range(n):
+        x = [x]
+    return x
+class R:
+    def __repr__(self):
+        return repr(self)
+class G:
+    def __getattr__(self, name):
+        return getattr(self, name)
+def check():
+    out = []
+    for f in (lambda: json.dumps(nested(200_000)), lambda: repr(R()), lambda: G().x, lambda: repr(nested(200_000))):
+        try:
+            f()
+            out.append("ok")
+        except RecursionError:
+            out.append("RecursionError")
+        except MemoryError:
+            out.append("MemoryError")
+    return ",".join(out)
+"#;
+
+#[test]
+fn deep_c_recursion_on_a_small_host_thread_is_an_error_not_a_crash() {
+    within(LIMIT, "direct deep recursion", || {
+        let h = direct("direct-deep");
+        run(&h, DEEP_C);
+        for stack in [1usize << 20, 2 << 20, 4 << 20] {
+            let h2 = h.clone();
+            let (out, ran_here) = thread::Builder::new()
+                .stack_size(stack)
+                .spawn(move || {
+                    let before = h2.direct_calls();
+                    let out = eval_str(&h2, "check()");
+                    (out, h2.direct_calls() > before)
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            eprintln!("stack {stack}: {out} (direct: {ran_here})");
+            assert!(
+                out.split(',')
+                    .all(|r| r == "RecursionError" || r == "MemoryError"),
+                "{out}"
+            );
+        }
+        h.end();
+    });
+}
