@@ -307,7 +307,7 @@ fn describe() {
         ("polyplug.bundle.memory.usage", Unit::Bytes, "Bytes the bundle's interpreters hold in CPython's MEM and OBJ domains (0 without memory accounting)"),
         ("polyplug.bundle.memory.peak", Unit::Bytes, "Highest polyplug.bundle.memory.usage since the interpreters started"),
         ("polyplug.bundle.memory.denied", Unit::Count, "Allocations refused by the bundle's memory limit, current load"),
-        ("polyplug.bundle.cpu_time", Unit::Seconds, "CPU time of the bundle's interpreter threads since the load began (main mode: scaled from sampled calls)"),
+        ("polyplug.bundle.cpu_time", Unit::Seconds, "CPU time of the bundle's interpreter threads since the load began, plus its calls run on callers' threads (direct dispatch: sampled, scaled to the direct calls); main mode: scaled from sampled calls"),
         ("polyplug.bundle.spin_time", Unit::Seconds, "Wall time those threads spent spinning for work (part of polyplug.bundle.cpu_time)"),
         ("polyplug.bundle.max_depth", Unit::Count, "Deepest plugin-to-plugin nesting a call of the bundle ran at"),
         ("polyplug.replica.queue_depth", Unit::Count, "Calls waiting on this replica's own queue (instance calls)"),
