@@ -129,6 +129,7 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
     let mut t = crate::table::plain(
         &[
             "bundle",
+            "dispatch",
             "calls",
             "errors",
             "queue p99us",
@@ -140,14 +141,16 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             "py MiB",
             "replicas",
         ],
-        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        &[2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
     );
     for (name, id) in bundles {
         let Some(m) = loader.metrics(*id) else {
             continue;
         };
+        let dispatch = loader.bundle_info(*id).map_or("-", |i| i.dispatch.as_str());
         t.add_row(vec![
             name.clone(),
+            dispatch.into(),
             m.calls.to_string(),
             m.errors.to_string(),
             us(m.queue_wait_p99),
