@@ -128,6 +128,8 @@ fn a_host_reads_what_the_loader_reports_by_these_names() {
     let metrics: BundleMetrics = loader.metrics(id).expect("loaded");
     let replicas: &[ReplicaStats] = &metrics.replicas;
     assert_eq!(replicas.len(), 1);
+    // Of the calls a replica served, those run on their caller's thread.
+    assert!(replicas[0].direct_calls <= replicas[0].calls_served);
 
     // Per-call options: a deadline and a cancel token, by this crate's names.
     let options = CallOptions {

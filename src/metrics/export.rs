@@ -276,6 +276,10 @@ fn set_gauges(name: &str, m: &BundleMetrics, before: usize) {
             "polyplug.replica.calls_served",
             r.map_or(0, |r| r.calls_served) as f64,
         );
+        g(
+            "polyplug.replica.direct_calls",
+            r.map_or(0, |r| r.direct_calls) as f64,
+        );
     }
 }
 
@@ -313,6 +317,7 @@ fn describe() {
         ("polyplug.replica.queue_depth", Unit::Count, "Calls waiting on this replica's own queue (instance calls)"),
         ("polyplug.replica.busy", Unit::Count, "1 while the replica runs (or looks for) a call, else 0"),
         ("polyplug.replica.calls_served", Unit::Count, "Calls the replica at this index has run"),
+        ("polyplug.replica.direct_calls", Unit::Count, "Of polyplug.replica.calls_served, calls run on their caller's thread (direct dispatch; 0 in main mode)"),
     ] {
         describe_gauge!(metric, unit, text);
     }

@@ -131,6 +131,7 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             "bundle",
             "dispatch",
             "calls",
+            "direct",
             "errors",
             "queue p99us",
             "run p50us",
@@ -141,7 +142,7 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             "py MiB",
             "replicas",
         ],
-        &[2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+        &[2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
     );
     for (name, id) in bundles {
         let Some(m) = loader.metrics(*id) else {
@@ -152,6 +153,11 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             name.clone(),
             dispatch.into(),
             m.calls.to_string(),
+            m.replicas
+                .iter()
+                .map(|r| r.direct_calls)
+                .sum::<u64>()
+                .to_string(),
             m.errors.to_string(),
             us(m.queue_wait_p99),
             us(m.run_p50),
