@@ -49,9 +49,9 @@ enum Command {
     /// subinterpreter loader and prints one row per bundle: contracts, functions,
     /// interpreter mode and why (the extension module that refused the previous mode,
     /// raised or caught by its package, or "fallback" when the bundle kept its mode and
-    /// runs a package's pure-Python fallback), replicas, dispatch (post or direct), whether the glue's ctypes calls
-    /// run as native fast paths, load time and memory, or the error and its cause. --json
-    /// prints the same as one JSON document.
+    /// runs a package's pure-Python fallback), replicas, dispatch (post or direct), whether
+    /// the glue's ctypes calls run as native fast paths, load time and memory, or the error
+    /// and its cause. --json prints the same as one JSON document.
     Check(CheckArgs),
     /// Call the fixture contracts calculator.add, counter.increment, cruncher.crunch and
     /// pipeline.run from N host threads; report calls/s and latency.
