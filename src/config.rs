@@ -237,7 +237,9 @@ pub struct PythonConfig {
     /// How a host thread's call reaches a bundle's interpreter (see [`Dispatch`]). Default
     /// [`Dispatch::Post`]: the bundle's code runs on its own threads only.
     pub dispatch: Dispatch,
-    /// Per-bundle dispatch, by bundle (manifest) name; wins over `dispatch`.
+    /// Per-bundle dispatch, by bundle (manifest) name; wins over `dispatch`. A name that
+    /// matches no bundle of the plugin directory is logged as a warning at the first load
+    /// from it (as for `replicas`): a misspelt one would silently mean `dispatch`.
     pub bundle_dispatch: HashMap<String, Dispatch>,
 }
 
@@ -247,8 +249,15 @@ pub struct PythonConfig {
 /// the bundle's interpreter (or one of its replicas) free, with nothing queued for it,
 /// claims it and runs the call itself, on a thread state of its own for that interpreter
 /// kept across calls: no hand-off, so N host threads use N cores even when threads
-/// outnumber cores. Otherwise the call is posted as under `Post`. Calls of one
-/// interpreter still run one at a time.
+/// outnumber cores. Otherwise the call is posted as under `Post`: when the interpreter
+/// (each of its replicas) is running another call, when calls are queued for it (a direct
+/// call never overtakes them), or when the calling thread's stack is too small for the call
+/// (CPython 3.13 does not check the real C stack; interpreter threads have
+/// [`PythonConfig::stack_size`], host threads often 2 MiB). Calls of one interpreter still
+/// run one at a time, and what holds for a posted call (re-entry, depth cap, deadlines and
+/// cancel, memory limits, metrics, replicas and instance affinity, unload and reload) holds
+/// for a direct one. A `main`-mode bundle's direct call runs on the calling thread attached
+/// to the main interpreter, with its `replicas` as the number of calls at once.
 ///
 /// What changes for the plugin: `threading.get_ident()`, `threading.local()` and the
 /// per-thread `decimal` context differ between calls from different host threads, and
@@ -256,7 +265,15 @@ pub struct PythonConfig {
 /// `check_same_thread`, the default) fail when a later call comes from another thread.
 /// Safe to switch: stateless plugins and plugins whose state is plain module globals or
 /// instance attributes (validators, routers, header rewrites, calculators). Keep `Post`
-/// for plugins that keep thread-bound objects across calls.
+/// (the default: an interpreter's calls then run on its own thread; in `main` mode on
+/// the main interpreter's threads, one at a time unless `replicas` says more) for plugins that keep
+/// thread-bound objects across calls or rely on `threading.local` or a `decimal` context
+/// persisting between calls.
+///
+/// Set it with [`PythonConfig::dispatch`] / [`PythonConfig::bundle_dispatch`], or
+/// `--dispatch NAME=direct` on the CLI; [`BundleInfo::dispatch`](crate::BundleInfo::dispatch)
+/// reports it. C hosts (the `ffi` exports) cannot choose it yet: their bundles run with
+/// `Post` (README, "Direct dispatch").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Dispatch {
     /// Every call is handed to the interpreter's own thread (default).

@@ -248,9 +248,12 @@ impl ContractData {
                 t1
             });
             m.depth(interp_pool::current_depth());
-            // `main` bundles share one owner thread: sample their CPU time per call.
+            // Sample the CPU time of the calls no owner clock tells apart: `main` bundles
+            // share the main interpreter's threads, and a direct call runs on its caller's
+            // thread (`Meter::cpu`). Asked on sampled calls only.
+            let direct = sampled && self.scope.is_none() && interp_pool::running_direct();
             let cpu0 = t1
-                .filter(|_| sampled && self.scope.is_some())
+                .filter(|_| sampled && (self.scope.is_some() || direct))
                 .and_then(|_| interp_pool::thread_cpu_time());
             let r = job(py);
             if let Some(t1) = t1 {
@@ -269,7 +272,7 @@ impl ContractData {
             }
             if let (Some(c0), Some(c1)) = (cpu0, cpu0.and_then(|_| interp_pool::thread_cpu_time()))
             {
-                m.cpu_sample(c1.saturating_sub(c0));
+                m.cpu_sample(c1.saturating_sub(c0), direct);
             }
             r
         };

@@ -19,7 +19,11 @@ use polyplug_abi::{
 
 use crate::{PythonConfig, PythonLoader};
 
-/// Configuration passed by C hosts to [`polyplug_python_loader_create`].
+/// Configuration passed by C hosts to [`polyplug_python_loader_create`]: polyplug_python
+/// 0.1.3's layout, kept so a C host switches loaders by relinking. Every other setting is
+/// `PythonConfig::default()`'s, so a C host's bundles run with
+/// [`Dispatch::Post`](crate::Dispatch::Post): it cannot choose `Direct` yet (README,
+/// "Direct dispatch").
 #[repr(C)]
 #[derive(Debug)]
 pub struct PolyplugPythonConfig {

@@ -143,6 +143,13 @@ pub struct BundleInfo {
     /// Whether the generated glue's `ctypes.string_at` / `ctypes.memmove` run as native
     /// fast paths in its interpreter (`PythonConfig::fast_glue`).
     pub fast_glue: bool,
+    /// How a host thread's call reaches it (`PythonConfig::dispatch` /
+    /// `bundle_dispatch`): the configured value. Under [`Dispatch::Direct`] a call still
+    /// falls back to posting when the interpreter (every replica) is busy, calls are
+    /// queued for it, or the calling thread's stack is too small for the call to run
+    /// there; in `main` mode a direct call runs on the calling thread attached to the main
+    /// interpreter, within the bundle's `replicas` limit.
+    pub dispatch: Dispatch,
 }
 
 impl PythonLoader {
@@ -185,6 +192,7 @@ impl PythonLoader {
             allocator: interp_pool::allocator(),
             memory_limit: b.memory_limit(),
             fast_glue: b.fast_glue,
+            dispatch: b.dispatch,
         })
     }
 

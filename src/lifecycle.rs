@@ -13,7 +13,7 @@ use polyplug::loader::{BundleSource, ManifestData};
 use polyplug::runtime::Runtime;
 use polyplug_abi::types::LogLevel;
 
-use crate::config::{self, CaughtRefusals, InterpreterMode, PythonConfig, Replicas};
+use crate::config::{self, CaughtRefusals, Dispatch, InterpreterMode, PythonConfig, Replicas};
 use crate::contract::ContractData;
 use crate::elastic::{self, Controller};
 use crate::error;
@@ -33,9 +33,9 @@ pub(crate) struct Loader {
     config: PythonConfig,
     /// By bundle id; several entries only while a reload retires the old version.
     bundles: Mutex<HashMap<u64, Vec<LoadedBundle>>>,
-    /// Set once the `replicas` names were checked against the bundles beside the first
-    /// one loaded from a directory.
-    replica_names_checked: std::sync::Once,
+    /// Set once the `replicas` and `bundle_dispatch` names were checked against the
+    /// bundles beside the first one loaded from a directory.
+    bundle_names_checked: std::sync::Once,
     main_threads_checked: std::sync::Once,
 }
 
@@ -55,6 +55,8 @@ pub(crate) struct LoadedBundle {
     pub(crate) watch: Arc<CallWatch>,
     /// Whether the ctypes fast paths are in place in its interpreter (`fast_glue.rs`).
     pub(crate) fast_glue: bool,
+    /// How host threads' calls reach it (`PythonConfig::dispatch_for`), as configured.
+    pub(crate) dispatch: Dispatch,
     /// Its identity in the main interpreter (`Main` mode only).
     key: Option<BundleKey>,
     pub(crate) meter: Arc<Meter>,
@@ -100,18 +102,22 @@ impl std::fmt::Debug for LoadedBundle {
 
 impl LoadedBundle {
     /// Its metrics now, with every replica's queue and state; the owner threads' CPU
-    /// clocks (outside `main`) and memory accounts summed over the current replicas.
+    /// clocks and direct calls (outside `main`) and memory accounts summed over the
+    /// current replicas.
     pub(crate) fn metrics(&self) -> crate::BundleMetrics {
         let members = self.target.members();
-        let owner_cpu = match self.mode {
-            InterpreterMode::Main => None,
-            _ => members
-                .iter()
-                .filter_map(InterpreterHandle::cpu_time)
-                .reduce(|a, b| interp_pool::CpuTime {
-                    total: a.total + b.total,
-                    spinning: a.spinning + b.spinning,
-                }),
+        let (owner_cpu, direct_calls) = match self.mode {
+            InterpreterMode::Main => (None, 0),
+            _ => (
+                members
+                    .iter()
+                    .filter_map(InterpreterHandle::cpu_time)
+                    .reduce(|a, b| interp_pool::CpuTime {
+                        total: a.total + b.total,
+                        spinning: a.spinning + b.spinning,
+                    }),
+                members.iter().map(InterpreterHandle::direct_calls).sum(),
+            ),
         };
         let memory = match interp_pool::memory_accounting() {
             true => self.accounts(&members).iter().map(|a| a.usage()).fold(
@@ -129,8 +135,13 @@ impl LoadedBundle {
             false => Default::default(),
         };
         let replicas = self.target.stats();
-        self.meter
-            .snapshot(self.target.queue_len(), owner_cpu, memory, replicas)
+        self.meter.snapshot(
+            self.target.queue_len(),
+            owner_cpu,
+            direct_calls,
+            memory,
+            replicas,
+        )
     }
 
     /// Its memory accounts: the bundle's own in main, else each replica's.
@@ -171,7 +182,7 @@ impl Loader {
         Self {
             config,
             bundles: Mutex::new(HashMap::new()),
-            replica_names_checked: std::sync::Once::new(),
+            bundle_names_checked: std::sync::Once::new(),
             main_threads_checked: std::sync::Once::new(),
         }
     }
@@ -358,7 +369,7 @@ impl Loader {
         replaces: &[&'static ContractData],
     ) -> Result<u64, LoaderError> {
         self.check_version()?;
-        self.check_replica_names(manifest, runtime);
+        self.check_bundle_names(manifest, runtime);
         let config = &self.config;
         let bundle = manifest.name.as_str();
         config
@@ -550,6 +561,7 @@ impl Loader {
                 reason,
                 watch: registered.watch,
                 fast_glue: made.fast_glue_everywhere,
+                dispatch: self.config.dispatch_for(bundle),
                 key: setup.key,
                 meter: registered.meter,
                 main_memory: setup.main_account,
@@ -777,16 +789,20 @@ impl Loader {
         }
     }
 
-    /// Warns (once per loader) about `replicas` entries that name no bundle of the plugin
-    /// directory the first path bundle came from: a misspelt name would silently mean 1.
-    fn check_replica_names(&self, manifest: &ManifestData, runtime: &Runtime) {
-        if self.config.replicas.is_empty() || manifest.path.as_os_str().is_empty() {
+    /// Warns (once per loader) about `replicas` and `bundle_dispatch` entries that name no
+    /// bundle of the plugin directory the first path bundle came from: a misspelt name
+    /// would silently mean one replica, or `dispatch`.
+    fn check_bundle_names(&self, manifest: &ManifestData, runtime: &Runtime) {
+        let config = &self.config;
+        if (config.replicas.is_empty() && config.bundle_dispatch.is_empty())
+            || manifest.path.as_os_str().is_empty()
+        {
             return;
         }
         let Some(plugin_dir) = manifest.path.parent() else {
             return;
         };
-        self.replica_names_checked.call_once(|| {
+        self.bundle_names_checked.call_once(|| {
             let names: std::collections::HashSet<String> = std::fs::read_dir(plugin_dir)
                 .into_iter()
                 .flatten()
@@ -794,9 +810,15 @@ impl Loader {
                 .filter_map(|e| polyplug::loader::parse_manifest(&e.path()).ok())
                 .map(|m| m.name)
                 .collect();
-            for name in self.config.replicas.keys().filter(|n| !names.contains(*n)) {
+            let settings = (config.replicas.keys().map(|n| ("replicas", n))).chain(
+                config
+                    .bundle_dispatch
+                    .keys()
+                    .map(|n| ("bundle_dispatch", n)),
+            );
+            for (field, name) in settings.filter(|(_, n)| !names.contains(*n)) {
                 let msg = format!(
-                    "PythonConfig::replicas names \"{name}\", but no bundle in {} has that \
+                    "PythonConfig::{field} names \"{name}\", but no bundle in {} has that \
                      name: the setting has no effect there",
                     plugin_dir.display()
                 );

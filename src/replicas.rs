@@ -74,6 +74,7 @@ impl Target {
                 queue_depth: l.queue_len(),
                 busy: l.running() > 0,
                 calls_served: l.calls_served(),
+                direct_calls: 0,
             }],
             _ => self.members().iter().map(ReplicaStats::of).collect(),
         }
@@ -157,6 +158,10 @@ pub struct ReplicaStats {
     pub busy: bool,
     /// Calls it has run so far.
     pub calls_served: u64,
+    /// Of those, calls a caller ran on its own thread
+    /// ([`Dispatch::Direct`](crate::Dispatch::Direct)); the rest were posted to its
+    /// thread. Always 0 in `main` mode, where the lane does not count them.
+    pub direct_calls: u64,
 }
 
 impl ReplicaStats {
@@ -166,6 +171,7 @@ impl ReplicaStats {
             queue_depth: h.queue_len(),
             busy: h.is_busy(),
             calls_served: h.jobs_served(),
+            direct_calls: h.direct_calls(),
         }
     }
 }

@@ -225,6 +225,94 @@ fn check_and_bench_take_replicas_per_bundle() {
 }
 
 #[test]
+fn check_and_bench_take_dispatch_per_bundle() {
+    let dispatch_of = |table: &str, bundle: &str| {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(bundle))
+            .unwrap_or_else(|| panic!("no {bundle} row:\n{table}"));
+        row.split_whitespace().nth(6).unwrap_or_default().to_owned()
+    };
+    // A misspelt name is a warning, not silence (it would quietly mean `post`).
+    let (ok, stdout, stderr) = cli(&[
+        "check",
+        "fixtures/bundles",
+        "--dispatch",
+        "py_calculator=direct",
+        "--dispatch",
+        "py_calculater=direct",
+    ]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains(" dispatch "),
+        "{stdout}"
+    );
+    assert_eq!(dispatch_of(&stdout, "py_calculator"), "direct", "{stdout}");
+    assert_eq!(
+        dispatch_of(&stdout, "py_counter"),
+        "post",
+        "the default: {stdout}"
+    );
+    assert!(
+        stderr.contains("PythonConfig::bundle_dispatch names \"py_calculater\""),
+        "{stderr}"
+    );
+    // A bare value is every bundle's default; a name wins over it. JSON says the same.
+    let (ok, json, stderr) = cli(&[
+        "check",
+        "--json",
+        "fixtures/bundles",
+        "--dispatch",
+        "direct",
+        "--dispatch",
+        "py_counter=post",
+    ]);
+    assert!(ok, "stdout:\n{json}\nstderr:\n{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("check --json prints JSON");
+    for b in doc["bundles"].as_array().expect("bundles") {
+        let want = if b["bundle"] == "py_counter" {
+            "post"
+        } else {
+            "direct"
+        };
+        assert_eq!(b["dispatch"], want, "{b}");
+    }
+    let (ok, stdout, stderr) = cli(&[
+        "bench",
+        "fixtures/bundles",
+        "--dispatch",
+        "py_calculator=direct",
+        "--seconds",
+        "1",
+    ]);
+    assert!(ok, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let metrics = stdout.rsplit("\n\n").next().unwrap_or_default();
+    let row = metrics
+        .lines()
+        .find(|l| l.starts_with("py_calculator"))
+        .unwrap_or_else(|| panic!("no metrics row:\n{stdout}"));
+    assert_eq!(row.split_whitespace().nth(1), Some("direct"), "{row}");
+    // Bad values are usage errors naming the flag and the value.
+    for bad in ["py_calculator=fast", "=direct", "quick", "py_calculator="] {
+        let out = Command::new(env!("CARGO_BIN_EXE_polyplug-subinterp"))
+            .args(["check", "fixtures/bundles", "--dispatch", bad])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--dispatch") && stderr.contains(bad),
+            "{bad}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn check_shows_why_each_ext_bundle_got_its_mode_and_json_says_the_same() {
     let (ok, table, stderr) = cli(&["check", "fixtures/ext-bundles"]);
     assert!(ok, "stdout:\n{table}\nstderr:\n{stderr}");

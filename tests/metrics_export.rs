@@ -151,7 +151,9 @@ fn counters_are_exact_across_publishes_recorders_and_a_reload() {
     assert_eq!(gauge(&seen, "polyplug.bundle.in_flight", of(b)), 0.0);
     let replica0 = vec![of(b)[0].clone(), format!("{REPLICA_LABEL}=0")];
     // Jobs it ran, its load's included.
-    assert!(gauge(&seen, "polyplug.replica.calls_served", replica0) >= 12.0);
+    assert!(gauge(&seen, "polyplug.replica.calls_served", replica0.clone()) >= 12.0);
+    // Dispatch::Post (the default): every call was posted to its thread.
+    assert_eq!(gauge(&seen, "polyplug.replica.direct_calls", replica0), 0.0);
 
     // The same recorder gets increments only.
     for i in 0..5 {

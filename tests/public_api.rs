@@ -75,6 +75,11 @@ fn every_config_field_is_nameable_from_this_crate() {
     ];
     let _ = [CaughtRefusals::Downgrade, CaughtRefusals::KeepMode];
     let _ = [Dispatch::Post, Dispatch::Direct];
+    // As the CLI and `check` spell them, both ways.
+    for d in [Dispatch::Post, Dispatch::Direct] {
+        assert_eq!(d.as_str().parse::<Dispatch>(), Ok(d));
+        assert_eq!(d.to_string(), d.as_str());
+    }
     let _ = [WhenFull::Block, WhenFull::Fail];
     let _ = [
         InterpreterMode::OwnGil,
@@ -101,6 +106,8 @@ fn a_host_reads_what_the_loader_reports_by_these_names() {
     let info: BundleInfo = loader.bundle_info(id).expect("loaded");
     // This process started CPython with the default allocator.
     assert_eq!(info.allocator, AllocatorInUse::Mimalloc);
+    // As configured (`every_field` leaves it at the default).
+    assert_eq!(info.dispatch, Dispatch::Post);
     let ModeReason {
         cause,
         remembered: _,
@@ -121,6 +128,8 @@ fn a_host_reads_what_the_loader_reports_by_these_names() {
     let metrics: BundleMetrics = loader.metrics(id).expect("loaded");
     let replicas: &[ReplicaStats] = &metrics.replicas;
     assert_eq!(replicas.len(), 1);
+    // Of the calls a replica served, those run on their caller's thread.
+    assert!(replicas[0].direct_calls <= replicas[0].calls_served);
 
     // Per-call options: a deadline and a cancel token, by this crate's names.
     let options = CallOptions {

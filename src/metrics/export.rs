@@ -276,6 +276,10 @@ fn set_gauges(name: &str, m: &BundleMetrics, before: usize) {
             "polyplug.replica.calls_served",
             r.map_or(0, |r| r.calls_served) as f64,
         );
+        g(
+            "polyplug.replica.direct_calls",
+            r.map_or(0, |r| r.direct_calls) as f64,
+        );
     }
 }
 
@@ -307,12 +311,13 @@ fn describe() {
         ("polyplug.bundle.memory.usage", Unit::Bytes, "Bytes the bundle's interpreters hold in CPython's MEM and OBJ domains (0 without memory accounting)"),
         ("polyplug.bundle.memory.peak", Unit::Bytes, "Highest polyplug.bundle.memory.usage since the interpreters started"),
         ("polyplug.bundle.memory.denied", Unit::Count, "Allocations refused by the bundle's memory limit, current load"),
-        ("polyplug.bundle.cpu_time", Unit::Seconds, "CPU time of the bundle's interpreter threads since the load began (main mode: scaled from sampled calls)"),
+        ("polyplug.bundle.cpu_time", Unit::Seconds, "CPU time of the bundle's interpreter threads since the load began, plus its calls run on callers' threads (direct dispatch: sampled, scaled to the direct calls); main mode: scaled from sampled calls"),
         ("polyplug.bundle.spin_time", Unit::Seconds, "Wall time those threads spent spinning for work (part of polyplug.bundle.cpu_time)"),
         ("polyplug.bundle.max_depth", Unit::Count, "Deepest plugin-to-plugin nesting a call of the bundle ran at"),
         ("polyplug.replica.queue_depth", Unit::Count, "Calls waiting on this replica's own queue (instance calls)"),
         ("polyplug.replica.busy", Unit::Count, "1 while the replica runs (or looks for) a call, else 0"),
         ("polyplug.replica.calls_served", Unit::Count, "Calls the replica at this index has run"),
+        ("polyplug.replica.direct_calls", Unit::Count, "Of polyplug.replica.calls_served, calls run on their caller's thread (direct dispatch; 0 in main mode)"),
     ] {
         describe_gauge!(metric, unit, text);
     }

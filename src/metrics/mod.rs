@@ -51,14 +51,21 @@ pub struct BundleMetrics {
     /// Each replica's own queue, busy state and calls served (one entry without
     /// replicas). The counters above add up over all replicas.
     pub replicas: Vec<crate::ReplicaStats>,
-    /// CPU time the bundle's interpreter thread used since the load began (its init
-    /// included). Own-GIL and shared-GIL bundles: the CPU clock of the interpreter's
+    /// CPU time the bundle's calls and interpreter threads used since the load began (its
+    /// init included). Own-GIL and shared-GIL bundles: the CPU clock of each interpreter's
     /// owner thread, read when metrics are taken (no per-call cost); it includes the
-    /// owner's spinning for work, reported apart in `spin_time`. `main` bundles share one
-    /// owner thread, so each samples its own calls (the same one in 8 as the latencies:
-    /// two thread-clock reads each) and the sum is scaled to all calls; their init is not
-    /// included, nested waits inside their calls are. Threads a plugin starts itself are
-    /// not counted.
+    /// owner's spinning for work, reported apart in `spin_time`. Calls that ran on their
+    /// caller's thread ([`Dispatch::Direct`](crate::Dispatch::Direct)) are not on that
+    /// clock: each sampled one (the same one in 8 per calling thread as the latencies)
+    /// reads the calling thread's CPU clock around it, and their sum, scaled to the
+    /// interpreters' direct calls (not to all calls), is added; posted calls stay on the
+    /// owner's clock, so a bundle whose calls are partly posted, partly direct counts
+    /// each once. `main` bundles share the main interpreter's threads, so each samples its
+    /// own calls, posted or direct (two thread-clock reads each), and the sum is scaled to
+    /// all calls; their init is not included. Sampled figures include what runs nested
+    /// inside the call (another bundle's call run on the same thread, or the wait for
+    /// it), and a direct call made on another bundle's owner thread is on that owner's
+    /// clock too. Threads a plugin starts itself are not counted.
     pub cpu_time: Duration,
     /// Wall time the bundle's owner thread spent spinning for work (idle between calls
     /// for up to `WaitPolicy::server_spin`, or waiting on another interpreter) since the
@@ -191,6 +198,10 @@ pub(crate) struct Meter {
     /// `main` mode: CPU time of the sampled calls, and how many there were.
     cpu_sampled_ns: AtomicU64,
     cpu_samples: AtomicU64,
+    /// Other modes: CPU time of the sampled calls that ran on a caller's thread
+    /// (`Dispatch::Direct`, which the owner's clock does not see), and how many.
+    direct_sampled_ns: AtomicU64,
+    direct_samples: AtomicU64,
     /// Which failing calls get their traceback logged.
     pub(crate) failures: FailureLog,
 }
@@ -224,6 +235,8 @@ impl Meter {
             cpu_base: Mutex::new(None),
             cpu_sampled_ns: AtomicU64::new(0),
             cpu_samples: AtomicU64::new(0),
+            direct_sampled_ns: AtomicU64::new(0),
+            direct_samples: AtomicU64::new(0),
             failures: FailureLog::new(failure_log),
         }
     }
@@ -234,16 +247,22 @@ impl Meter {
         *self.cpu_base.lock().unwrap_or_else(|e| e.into_inner()) = at;
     }
 
-    /// `main` mode: one sampled call's CPU time.
-    pub(crate) fn cpu_sample(&self, d: Duration) {
-        self.cpu_sampled_ns
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-        self.cpu_samples.fetch_add(1, Relaxed);
+    /// One sampled call's CPU time: a `main` bundle's call (`direct == false`: every one
+    /// is sampled, wherever it runs), or another bundle's call that ran on a caller's
+    /// thread (`direct`).
+    pub(crate) fn cpu_sample(&self, d: Duration, direct: bool) {
+        let (ns, samples) = match direct {
+            false => (&self.cpu_sampled_ns, &self.cpu_samples),
+            true => (&self.direct_sampled_ns, &self.direct_samples),
+        };
+        ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        samples.fetch_add(1, Relaxed);
     }
 
-    /// `(cpu_time, spin_time)`: from the owner's clock `owner` (subinterpreter modes), or
-    /// scaled from the samples (`owner == None`, `main` mode).
-    fn cpu(&self, owner: Option<CpuTime>, calls: u64) -> (Duration, Duration) {
+    /// `(cpu_time, spin_time)`: from the owner's clock `owner` (subinterpreter modes) plus
+    /// the `direct` calls' samples scaled to them, or scaled from the samples
+    /// (`owner == None`, `main` mode: `calls` of them).
+    fn cpu(&self, owner: Option<CpuTime>, calls: u64, direct: u64) -> (Duration, Duration) {
         match owner {
             Some(now) => {
                 let base = self
@@ -251,20 +270,16 @@ impl Meter {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .unwrap_or_default();
+                let on_callers = scaled(&self.direct_sampled_ns, &self.direct_samples, direct);
                 (
-                    now.total.saturating_sub(base.total),
+                    now.total.saturating_sub(base.total) + on_callers,
                     now.spinning.saturating_sub(base.spinning),
                 )
             }
-            None => {
-                let samples = self.cpu_samples.load(Relaxed);
-                if samples == 0 {
-                    return (Duration::ZERO, Duration::ZERO);
-                }
-                let ns = self.cpu_sampled_ns.load(Relaxed) as f64;
-                let scaled = ns * calls.max(samples) as f64 / samples as f64;
-                (Duration::from_nanos(scaled as u64), Duration::ZERO)
-            }
+            None => (
+                scaled(&self.cpu_sampled_ns, &self.cpu_samples, calls),
+                Duration::ZERO,
+            ),
         }
     }
 
@@ -338,16 +353,18 @@ impl Meter {
         }
     }
 
-    /// A snapshot; `owner_cpu` is the owner threads' clocks summed (`None` in `main`).
+    /// A snapshot; `owner_cpu` is the owner threads' clocks summed (`None` in `main`),
+    /// `direct_calls` the calls its interpreters' callers ran themselves (0 in `main`).
     pub(crate) fn snapshot(
         &self,
         queue_depth: usize,
         owner_cpu: Option<CpuTime>,
+        direct_calls: u64,
         memory: MemoryUsage,
         replicas: Vec<crate::ReplicaStats>,
     ) -> BundleMetrics {
         let calls = self.calls.load(Relaxed);
-        let (cpu_time, spin_time) = self.cpu(owner_cpu, calls);
+        let (cpu_time, spin_time) = self.cpu(owner_cpu, calls, direct_calls);
         BundleMetrics {
             calls,
             errors: self.errors.load(Relaxed),
@@ -377,6 +394,17 @@ impl Meter {
                 .min(Duration::from_nanos(self.overrun_max_ns.load(Relaxed))),
         }
     }
+}
+
+/// The CPU time of `count` calls estimated from `samples` of them that used `ns` in all
+/// (never less than the samples themselves).
+fn scaled(ns: &AtomicU64, samples: &AtomicU64, count: u64) -> Duration {
+    let samples = samples.load(Relaxed);
+    if samples == 0 {
+        return Duration::ZERO;
+    }
+    let ns = ns.load(Relaxed) as f64;
+    Duration::from_nanos((ns * count.max(samples) as f64 / samples as f64) as u64)
 }
 
 #[cfg(test)]
@@ -416,5 +444,46 @@ mod tests {
         let p99 = h.percentile(0.99).as_nanos() as f64;
         assert!((50_000.0..=62_500.0).contains(&p50), "{p50}");
         assert!((99_000.0..=123_750.0).contains(&p99), "{p99}");
+    }
+
+    #[test]
+    fn direct_samples_are_scaled_to_direct_calls_on_top_of_the_owner_clock() {
+        let m = Meter::new(FailureLogPolicy::default());
+        let at = |ms: u64| CpuTime {
+            total: Duration::from_millis(ms),
+            spinning: Duration::ZERO,
+        };
+        m.set_cpu_base(Some(at(1_000)));
+        // Two sampled direct calls of 3 and 5 µs: 4 µs each on average.
+        m.cpu_sample(Duration::from_micros(3), true);
+        m.cpu_sample(Duration::from_micros(5), true);
+        // 100 calls in all, 10 of them direct: the 90 posted ones are on the owner's clock
+        // (500 ms since the load), the direct ones are 10 x 4 µs.
+        let (cpu, spin) = m.cpu(Some(at(1_500)), 100, 10);
+        assert_eq!(cpu, Duration::from_millis(500) + Duration::from_micros(40));
+        assert_eq!(spin, Duration::ZERO);
+        // No direct call yet, or none sampled: the owner's clock alone.
+        assert_eq!(
+            m.cpu(Some(at(1_500)), 100, 0).0,
+            Duration::from_millis(500) + Duration::from_micros(8)
+        );
+        let fresh = Meter::new(FailureLogPolicy::default());
+        fresh.set_cpu_base(Some(at(1_000)));
+        assert_eq!(
+            fresh.cpu(Some(at(1_200)), 100, 10).0,
+            Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn main_mode_samples_are_scaled_to_all_calls_and_kept_apart_from_direct_ones() {
+        let m = Meter::new(FailureLogPolicy::default());
+        m.cpu_sample(Duration::from_micros(2), false);
+        m.cpu_sample(Duration::from_micros(6), false);
+        m.cpu_sample(Duration::from_micros(1_000), true);
+        assert_eq!(
+            m.cpu(None, 8, 0),
+            (Duration::from_micros(32), Duration::ZERO)
+        );
     }
 }

@@ -129,7 +129,9 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
     let mut t = crate::table::plain(
         &[
             "bundle",
+            "dispatch",
             "calls",
+            "direct",
             "errors",
             "queue p99us",
             "run p50us",
@@ -140,15 +142,22 @@ fn print_metrics(bundles: &[(String, u64)], loader: &PythonLoader) {
             "py MiB",
             "replicas",
         ],
-        &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        &[2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
     );
     for (name, id) in bundles {
         let Some(m) = loader.metrics(*id) else {
             continue;
         };
+        let dispatch = loader.bundle_info(*id).map_or("-", |i| i.dispatch.as_str());
         t.add_row(vec![
             name.clone(),
+            dispatch.into(),
             m.calls.to_string(),
+            m.replicas
+                .iter()
+                .map(|r| r.direct_calls)
+                .sum::<u64>()
+                .to_string(),
             m.errors.to_string(),
             us(m.queue_wait_p99),
             us(m.run_p50),

@@ -113,6 +113,7 @@ fn print_rows(rows: &[Row]) {
             "functions",
             "mode",
             "replicas",
+            "dispatch",
             "fast glue",
             "allocator",
             "why",
@@ -122,10 +123,10 @@ fn print_rows(rows: &[Row]) {
             "py MiB",
             "error",
         ],
-        &[5, 9, 10, 11, 12],
+        &[5, 10, 11, 12, 13],
     );
     for r in rows {
-        let (status, contracts, functions, mode, replicas, fast, alloc, why, error) =
+        let (status, contracts, functions, mode, replicas, dispatch, fast, alloc, why, error) =
             match &r.outcome {
                 Ok(info) => {
                     let list = |f: fn(&(String, usize)) -> String| {
@@ -143,8 +144,10 @@ fn print_rows(rows: &[Row]) {
                     let replicas = info.replicas.to_string();
                     let fast = if info.fast_glue { "on" } else { "off" };
                     let alloc = info.allocator.as_str();
+                    let dispatch = info.dispatch.as_str();
                     (
-                        "ok", contracts, functions, info.mode, replicas, fast, alloc, why, "",
+                        "ok", contracts, functions, info.mode, replicas, dispatch, fast, alloc,
+                        why, "",
                     )
                 }
                 Err(e) => (
@@ -153,6 +156,7 @@ fn print_rows(rows: &[Row]) {
                     String::new(),
                     "-",
                     "-".into(),
+                    "-",
                     "-",
                     "-",
                     "-".into(),
@@ -166,6 +170,7 @@ fn print_rows(rows: &[Row]) {
             functions,
             mode.into(),
             replicas,
+            dispatch.into(),
             fast.into(),
             alloc.into(),
             why,
@@ -181,7 +186,8 @@ fn print_rows(rows: &[Row]) {
 
 /// The rows as `check --json` prints them: per bundle its status, contracts, mode and the
 /// reason (`how`: configured, pinned, raised, caught, at_call or fallback; `module`;
-/// `from`; `binding`; `remembered`; `fallback` modules), the allocator CPython runs on
+/// `from`; `binding`; `remembered`; `fallback` modules), `replicas`, `dispatch` (`post` or
+/// `direct`, as configured), the allocator CPython runs on
 /// (`allocator`, `memory_accounting`: `BundleInfo`), load time and RSS growth.
 fn to_json(rows: &[Row]) -> Value {
     let bundles: Vec<Value> = rows
@@ -209,6 +215,7 @@ fn to_json(rows: &[Row]) -> Value {
                         .collect();
                     v["mode"] = json!(info.mode);
                     v["replicas"] = json!(info.replicas);
+                    v["dispatch"] = json!(info.dispatch.as_str());
                     v["fast_glue"] = json!(info.fast_glue);
                     v["allocator"] = json!(info.allocator.as_str());
                     v["memory_accounting"] = json!(info.memory_accounting);

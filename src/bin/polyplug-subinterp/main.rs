@@ -1,8 +1,8 @@
 //! `polyplug-subinterp`: load and exercise Python bundles with the subinterpreter loader.
 //!
 //! ```text
-//! polyplug-subinterp check <plugin-dir> [--json] [--replicas NAME=K]... [--main-threads N]   one row per bundle
-//! polyplug-subinterp bench <plugin-dir> [--replicas NAME=K]... [--main-threads N] [--threads N] [--seconds S]
+//! polyplug-subinterp check <plugin-dir> [--json] [--replicas NAME=K]... [--dispatch [NAME=]post|direct]... [--main-threads N]   one row per bundle
+//! polyplug-subinterp bench <plugin-dir> [--replicas NAME=K]... [--dispatch [NAME=]post|direct]... [--main-threads N] [--threads N] [--seconds S]
 //! ```
 //! Logs go to stderr through `tracing-subscriber`; set `RUST_LOG` (e.g. `RUST_LOG=debug`).
 //! Exit codes: 0 everything loaded (and ran without errors), 1 a bundle failed, 2 a usage
@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use polyplug_subinterp::{PythonConfig, Replicas};
+use polyplug_subinterp::{Dispatch, PythonConfig, Replicas};
 
 /// Load and exercise Python plugin bundles with the subinterpreter loader.
 ///
@@ -49,9 +49,9 @@ enum Command {
     /// subinterpreter loader and prints one row per bundle: contracts, functions,
     /// interpreter mode and why (the extension module that refused the previous mode,
     /// raised or caught by its package, or "fallback" when the bundle kept its mode and
-    /// runs a package's pure-Python fallback), replicas, whether the glue's ctypes calls
-    /// run as native fast paths, load time and memory, or the error and its cause. --json
-    /// prints the same as one JSON document.
+    /// runs a package's pure-Python fallback), replicas, dispatch (post or direct), whether
+    /// the glue's ctypes calls run as native fast paths, load time and memory, or the error
+    /// and its cause. --json prints the same as one JSON document.
     Check(CheckArgs),
     /// Call the fixture contracts calculator.add, counter.increment, cruncher.crunch and
     /// pipeline.run from N host threads; report calls/s and latency.
@@ -76,6 +76,13 @@ struct LoadArgs {
     /// module globals.
     #[arg(long = "replicas", value_name = "NAME=K", value_parser = replicas_arg)]
     replicas: Vec<(String, Replicas)>,
+    /// How host threads' calls reach bundle NAME (repeatable): `NAME=direct` runs a call on
+    /// the calling thread when the bundle's interpreter is free (its Python then sees the
+    /// host's threads: README, "Direct dispatch"), `NAME=post` hands every call to the
+    /// interpreter's own thread (the default). A bare `direct` or `post` sets it for every
+    /// bundle not named.
+    #[arg(long = "dispatch", value_name = "[NAME=]post|direct", value_parser = dispatch_arg)]
+    dispatch: Vec<(Option<String>, Dispatch)>,
     /// Threads serving the main interpreter (main-mode bundles). Default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     main_threads: Option<u16>,
@@ -87,8 +94,19 @@ struct LoadArgs {
 impl LoadArgs {
     /// The loader settings these arguments ask for.
     fn config(&self) -> PythonConfig {
+        // The last bare value wins, as for a name given twice.
+        let dispatch = self.dispatch.iter().rev().find_map(|(name, d)| match name {
+            None => Some(*d),
+            Some(_) => None,
+        });
         PythonConfig {
             replicas: self.replicas.iter().cloned().collect(),
+            dispatch: dispatch.unwrap_or_default(),
+            bundle_dispatch: self
+                .dispatch
+                .iter()
+                .filter_map(|(name, d)| Some((name.clone()?, *d)))
+                .collect(),
             main_threads: self.main_threads.map(usize::from),
             fast_glue: !self.no_fast_glue,
             ..PythonConfig::default()
@@ -120,6 +138,22 @@ fn replicas_arg(arg: &str) -> Result<(String, Replicas), String> {
         None => Replicas::Fixed(count(k)?),
     };
     Ok((name.to_owned(), replicas))
+}
+
+/// `NAME=post`, `NAME=direct`, or a bare `post` / `direct` (every bundle not named).
+fn dispatch_arg(arg: &str) -> Result<(Option<String>, Dispatch), String> {
+    let (name, value) = match arg.split_once('=') {
+        Some(("", _)) => return Err(format!("expected NAME=post or NAME=direct, got {arg:?}")),
+        Some((name, value)) => (Some(name.to_owned()), value),
+        None => (None, arg),
+    };
+    let dispatch = value.parse::<Dispatch>().map_err(|_| {
+        format!(
+            "{value:?} is not a dispatch: expected NAME=post, NAME=direct, or a bare post or \
+             direct for every bundle"
+        )
+    })?;
+    Ok((name, dispatch))
 }
 
 #[derive(Debug, Args)]
