@@ -542,7 +542,9 @@ impl PythonConfig {
             wait: self.wait,
             queue_capacity: self.queue_capacity,
             when_full: self.when_full,
-            direct: self.dispatch_for(bundle) == Dispatch::Direct,
+            // Direct is switched on once the bundle is loaded (`Target::set_direct`): its
+            // set-up and init run on its own thread, and one pre-warmed spare serves both.
+            direct: false,
             ..interp_pool::InterpreterConfig::named(bundle)
         }
     }

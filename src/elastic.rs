@@ -302,6 +302,8 @@ fn grow(spec: &Spec, n: usize) -> Result<Arc<Replica>, String> {
         release_replica(&spec.contracts, &member);
         return Err(e.to_string());
     }
+    // Its init ran on its own thread; now it takes direct calls as its peers do.
+    member.set_direct(group.is_direct());
     tracing::info!(
         bundle = %spec.plan.name,
         replicas = group.len(),

@@ -529,6 +529,8 @@ impl Loader {
             .meter
             .set_rss_at_load(crate::rss_bytes().unwrap_or(0).saturating_sub(rss0));
         registered.meter.set_load_time(t0.elapsed());
+        let dispatch = self.config.dispatch_for(bundle);
+        target.set_direct(dispatch == crate::Dispatch::Direct);
         let elastic = self.start_elastic(attempt, &setup, &target, &registered.contracts, shapes);
         let reason = ModeReason {
             fallback: made.fallback,
@@ -561,7 +563,7 @@ impl Loader {
                 reason,
                 watch: registered.watch,
                 fast_glue: made.fast_glue_everywhere,
-                dispatch: self.config.dispatch_for(bundle),
+                dispatch,
                 key: setup.key,
                 meter: registered.meter,
                 main_memory: setup.main_account,

@@ -48,6 +48,21 @@ impl Target {
         }
     }
 
+    /// Lets callers run calls themselves on a free replica from now on (`Dispatch::Direct`),
+    /// once the bundle's set-up and init ran on its own threads.
+    pub(crate) fn set_direct(&self, on: bool) {
+        match self {
+            Target::One(h) => h.set_direct(on),
+            Target::Group(g) => {
+                g.group.set_direct(on);
+                for m in g.group.members() {
+                    m.set_direct(on);
+                }
+            }
+            Target::Main(_) => {}
+        }
+    }
+
     /// The replicas, in the order they were made (for `main`: the main interpreter's first
     /// pool thread, where the bundle's init and cleanup run).
     pub(crate) fn members(&self) -> Vec<InterpreterHandle> {

@@ -54,8 +54,9 @@ pub(crate) struct GroupLink {
     caller_spin: Duration,
     /// Its callers' recent reply times, which stretch their spin (`pace.rs`).
     pace: Pace,
-    /// Callers may run a call on a free member themselves (`InterpreterConfig::direct`).
-    direct: bool,
+    /// Callers may run a call on a free member themselves (`InterpreterConfig::direct`,
+    /// [`InterpreterGroup::set_direct`]).
+    direct: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for InterpreterGroup {
@@ -80,7 +81,7 @@ impl InterpreterGroup {
                 reserved_id: crate::InterpreterId::next(),
                 max_depth: config.max_depth,
                 caller_spin: config.wait.caller_spin,
-                direct: config.direct,
+                direct: std::sync::atomic::AtomicBool::new(config.direct),
                 pace: Pace::new(config.wait.caller_spin_max),
             }),
         }
@@ -151,6 +152,18 @@ impl InterpreterGroup {
         &self.link.name
     }
 
+    /// Switches direct dispatch on or off for the group's later calls (a call on a free
+    /// member runs on the caller's thread); its members' own calls follow their handles'
+    /// setting ([`InterpreterHandle::set_direct`]).
+    pub fn set_direct(&self, on: bool) {
+        self.link.direct.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether direct dispatch is on for the group ([`set_direct`](Self::set_direct)).
+    pub fn is_direct(&self) -> bool {
+        self.link.direct.load(Ordering::Relaxed)
+    }
+
     /// How many times a caller of the group (one that is no owner thread) committed to
     /// park for its reply; see [`InterpreterHandle::caller_parks`].
     pub fn caller_parks(&self) -> u64 {
@@ -196,7 +209,7 @@ impl InterpreterGroup {
             return direct::run_held(&place, depth, f);
         }
         let mut f = f;
-        if g.direct {
+        if g.direct.load(Ordering::Relaxed) {
             // A free member, if any: the one this thread has a state for first.
             for member in self.members_for_direct() {
                 match direct::try_run(member.link_arc(), depth, f) {

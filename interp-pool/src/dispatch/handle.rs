@@ -137,6 +137,15 @@ impl InterpreterHandle {
         self.link.direct_calls.load(Ordering::Relaxed)
     }
 
+    /// Switches direct dispatch ([`InterpreterConfig::direct`]) on or off for later calls,
+    /// e.g. once a workload's set-up calls ran on the owner thread. Calls running keep the
+    /// path they took. Does nothing on the main interpreter's handle.
+    pub fn set_direct(&self, on: bool) {
+        if !self.is_main() {
+            self.link.direct.store(on, Ordering::Relaxed);
+        }
+    }
+
     /// Whether the interpreter is running a call (on its owner thread or, direct, on a
     /// caller's) or its owner is looking for one (not parked).
     pub fn is_busy(&self) -> bool {
@@ -208,7 +217,7 @@ impl InterpreterHandle {
         if let Some(place) = held::find(sh.id) {
             return direct::run_held(&place, depth, f);
         }
-        let f = match sh.direct {
+        let f = match sh.direct.load(Ordering::Relaxed) {
             true => match direct::try_run(&self.link, depth, f) {
                 Ok(out) => return out,
                 Err(f) => f,

@@ -77,8 +77,9 @@ pub(crate) struct OwnerLink {
     /// What the interpreter allocates (`memory.rs`): current on the owner thread, and on
     /// a caller's thread during its direct calls.
     pub(crate) memory: Arc<MemoryAccount>,
-    /// Callers may run calls themselves when it is free (`InterpreterConfig::direct`).
-    pub(crate) direct: bool,
+    /// Callers may run calls themselves when it is free (`InterpreterConfig::direct`,
+    /// `InterpreterHandle::set_direct`).
+    pub(crate) direct: AtomicBool,
     /// Who may attach the interpreter now (`claim.rs`, R13).
     pub(crate) claim: Claim,
     /// The thread states callers' threads made for it (`host.rs`).
@@ -296,7 +297,7 @@ impl Owner {
             clock: OwnerClock::current_thread(),
             memory,
             // Main-pool seats serve lanes (`main_pool.rs`), which have their own limit.
-            direct: config.direct && origin == Origin::New,
+            direct: AtomicBool::new(config.direct && origin == Origin::New),
             claim: Claim::default(),
             hosts: HostStates::default(),
             group_mailbox: OnceLock::new(),
@@ -558,8 +559,10 @@ impl Owner {
             OwnerState::Running
         };
         let defer = || wait_on.is_some_and(|(_, target_nested)| target_nested());
-        // The top-level loop of a direct interpreter takes the claim per job.
-        let claims = wait_on.is_none() && sh.direct;
+        // The top-level loop takes the claim per job (a CAS and a store: cheap beside a
+        // hand-off), whether or not callers may claim it now: `direct` can be switched
+        // on at any time. Main-pool seats serve lanes, which have their own limit.
+        let claims = wait_on.is_none() && sh.origin == Origin::New;
         let nested = wait_on.is_some();
         let queued = || {
             sh.has_queued()
