@@ -59,7 +59,7 @@ impl Target {
                     m.set_direct(on);
                 }
             }
-            Target::Main(_) => {}
+            Target::Main(l) => l.set_direct(on),
         }
     }
 
@@ -89,7 +89,7 @@ impl Target {
                 queue_depth: l.queue_len(),
                 busy: l.running() > 0,
                 calls_served: l.calls_served(),
-                direct_calls: 0,
+                direct_calls: l.direct_calls(),
             }],
             _ => self.members().iter().map(ReplicaStats::of).collect(),
         }

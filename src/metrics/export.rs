@@ -317,7 +317,7 @@ fn describe() {
         ("polyplug.replica.queue_depth", Unit::Count, "Calls waiting on this replica's own queue (instance calls)"),
         ("polyplug.replica.busy", Unit::Count, "1 while the replica runs (or looks for) a call, else 0"),
         ("polyplug.replica.calls_served", Unit::Count, "Calls the replica at this index has run"),
-        ("polyplug.replica.direct_calls", Unit::Count, "Of polyplug.replica.calls_served, calls run on their caller's thread (direct dispatch; 0 in main mode)"),
+        ("polyplug.replica.direct_calls", Unit::Count, "Of polyplug.replica.calls_served, calls run on their caller's thread (direct dispatch)"),
     ] {
         describe_gauge!(metric, unit, text);
     }

@@ -354,7 +354,7 @@ impl Meter {
     }
 
     /// A snapshot; `owner_cpu` is the owner threads' clocks summed (`None` in `main`),
-    /// `direct_calls` the calls its interpreters' callers ran themselves (0 in `main`).
+    /// `direct_calls` the calls its interpreters' callers ran themselves (in `main`, its lane's).
     pub(crate) fn snapshot(
         &self,
         queue_depth: usize,

@@ -51,6 +51,7 @@ where
     let _holding = Holding::push(Place {
         link: Arc::clone(link),
         target: Arc::clone(&target),
+        lane: None,
     });
     let _depth = DepthGuard::enter(depth);
     link.served.fetch_add(1, Ordering::Relaxed);
@@ -84,7 +85,7 @@ impl Drop for Claimed<'_> {
 
 /// How many levels of C recursion a direct call may use on this thread's remaining stack
 /// (CPython's bound, scaled from the 8 MiB it is sized for); `None` if too little is left.
-fn recursion_budget() -> Option<i32> {
+pub(crate) fn recursion_budget() -> Option<i32> {
     let left = stack_left()?.checked_sub(STACK_MARGIN)?;
     if left < MIN_DIRECT_STACK {
         return None;

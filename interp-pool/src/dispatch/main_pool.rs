@@ -46,14 +46,17 @@ use std::time::Duration;
 
 use crate::capi::attach::Attached;
 use crate::config::InterpreterConfig;
+use crate::dispatch::direct;
 use crate::dispatch::handle::{self, InterpreterHandle};
 use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
+use crate::owner::enter::{self, Kind};
+use crate::owner::held;
 use crate::owner::job::{Call, Job};
 use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
-use crate::owner::seat::{Hold, Lanes, Release, Seat};
+use crate::owner::seat::{HeldLane, Hold, Lanes, Release, Seat};
 use crate::owner::worker::{self, MainSeat, Owner};
 use crate::process::runtime;
 use crate::InterpreterId;
@@ -242,6 +245,15 @@ struct LaneLink {
     pace: Pace,
     /// `end` waits here for the last hold to go.
     idle: (Mutex<()>, Condvar),
+    /// Callers may run its calls themselves, on a main-interpreter thread state of their
+    /// own, within the limit (`InterpreterConfig::direct`, [`MainLane::set_direct`]).
+    direct: AtomicBool,
+    /// Calls callers ran themselves.
+    direct_calls: AtomicU64,
+    /// Callers' threads holding the lane directly that wait on another interpreter: they
+    /// serve its queue (`HeldLane`), so posts wake them.
+    waiting_holders: Mutex<Vec<std::thread::Thread>>,
+    waiting: AtomicUsize,
 }
 
 /// One workload's share of the main interpreter's thread pool: a queue, and a limit on
@@ -287,6 +299,10 @@ impl MainLane {
             caller_spin: config.wait.caller_spin,
             pace: Pace::new(config.wait.caller_spin_max),
             idle: (Mutex::new(()), Condvar::new()),
+            direct: AtomicBool::new(config.direct),
+            direct_calls: AtomicU64::new(0),
+            waiting_holders: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
         });
         // Under the lanes' lock: shutdown's `close_all` either sees this lane or has run.
         lanes_mut()
@@ -335,7 +351,20 @@ impl MainLane {
         self.link.mailbox.len()
     }
 
-    /// Calls a pool thread took from its queue so far (inline calls not counted).
+    /// Switches direct dispatch ([`InterpreterConfig::direct`]) on or off for later calls:
+    /// a caller's thread then runs a call itself, attached to the main interpreter through
+    /// a thread state of its own, when the lane has room and nothing queued.
+    pub fn set_direct(&self, on: bool) {
+        self.link.direct.store(on, Ordering::Relaxed);
+    }
+
+    /// Calls callers' threads ran themselves (direct dispatch).
+    pub fn direct_calls(&self) -> u64 {
+        self.link.direct_calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls a pool thread took from its queue so far, and direct calls (inline calls not
+    /// counted).
     pub fn calls_served(&self) -> u64 {
         self.link.served.load(Ordering::Relaxed)
     }
@@ -387,6 +416,20 @@ impl MainLane {
                 return handle::run_inline(owner, depth, f);
             }
         }
+        // A caller's thread holding the lane directly: inline, not counted again.
+        let key = Arc::as_ptr(&self.link) as *const ();
+        if owner.is_none() {
+            if let Some(place) = held::find_lane(key) {
+                return direct::run_held(&place, depth, f);
+            }
+        }
+        let f = match owner.is_none() && l.direct.load(Ordering::Relaxed) {
+            true => match self.try_direct(depth, f) {
+                Ok(out) => return out,
+                Err(f) => f,
+            },
+            false => f,
+        };
         let mut call = Call::new(f);
         handle::post_and_wait(
             &mut call,
@@ -397,6 +440,48 @@ impl MainLane {
             &l.pace,
         )?;
         handle::take_result(call, self.gone())
+    }
+
+    /// Runs `f` on this thread attached to main if the lane has room and nothing queued
+    /// (direct dispatch); gives `f` back otherwise.
+    fn try_direct<R, F>(&self, depth: usize, f: F) -> std::result::Result<Result<R>, F>
+    where
+        F: FnOnce(&Attached<'_>) -> Result<R>,
+    {
+        let l = &self.link;
+        if !l.mailbox.is_empty() {
+            return Err(f);
+        }
+        let seat0 = l.pool.seats[0].link_arc();
+        // Main is already attached further down this thread (through another lane): the
+        // same thread state, its C recursion budget already set.
+        let nested = held::find(seat0.id).is_some();
+        let levels = match nested {
+            true => None,
+            false => match direct::recursion_budget() {
+                Some(levels) => Some(levels),
+                None => return Err(f),
+            },
+        };
+        let Some(_hold) = HostHold::acquire(l) else {
+            return Err(f);
+        };
+        let Some(target) = held::state_for(seat0) else {
+            return Err(f);
+        };
+        let _holding = held::Holding::push(held::Place {
+            link: Arc::clone(seat0),
+            target: Arc::clone(&target),
+            lane: Some(Arc::clone(l) as Arc<dyn HeldLane>),
+        });
+        let _depth = activation::DepthGuard::enter(depth);
+        l.direct_calls.fetch_add(1, Ordering::Relaxed);
+        l.served.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: R13: `target` is this thread's host-thread state in main, made on this
+        // thread; main lives until finalize, which waits for direct calls to end
+        // (`close_all`), and many threads may attach main at once (it has one GIL).
+        let out = unsafe { enter::run_at(&target, &seat0.memory, Kind::Host(levels), f) };
+        Ok(out.and_then(|r| r))
     }
 
     /// [`call`](Self::call) with a deadline and/or a cancel token, as
@@ -452,7 +537,7 @@ impl MainLane {
         // pairs with each seat's `park_unless` (it stores Parked, fences, re-checks the
         // lanes) and with `Hold::drop`'s fence: either a seat sees the job or we see it
         // Parked and claim it; either a releaser sees the job or we see its release.
-        let wake = || l.wake_for_queued();
+        let wake = || l.wake_for_queued() | l.wake_waiting_holders();
         worker::post_to(&l.mailbox, job, serving, || self.id(), wake, l.caller_spin)
     }
 }
@@ -502,6 +587,99 @@ fn acquire(lane: &Arc<LaneLink>, index: usize) -> Option<Hold> {
     mine.store(mine.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     Some(Hold::new(Arc::clone(lane) as Arc<dyn Release>, index))
 }
+
+impl HeldLane for LaneLink {
+    fn take_held(&self) -> Option<Job> {
+        let job = self.mailbox.try_take()?;
+        self.served.fetch_add(1, Ordering::Relaxed);
+        Some(job)
+    }
+
+    fn has_queued(&self) -> bool {
+        !self.mailbox.is_empty()
+    }
+
+    fn waiting(&self, on: bool) {
+        let mut w = self
+            .waiting_holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let me = std::thread::current();
+        if on {
+            w.push(me);
+        } else if let Some(i) = w.iter().rposition(|t| t.id() == me.id()) {
+            w.swap_remove(i);
+        }
+        self.waiting.store(w.len(), Ordering::SeqCst);
+    }
+}
+
+impl LaneLink {
+    /// After a post's fence: wakes the callers' threads that hold the lane and wait.
+    fn wake_waiting_holders(&self) -> bool {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return false;
+        }
+        let w = self
+            .waiting_holders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        w.iter().for_each(std::thread::Thread::unpark);
+        !w.is_empty()
+    }
+}
+
+/// A caller's thread holding a lane for a direct call, counted against its limit and in
+/// `DIRECT_IN_MAIN`; released on drop (waking seats for calls queued meanwhile).
+struct HostHold<'a>(&'a LaneLink);
+
+impl<'a> HostHold<'a> {
+    fn acquire(lane: &'a LaneLink) -> Option<Self> {
+        // Counted, fenced, then `DIRECT_CLOSED` read: a Dekker pair with `close_all`,
+        // which sets it, fences and waits for the count to fall to zero.
+        DIRECT_IN_MAIN.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if DIRECT_CLOSED.load(Ordering::SeqCst) || lane.mailbox.is_closing() {
+            DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let limit = lane.limit.load(Ordering::SeqCst);
+        if lane
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                (a < limit).then_some(a + 1)
+            })
+            .is_err()
+        {
+            DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Self(lane))
+    }
+}
+
+impl Drop for HostHold<'_> {
+    fn drop(&mut self) {
+        let lane = self.0;
+        lane.active.fetch_sub(1, Ordering::SeqCst);
+        DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
+        // Pairs with the fence in `MainLane::post`, as a seat's release does.
+        fence(Ordering::SeqCst);
+        if !lane.mailbox.is_empty() {
+            lane.wake_for_queued();
+        }
+        if lane.mailbox.is_closing() {
+            let _guard = lane.idle.0.lock().unwrap_or_else(|e| e.into_inner());
+            lane.idle.1.notify_all();
+        }
+    }
+}
+
+/// Direct calls running in main now (callers' threads attached through their own thread
+/// states), and whether shutdown closed main to them: finalize must not start while one
+/// runs (it deletes every thread state of main).
+static DIRECT_IN_MAIN: AtomicUsize = AtomicUsize::new(0);
+static DIRECT_CLOSED: AtomicBool = AtomicBool::new(false);
 
 impl Release for LaneLink {
     fn release(&self, index: usize) {
@@ -590,5 +768,12 @@ pub(crate) fn close_all() {
     let lanes = lanes_mut().take().unwrap_or_default();
     for l in &lanes {
         l.mailbox.close();
+    }
+    // No direct call enters main from now on; those running finish (any interpreter they
+    // wait on is still alive: owners are asked to end after this).
+    DIRECT_CLOSED.store(true, Ordering::SeqCst);
+    fence(Ordering::SeqCst);
+    while DIRECT_IN_MAIN.load(Ordering::SeqCst) != 0 {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

@@ -15,6 +15,7 @@ use crate::capi::attach::{self, HostAttachGuard};
 use crate::governance::interrupt::{Barrier, InterruptTarget};
 use crate::owner::activation::DepthGuard;
 use crate::owner::job::Job;
+use crate::owner::seat::HeldLane;
 
 /// Most host-thread states one thread keeps (one per interpreter it calls directly); the
 /// least recently used is given up past it. A state costs ~10 KiB (BENCHMARKS.md).
@@ -26,6 +27,25 @@ pub(crate) struct Place {
     pub(crate) link: Arc<OwnerLink>,
     /// This thread's host-thread state there, as an interrupt target.
     pub(crate) target: Arc<InterruptTarget>,
+    /// For the main interpreter: the lane this thread holds it through (`main_pool.rs`);
+    /// its queue, not the seat's, is what the thread serves while it waits.
+    pub(crate) lane: Option<Arc<dyn HeldLane>>,
+}
+
+impl Place {
+    fn has_queued(&self) -> bool {
+        match &self.lane {
+            Some(lane) => lane.has_queued(),
+            None => self.link.has_queued(),
+        }
+    }
+
+    fn take_queued(&self) -> Option<Job> {
+        match &self.lane {
+            Some(lane) => lane.take_held(),
+            None => self.link.take_queued(),
+        }
+    }
 }
 
 struct Cache {
@@ -95,6 +115,7 @@ pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
                 Place {
                     link: Arc::clone(link),
                     target: Arc::clone(&target),
+                    lane: None,
                 },
                 now,
             ));
@@ -148,6 +169,23 @@ pub(crate) fn find(id: crate::InterpreterId) -> Option<Place> {
         .flatten()
 }
 
+/// The lane `key` (its address) if this thread holds it directly.
+pub(crate) fn find_lane(key: *const ()) -> Option<Place> {
+    HELD.try_with(|h| {
+        h.borrow()
+            .iter()
+            .rev()
+            .find(|p| {
+                p.lane
+                    .as_ref()
+                    .is_some_and(|l| std::ptr::eq(Arc::as_ptr(l) as *const (), key))
+            })
+            .cloned()
+    })
+    .ok()
+    .flatten()
+}
+
 /// A member of `group` this thread holds, if any.
 pub(crate) fn find_member(group: super::worker::GroupId) -> Option<Place> {
     HELD.try_with(|h| {
@@ -199,7 +237,7 @@ fn held() -> Vec<Place> {
 
 /// Whether an interpreter this thread holds has a job queued.
 pub(crate) fn has_work() -> bool {
-    HELD.try_with(|h| h.borrow().iter().any(|p| p.link.has_queued()))
+    HELD.try_with(|h| h.borrow().iter().any(Place::has_queued))
         .unwrap_or(false)
 }
 
@@ -208,7 +246,7 @@ pub(crate) fn has_work() -> bool {
 pub(crate) fn run_queued() -> bool {
     let mut ran = false;
     for place in held() {
-        while let Some(job) = place.link.take_queued() {
+        while let Some(job) = place.take_queued() {
             ran = true;
             run_job(&place, job);
         }
@@ -218,7 +256,9 @@ pub(crate) fn run_queued() -> bool {
 
 fn run_job(place: &Place, job: Job) {
     let _depth = DepthGuard::enter(job.depth);
-    place.link.served.fetch_add(1, Ordering::Relaxed);
+    if place.lane.is_none() {
+        place.link.served.fetch_add(1, Ordering::Relaxed);
+    }
     let run = |token: &crate::Attached<'_>| {
         // Not the interruptible call that may be waiting under it.
         let barrier = Barrier::job(token);
@@ -242,7 +282,13 @@ impl Announced {
         let places = held()
             .into_iter()
             .map(|p| {
-                let prev = p.link.set_holder(Some(thread::current()));
+                let prev = match &p.lane {
+                    Some(lane) => {
+                        lane.waiting(true);
+                        None
+                    }
+                    None => p.link.set_holder(Some(thread::current())),
+                };
                 (p, prev)
             })
             .collect();
@@ -254,7 +300,12 @@ impl Drop for Announced {
     fn drop(&mut self) {
         // Innermost first: a nested wait gives the outer one's announcement back.
         for (p, prev) in self.0.drain(..).rev() {
-            p.link.set_holder(prev);
+            match &p.lane {
+                Some(lane) => lane.waiting(false),
+                None => {
+                    p.link.set_holder(prev);
+                }
+            }
         }
     }
 }

@@ -77,3 +77,15 @@ impl Drop for Looking {
         self.set(false);
     }
 }
+
+/// A main lane as a caller's thread that holds it directly sees it (`held.rs`): while it
+/// waits on another interpreter it serves the lane's queued calls (they may be calls that
+/// only a holder may take, the lane being at its limit), under the hold it has.
+pub(crate) trait HeldLane: Send + Sync {
+    /// A queued call of the lane, to run under the caller's hold (the lane counts it).
+    fn take_held(&self) -> Option<super::job::Job>;
+    /// Whether the lane has a queued call.
+    fn has_queued(&self) -> bool;
+    /// A holder starts (`true`) or stops waiting: posts to the lane wake waiting holders.
+    fn waiting(&self, on: bool);
+}

@@ -563,6 +563,9 @@ impl Owner {
         // hand-off), whether or not callers may claim it now: `direct` can be switched
         // on at any time. Main-pool seats serve lanes, which have their own limit.
         let claims = wait_on.is_none() && sh.origin == Origin::New;
+        // Seat 0 deletes the main-interpreter states callers' threads gave up (direct
+        // calls of main lanes keep theirs in its registry).
+        let sweeps = wait_on.is_none() && self.seat.is_some_and(|s| s.index == 0);
         let nested = wait_on.is_some();
         let queued = || {
             sh.has_queued()
@@ -573,7 +576,7 @@ impl Owner {
             if claims {
                 (queued() || sh.hosts.has_doomed()) && sh.claim.is_free()
             } else {
-                queued()
+                queued() || (sweeps && sh.hosts.has_doomed())
             }
         };
         // Posts to the interpreters this thread holds as a caller wake it while it waits.
@@ -587,6 +590,9 @@ impl Owner {
             look(true);
             if nested && held::run_queued() {
                 continue;
+            }
+            if sweeps && sh.hosts.has_doomed() {
+                self.delete_given_up();
             }
             let claimed = !claims || (ready() && sh.claim.try_owner());
             if claimed {
@@ -647,8 +653,8 @@ impl Owner {
         sh.state.store(OwnerState::Running, Ordering::Relaxed);
     }
 
-    /// Deletes the host-thread states their threads gave up. Top-level loop, claim held,
-    /// detached.
+    /// Deletes the host-thread states their threads gave up. Top-level loop, detached, with
+    /// the claim held (main: seat 0, main being alive while its seats are).
     fn delete_given_up(&self) {
         let hosts = self.link.hosts.take_doomed();
         if hosts.is_empty() {

@@ -301,3 +301,67 @@ fn deep_c_recursion_on_a_small_host_thread_is_an_error_not_a_crash() {
         h.end();
     });
 }
+
+fn direct_lane(name: &str, limit: usize) -> interp_pool::MainLane {
+    interp_pool::MainLane::new(&direct_config(name), limit).expect("lane")
+}
+
+#[test]
+fn a_direct_main_lane_call_runs_on_the_caller_within_the_limit() {
+    within(LIMIT, "direct main lane", || {
+        let lane = direct_lane("direct-main", 1);
+        let ident = |lane: &interp_pool::MainLane| {
+            lane.call(|py| {
+                py.eval("__import__('threading').get_ident()")?
+                    .extract_i64(py)
+            })
+            .unwrap()
+        };
+        assert_eq!(ident(&lane), my_ident());
+        assert!(lane.direct_calls() >= 1);
+        // Re-entering the lane from its own direct call runs inline: not counted again,
+        // so a limit of 1 does not make it wait for itself.
+        let inner = lane
+            .call(|_| {
+                assert_eq!(lane.running(), 1);
+                Ok(ident(&lane))
+            })
+            .unwrap();
+        assert_eq!(inner, my_ident());
+        assert_eq!(lane.running(), 0);
+        // From another thread (its own main thread state), and a deadline there.
+        let lane2 = lane.clone();
+        thread::spawn(move || {
+            assert_eq!(ident(&lane2), my_ident());
+            let opts = CallOptions {
+                timeout: Some(Duration::from_millis(200)),
+                ..CallOptions::default()
+            };
+            let r = lane2.call_with(&opts, |py| py.run("while True: pass"));
+            assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ident(&lane), my_ident());
+        lane.end();
+    });
+}
+
+#[test]
+fn a_direct_main_call_waiting_on_a_posted_one_serves_its_lane() {
+    // A direct call of lane L (limit 1) calls an own-GIL interpreter X, whose job calls L
+    // back: L is at its limit, held by this (waiting) thread, so only it may run that call.
+    within(LIMIT, "direct main chain", || {
+        let lane = direct_lane("direct-main-chain", 1);
+        let x = spawn("direct-main-chain-x");
+        let got = lane
+            .call(|_| {
+                let lane = lane.clone();
+                x.call(move |_| lane.call(|py| py.eval("40 + 2")?.extract_i64(py)))
+            })
+            .unwrap();
+        assert_eq!(got, 42);
+        x.end();
+        lane.end();
+    });
+}
