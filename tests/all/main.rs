@@ -29,6 +29,7 @@ mod ext_api;
 mod accelerators;
 mod allocator;
 mod config;
+mod direct;
 mod ext_modules;
 mod fast_glue;
 mod governance;

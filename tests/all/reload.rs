@@ -36,7 +36,7 @@ fn reload_runtime(loader: PythonLoader) -> (Arc<Runtime>, Logs) {
 /// fn 0 answers `answer`; fn 1 takes a CPython interpreter id and answers 1 if that
 /// interpreter still exists. `pad` changes the file size (a stale `.pyc` is keyed on
 /// mtime + size).
-fn versioned(contract: &str, answer: i64) -> String {
+pub(crate) fn versioned(contract: &str, answer: i64) -> String {
     let defs = format!(
         "try:\n    import _interpreters\nexcept ImportError:  # 3.12\n    import _xxsubinterpreters as _interpreters\n\
          def answer(impl, args, out, arena, alloc):\n    put_i64(out, {answer})\n\
@@ -128,7 +128,7 @@ fn replicated_bundles_reload_with_calls_in_flight_on_several_replicas() {
 
 /// Four threads call `name` (a `versioned` bundle) while it is reloaded three times: each
 /// call answers the old or the new version, never an error.
-fn calls_during_reloads(loader: PythonLoader, name: &str) {
+pub(crate) fn calls_during_reloads(loader: PythonLoader, name: &str) {
     let contract = format!("{name}@1");
     let (rt, _) = reload_runtime(loader.clone());
     let (_, dir) = write_bundle(name, &versioned(&contract, 1), &[]);
