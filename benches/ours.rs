@@ -34,7 +34,7 @@ use interp_pool::{InterpreterConfig, InterpreterHandle, Persistent};
 use polyplug::runtime_builder::RuntimeBuilder;
 use polyplug_abi::{AbiError, GuestContractInstance};
 use polyplug_subinterp::{
-    Allocator, AllocatorInUse, InterpreterMode, PythonConfig, PythonLoader, Replicas,
+    Allocator, AllocatorInUse, Dispatch, InterpreterMode, PythonConfig, PythonLoader, Replicas,
 };
 
 /// Without the pre-warmed spare: every load creates its interpreter on the spot.
@@ -439,10 +439,41 @@ fn sustained() {
     common::sustained(&label, &rt, Op::Crunch);
 }
 
+/// Every bundle under `Dispatch::Direct` (issue 22).
+fn direct() -> PythonLoader {
+    PythonLoader::new(PythonConfig {
+        dispatch: Dispatch::Direct,
+        ..PythonConfig::default()
+    })
+}
+
+/// `-- oversub` (`benches/oversub.sh`): the oversubscription curve (T = 1, 2, 4, 8 host
+/// threads on two own-GIL bundles; ~1 µs, ~10 µs and ~100 µs calls), `Post` then `Direct`,
+/// each with two fresh runtimes. A sustained window per point (`--quick` or `BENCH_SHORT=1`:
+/// a short one, for the smoke run).
+fn oversub() {
+    let mut tables = Vec::new();
+    for (label, make) in [
+        ("ours-post", PythonLoader::default as fn() -> PythonLoader),
+        ("ours-direct", direct),
+    ] {
+        let pair = [common::runtime(make), common::runtime(make)];
+        let points = common::oversubscription(label, &pair);
+        tables.push(common::oversub_table(label, &points));
+    }
+    for t in tables {
+        println!("\n{t}");
+    }
+}
+
 fn main() {
     common::one_blas_thread();
     if common::only("sustained") {
         sustained();
+        return;
+    }
+    if common::only("oversub") {
+        oversub();
         return;
     }
     let mut c = Criterion::default()
@@ -478,6 +509,9 @@ fn main() {
     main_mode_and_waits(&mut c, &rt);
     if common::wanted("contention") || common::wanted("load") {
         common::extras(LOADER, &rt, PythonLoader::default, "ok");
+    }
+    if common::wanted("oversub") {
+        oversub();
     }
     if common::wanted("load") {
         let cycles = if common::quick() { 5 } else { 50 };

@@ -45,6 +45,19 @@ fn main() {
         common::sustained(LOADER, &rt, Op::Crunch);
         return;
     }
+    if common::only("oversub") || (common::wanted("oversub") && std::env::var_os(CHILD).is_none()) {
+        // `benches/oversub.sh`: the same curve as ours' (two runtimes, each its own
+        // loader; the reference runs every call on the calling thread in main).
+        let pair = [
+            common::runtime(PythonLoader::default),
+            common::runtime(PythonLoader::default),
+        ];
+        let points = common::oversubscription(LOADER, &pair);
+        println!("\n{}", common::oversub_table(LOADER, &points));
+        if common::only("oversub") {
+            return;
+        }
+    }
     if std::env::var_os(CHILD).is_some() {
         // Child: one nested call, then report success by exit status.
         let rt = common::runtime(PythonLoader::default);

@@ -24,6 +24,10 @@ use crate::ext_api::host::host_callers::StatsContract;
 /// `crunch(N)`: ~100–200 µs of pure Python per call.
 pub const CRUNCH_N: i64 = 2000;
 
+/// `crunch(CRUNCH_N_SHORT)`: ~10 µs of pure Python per call (the oversubscription curve's
+/// middle size).
+pub const CRUNCH_N_SHORT: i64 = 200;
+
 /// `crunch(CRUNCH_N_LONG)`: ~1 ms of pure Python per call (12 × `CRUNCH_N`).
 pub const CRUNCH_N_LONG: i64 = 24_000;
 
@@ -98,6 +102,8 @@ pub enum Op {
     Greet,
     Increment,
     Crunch,
+    /// `crunch(CRUNCH_N_SHORT)`, ~10 µs.
+    CrunchShort,
     /// `crunch(CRUNCH_N_LONG)`, ~1 ms.
     CrunchLong,
     PipelineRun,
@@ -116,6 +122,7 @@ impl Op {
             Op::Greet => "calculator.greet",
             Op::Increment => "counter.increment",
             Op::Crunch => "cruncher.crunch",
+            Op::CrunchShort => "cruncher.crunch-10us",
             Op::CrunchLong => "cruncher.crunch-1ms",
             Op::PipelineRun => "pipeline.run",
             Op::ThreeDirect => "3 direct calls",
@@ -128,6 +135,7 @@ impl Op {
     fn batch(self) -> u64 {
         match self {
             Op::Crunch => 400,
+            Op::CrunchShort => 4000,
             Op::CrunchLong => 50,
             Op::Matmul => 150,
             _ => 30_000,
@@ -166,6 +174,12 @@ impl Op {
                 let mut c = CruncherContract::new(handle(rt, "cruncher"), host).unwrap();
                 Box::new(move || {
                     c.crunch(CRUNCH_N).unwrap();
+                })
+            }
+            Op::CrunchShort => {
+                let mut c = CruncherContract::new(handle(rt, "cruncher"), host).unwrap();
+                Box::new(move || {
+                    c.crunch(CRUNCH_N_SHORT).unwrap();
                 })
             }
             Op::CrunchLong => {
@@ -815,4 +829,143 @@ pub const SUSTAIN: Duration = Duration::from_millis(1500);
 /// Whether criterion was asked for a quick smoke run.
 pub fn quick() -> bool {
     std::env::args().any(|a| a == "--quick")
+}
+
+/// One point of the oversubscription curve ([`oversubscription`]).
+#[derive(Clone, Copy, Debug)]
+pub struct OversubPoint {
+    pub op: Op,
+    pub threads: usize,
+    /// Aggregate calls/s of all T threads, sustained.
+    pub calls_per_s: f64,
+    /// `calls_per_s / (min(T, cores) × the T = 1 calls/s)`.
+    pub efficiency: f64,
+}
+
+/// The thread counts of the oversubscription curve.
+pub const OVERSUB_THREADS: [usize; 4] = [1, 2, 4, 8];
+
+/// The calls of the oversubscription curve: ~1 µs, ~10 µs and ~100–150 µs.
+pub const OVERSUB_OPS: [Op; 3] = [Op::Add, Op::CrunchShort, Op::Crunch];
+
+/// How long each point of the curve calls for, after its warm-up: [`SUSTAIN`], or 0.1 s
+/// in the short mode (`--quick` or `BENCH_SHORT=1`: a smoke run, not for quoting).
+fn oversub_window() -> (Duration, Duration) {
+    if quick() || std::env::var_os("BENCH_SHORT").is_some() {
+        (Duration::from_millis(20), Duration::from_millis(100))
+    } else {
+        (SUSTAIN / 5, SUSTAIN)
+    }
+}
+
+/// A call counter on a cache line of its own (threads bump theirs on every call).
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded(std::sync::atomic::AtomicU64);
+
+/// Aggregate calls/s of `threads` host threads, thread i making `op` calls into
+/// `pair[i % 2]` (two runtimes: two bundles, each in its own interpreter where the loader
+/// has them) as fast as it can: every thread's calls over a sustained window after a
+/// warm-up, all threads running throughout.
+pub fn sustained_threads(pair: &[Arc<Runtime>; 2], op: Op, threads: usize) -> f64 {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    let (warm, window) = oversub_window();
+    let counts: Vec<Padded> = (0..threads).map(|_| Padded::default()).collect();
+    let stop = AtomicBool::new(false);
+    let ready = std::sync::Barrier::new(threads + 1);
+    let total = |c: &[Padded]| c.iter().map(|p| p.0.load(Relaxed)).sum::<u64>();
+    std::thread::scope(|s| {
+        for (i, count) in counts.iter().enumerate() {
+            let (rt, stop, ready) = (&pair[i % 2], &stop, &ready);
+            s.spawn(move || {
+                let mut call = op.caller(rt);
+                ready.wait();
+                while !stop.load(Relaxed) {
+                    call();
+                    count.0.fetch_add(1, Relaxed);
+                }
+            });
+        }
+        ready.wait();
+        std::thread::sleep(warm);
+        let (n0, t0) = (total(&counts), Instant::now());
+        std::thread::sleep(window);
+        let (n1, secs) = (total(&counts), t0.elapsed().as_secs_f64());
+        stop.store(true, Relaxed);
+        (n1 - n0) as f64 / secs
+    })
+}
+
+/// The oversubscription curve (issue 22): for each call size of [`OVERSUB_OPS`] and each
+/// T of [`OVERSUB_THREADS`], T host threads, thread i calling bundle i % 2 of `pair`;
+/// efficiency = aggregate calls/s / (min(T, cores) × one thread's calls/s for that call
+/// and loader). Prints one `oversub <label> <op> T=<t>: ...` line per point (what
+/// `benches/oversub.sh` collects) and returns the points.
+pub fn oversubscription(label: &str, pair: &[Arc<Runtime>; 2]) -> Vec<OversubPoint> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut points = Vec::new();
+    for op in OVERSUB_OPS {
+        let mut single = f64::NAN;
+        for threads in OVERSUB_THREADS {
+            let calls_per_s = sustained_threads(pair, op, threads);
+            if threads == 1 {
+                single = calls_per_s;
+            }
+            let efficiency = calls_per_s / (threads.min(cores) as f64 * single);
+            println!(
+                "oversub {label} {} T={threads}: {calls_per_s:.0} calls/s, {:.2} µs per call per thread, efficiency {efficiency:.2}",
+                op.name(),
+                threads as f64 * 1e6 / calls_per_s,
+            );
+            points.push(OversubPoint {
+                op,
+                threads,
+                calls_per_s,
+                efficiency,
+            });
+        }
+    }
+    points
+}
+
+/// The points of [`oversubscription`] as a markdown table (one row per call, one column
+/// per T), with the 2 bundles × 2 threads trivial throughput under it.
+pub fn oversub_table(label: &str, points: &[OversubPoint]) -> String {
+    let mut out = format!(
+        "{label}: efficiency (calls/s) on {} cores, {}\n| call | {} |\n|---|{}\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average(),
+        OVERSUB_THREADS.map(|t| format!("T = {t}")).join(" | "),
+        "---|".repeat(OVERSUB_THREADS.len()),
+    );
+    for op in OVERSUB_OPS {
+        let cells: Vec<String> = points
+            .iter()
+            .filter(|p| p.op == op)
+            .map(|p| format!("{:.2} ({:.0})", p.efficiency, p.calls_per_s))
+            .collect();
+        out += &format!("| {} | {} |\n", op.name(), cells.join(" | "));
+    }
+    for p in points.iter().filter(|p| p.op == Op::Add && p.threads <= 4) {
+        out += &format!(
+            "trivial calls, {} thread(s) on 2 bundles: {:.0} calls/s sustained, {:.2} µs per call per thread\n",
+            p.threads,
+            p.calls_per_s,
+            p.threads as f64 * 1e6 / p.calls_per_s,
+        );
+    }
+    out
+}
+
+/// `/proc/loadavg`'s first three fields (for the figures' context), or "load ?".
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "load ?".to_owned(),
+        |l| {
+            format!(
+                "load {}",
+                l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+            )
+        },
+    )
 }
