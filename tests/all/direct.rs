@@ -821,3 +821,280 @@ fn contended_direct_calls_are_all_served() {
         }
     });
 }
+
+/// fn 0 `hold(gate)`: tells the test it runs (`gate[0]`, a Rust fn), then spins until
+/// `gate[1]` (a Rust fn) answers non-zero, then answers its interpreter's id; fn 1 echoes
+/// `x * 3`; fn 2 `speak(n)`: prints a line naming the bundle and `n`, answers `n`; fn 3
+/// `burn(ms)`: spins until this thread's CPU clock has advanced `ms` ms.
+const GATED: &str = r#"
+import sys, time
+try:
+    import _interpreters
+except ImportError:  # 3.12
+    import _xxsubinterpreters as _interpreters
+NAME = __name__
+def hold(impl, args, out, arena, alloc):
+    gate = (ctypes.c_int64 * 2).from_address(i64_at(args))
+    ctypes.CFUNCTYPE(None)(gate[0])()
+    released = ctypes.CFUNCTYPE(ctypes.c_int)(gate[1])
+    while not released():
+        pass
+    c = _interpreters.get_current()
+    put_i64(out, c[0] if isinstance(c, tuple) else int(c))
+def triple(impl, args, out, arena, alloc):
+    put_i64(out, i64_at(args) * 3)
+def speak(impl, args, out, arena, alloc):
+    n = i64_at(args)
+    print(NAME, n)
+    put_i64(out, n)
+def burn(impl, args, out, arena, alloc):
+    end = time.thread_time() + i64_at(args) / 1000
+    while time.thread_time() < end:
+        pass
+"#;
+
+const GATED_FNS: &str = "hold, triple, speak, burn";
+
+fn load_gated(loader: &PythonLoader, rt: &Runtime, name: &str) {
+    let src = plugin_source(&format!("{name}@1"), GATED, GATED_FNS);
+    load_dir(loader, rt, &write_bundle(name, &src, &[]).1).unwrap();
+}
+
+/// The gate `hold` takes: [started fn, released fn], each a Rust `extern "C" fn`.
+struct Gate([i64; 2]);
+
+impl Gate {
+    fn new(started: extern "C" fn(), released: extern "C" fn() -> i32) -> Self {
+        Gate([started as usize as i64, released as usize as i64])
+    }
+    fn arg(&self) -> i64 {
+        self.0.as_ptr() as usize as i64
+    }
+}
+
+static QUEUE_STARTED: AtomicUsize = AtomicUsize::new(0);
+static QUEUE_RELEASED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn queue_started() {
+    QUEUE_STARTED.fetch_add(1, Ordering::SeqCst);
+}
+
+extern "C" fn queue_released() -> i32 {
+    i32::from(QUEUE_RELEASED.load(Ordering::SeqCst))
+}
+
+/// The contended path: while direct calls hold every interpreter of a bundle (one, then
+/// two replicas), another thread's call waits in the queue; once the holders return, that
+/// queued call is served at once, with no later call to carry it (nothing else is called
+/// until it answers).
+#[test]
+fn a_call_queued_behind_direct_calls_is_served_when_they_end() {
+    within("queued behind direct", || {
+        for k in [1usize, 2] {
+            let name = format!("dqueue_{k}");
+            let loader = direct(PythonConfig {
+                replicas: [(name.clone(), Replicas::Fixed(k))].into(),
+                ..PythonConfig::default()
+            });
+            let (rt, _logs) = runtime_with(loader.clone(), &[]);
+            load_gated(&loader, &rt, &name);
+            let holders = loader
+                .bundle_info(BundleId::new(&name).id())
+                .unwrap()
+                .replicas;
+            QUEUE_STARTED.store(0, Ordering::SeqCst);
+            QUEUE_RELEASED.store(false, Ordering::SeqCst);
+            let gate = Gate::new(queue_started, queue_released);
+            let (rt, name, gate) = (&rt, name.as_str(), &gate);
+            std::thread::scope(|s| {
+                let held: Vec<_> = (0..holders)
+                    .map(|_| s.spawn(move || call_i64(rt, name, 0, gate.arg())))
+                    .collect();
+                wait_until(|| QUEUE_STARTED.load(Ordering::SeqCst) == holders);
+                let queued = s.spawn(move || call_i64(rt, name, 1, 14));
+                let m = || loader.metrics(BundleId::new(name).id()).unwrap();
+                wait_until(|| m().queue_depth >= 1);
+                assert!(!queued.is_finished(), "k={k}: every interpreter is held");
+                QUEUE_RELEASED.store(true, Ordering::SeqCst);
+                let ids: Vec<i64> = held
+                    .into_iter()
+                    .map(|h| h.join().unwrap().unwrap())
+                    .collect();
+                assert_eq!(
+                    ids.iter().collect::<std::collections::HashSet<_>>().len(),
+                    holders,
+                    "k={k}: one holder per interpreter"
+                );
+                assert_eq!(queued.join().unwrap(), Ok(42), "k={k}");
+            });
+        }
+    });
+}
+
+static CANCEL_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn cancel_started() {
+    CANCEL_STARTED.fetch_add(1, Ordering::SeqCst);
+}
+
+extern "C" fn never_released() -> i32 {
+    0
+}
+
+/// A host cancels a direct call from another thread (`CancelToken`): that call ends with
+/// the cancelled error, and the bundle answers the same thread after.
+#[test]
+fn a_host_cancels_a_direct_call_from_another_thread() {
+    within("direct cancel", || {
+        let loader = direct(PythonConfig::default());
+        let (rt, _logs) = runtime_with(loader.clone(), &[]);
+        load_gated(&loader, &rt, "dcancel");
+        let token = polyplug_subinterp::CancelToken::new();
+        let gate = Gate::new(cancel_started, never_released);
+        let (rt, gate) = (&rt, &gate);
+        std::thread::scope(|s| {
+            let t = token.clone();
+            let caller = s.spawn(move || {
+                let opts = CallOptions {
+                    timeout: None,
+                    cancel: Some(t),
+                    ..CallOptions::default()
+                };
+                let r = with_call_options(opts, || call_abi(rt, "dcancel", 0, gate.arg()));
+                (r, call_i64(rt, "dcancel", 1, 5))
+            });
+            wait_until(|| CANCEL_STARTED.load(Ordering::SeqCst) == 1);
+            token.cancel();
+            let (r, after) = caller.join().unwrap();
+            assert_eq!(
+                message(&r.unwrap_err()),
+                polyplug_subinterp::CANCELLED_MESSAGE
+            );
+            assert_eq!(after, Ok(15), "the same thread's next call");
+        });
+        let m = loader.metrics(BundleId::new("dcancel").id()).unwrap();
+        assert_eq!((m.cancelled, m.in_flight), (1, 0), "{m:?}");
+    });
+}
+
+/// Host-thread churn, as tokio's blocking pool makes it: 96 short-lived threads (8 at a
+/// time) each make direct calls into two bundles and exit. Both bundles answer after, and
+/// both unload with their interpreters ended (no thread state left behind).
+#[test]
+fn short_lived_host_threads_leave_nothing_behind() {
+    within("direct thread churn", || {
+        let loader = direct(PythonConfig::default());
+        let (rt, _logs) = runtime_with(loader.clone(), &[]);
+        let probe = crate::reload::versioned("dchurnprobe@1", 1);
+        load_dir(&loader, &rt, &write_bundle("dchurnprobe", &probe, &[]).1).unwrap();
+        let names = ["dchurn_a", "dchurn_b"];
+        for b in names {
+            // Through the runtime, which unloads only what it loaded.
+            let src = plugin_source(&format!("{b}@1"), GATED, GATED_FNS);
+            rt.load_bundle(&write_bundle(b, &src, &[]).1).unwrap();
+        }
+        let interps: Vec<i64> = names
+            .iter()
+            .map(|b| {
+                loader
+                    .bundle_info(BundleId::new(b).id())
+                    .unwrap()
+                    .python_interp_id
+            })
+            .collect();
+        for wave in 0..12i64 {
+            std::thread::scope(|s| {
+                for t in 0..8i64 {
+                    let rt = &rt;
+                    s.spawn(move || {
+                        for i in 0..5 {
+                            let x = wave * 1000 + t * 10 + i;
+                            for b in names {
+                                assert_eq!(call_i64(rt, b, 1, x), Ok(3 * x));
+                            }
+                        }
+                    });
+                }
+            });
+        }
+        for b in names {
+            assert_eq!(call_i64(&rt, b, 1, 7), Ok(21));
+            rt.unload_bundle(BundleId::new(b)).unwrap();
+        }
+        for id in interps {
+            assert_eq!(
+                call_i64(&rt, "dchurnprobe", 1, id),
+                Ok(0),
+                "interpreter {id} ended"
+            );
+        }
+    });
+}
+
+/// Prints from direct calls on several host threads reach the runtime's logger as whole
+/// lines, each under its own bundle's scope.
+#[test]
+fn prints_from_direct_calls_are_attributed_to_their_bundle() {
+    within("direct output", || {
+        let loader = direct(PythonConfig::default());
+        let (rt, logs) = runtime_with(loader.clone(), &[]);
+        let names = ["dspeak_a", "dspeak_b"];
+        for b in names {
+            load_gated(&loader, &rt, b);
+        }
+        std::thread::scope(|s| {
+            for t in 0..4i64 {
+                let rt = &rt;
+                s.spawn(move || {
+                    for i in 0..25 {
+                        let b = names[((t + i) % 2) as usize];
+                        assert_eq!(call_i64(rt, b, 2, t * 100 + i), Ok(t * 100 + i));
+                    }
+                });
+            }
+        });
+        let logs = logs.lock().unwrap();
+        for (k, b) in names.iter().enumerate() {
+            let mut got: Vec<String> = logs
+                .iter()
+                .filter(|(_, scope, _)| scope == b)
+                .map(|(_, _, m)| m.clone())
+                .collect();
+            got.sort();
+            let mut want: Vec<String> = (0..4i64)
+                .flat_map(|t| {
+                    (0..25)
+                        .filter(move |i| ((t + i) % 2) as usize == k)
+                        .map(move |i| format!("{b} {}", t * 100 + i))
+                })
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "{b}");
+        }
+    });
+}
+
+/// The CPU a direct call's Python uses is the bundle's `cpu_time` (sampled on the calling
+/// thread under the engine, the owner's clock under `Post`): 16 calls that each burn
+/// 3 ms of their thread's CPU add at least 48 ms.
+#[test]
+fn the_cpu_of_direct_calls_is_the_bundles() {
+    within("direct cpu", || {
+        let loader = direct(PythonConfig::default());
+        let (rt, _logs) = runtime_with(loader.clone(), &[]);
+        load_gated(&loader, &rt, "dburn");
+        let id = BundleId::new("dburn").id();
+        let before = loader.metrics(id).unwrap().cpu_time;
+        let r = rt_ptr(&rt);
+        big_thread(move || {
+            for _ in 0..16 {
+                call_i64(r, "dburn", 3, 3).unwrap();
+            }
+        });
+        let m = loader.metrics(id).unwrap();
+        assert!(
+            m.cpu_time >= before + Duration::from_millis(48),
+            "{before:?} before, {m:?}"
+        );
+    });
+}
