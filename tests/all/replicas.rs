@@ -409,7 +409,7 @@ fn elastic(bundle: &str, min: usize, max: usize, idle_retire: Duration) -> Pytho
 /// fn 0: `x * 3` on the called instance; fn 1: waits until the file `hold` exists, then
 /// `x`. The factory waits for `make_gate` when the file `make_blocks` exists, after
 /// creating `make_entered`.
-fn gated_source(contract: &str, dir: &Path) -> String {
+pub(crate) fn gated_source(contract: &str, dir: &Path) -> String {
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let defs = format!(
         "import os, time\n\
@@ -435,13 +435,13 @@ fn gated_source(contract: &str, dir: &Path) -> String {
 
 /// Unloads `name` while the runtime lives: `load_dir` loads behind the runtime's back, so
 /// dropping the runtime would leave its elastic controller running with a dangling host.
-fn unload_elastic(loader: &PythonLoader, rt: &polyplug::runtime::Runtime, name: &str) {
+pub(crate) fn unload_elastic(loader: &PythonLoader, rt: &polyplug::runtime::Runtime, name: &str) {
     use polyplug::loader::BundleLoader;
     loader.unload(BundleId::new(name), rt).unwrap();
     polyplug_subinterp::elastic_hooks::set(name, None);
 }
 
-fn touch(dir: &Path, f: &str) {
+pub(crate) fn touch(dir: &Path, f: &str) {
     std::fs::write(dir.join(f), "").unwrap();
 }
 
