@@ -520,7 +520,8 @@ fn this_thread() -> i64 {
 
 /// Engine only (fails under the stub, where every call runs on the owner): direct calls
 /// from a spawned thread on an idle bundle run on that thread, and the bundle's metrics
-/// count them (`calls`, and the replica's `calls_served`, which counts direct calls too).
+/// count them (`calls`, the replica's `calls_served`, which counts direct calls too, and
+/// its `direct_calls`).
 #[test]
 fn direct_calls_run_on_the_calling_thread_and_are_counted() {
     within("direct identity", || {
@@ -547,6 +548,10 @@ fn direct_calls_run_on_the_calling_thread_and_are_counted() {
             m.replicas.iter().map(|r| r.calls_served).sum()
         };
         assert!(served(&m) >= served(&before) + 10, "{m:?}");
+        let direct_calls = |m: &polyplug_subinterp::BundleMetrics| -> u64 {
+            m.replicas.iter().map(|r| r.direct_calls).sum()
+        };
+        assert_eq!(direct_calls(&m) - direct_calls(&before), 10, "{m:?}");
         assert_eq!(m.in_flight, 0);
     });
 }
