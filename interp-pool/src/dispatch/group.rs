@@ -283,7 +283,16 @@ impl InterpreterGroup {
         // The claim runs after the mailbox's fence, which pairs with each member's
         // `park_unless` (it stores Parked, fences, re-checks the group queue): either a
         // member sees the job, or we see it Parked and claim it.
-        let wake = || self.lock_members().iter().any(|m| m.claim_parked());
+        // Members' claims held by callers' threads that wait (on another interpreter) are
+        // served by those threads (`held::wait_serving`): wake them too, or a job only they
+        // may run (every member held) waits for ever.
+        let wake = || {
+            let members = self.lock_members();
+            let holders = members
+                .iter()
+                .fold(false, |woke, m| m.link().wake_holder() | woke);
+            members.iter().any(|m| m.claim_parked()) | holders
+        };
         worker::post_to(
             &g.mailbox,
             job,

@@ -365,3 +365,46 @@ fn a_direct_main_call_waiting_on_a_posted_one_serves_its_lane() {
         lane.end();
     });
 }
+
+#[test]
+fn a_b_a_with_b_a_direct_group_from_many_threads() {
+    // Callers' threads hold A's claim and B's members' claims and wait on each other: a
+    // group job whose every member is held by a waiting caller must wake that caller.
+    // (The loader's `direct::a_b_a_with_b_replicated_and_direct_from_eight_threads` hung
+    // on that every run before group posts woke waiting holders; this one did not.)
+    within(LIMIT, "direct a-b-a group", || {
+        let a = direct("direct-grp-a");
+        let group = interp_pool::InterpreterGroup::new(&direct_config("direct-grp-b"));
+        for i in 0..2 {
+            group.add(direct(&format!("direct-grp-b{i}"))).unwrap();
+        }
+        let go = Arc::new(Barrier::new(6));
+        let workers: Vec<_> = (0..6)
+            .map(|t| {
+                let (a, group, go) = (a.clone(), group.clone(), Arc::clone(&go));
+                thread::spawn(move || {
+                    go.wait();
+                    for i in 0..300i64 {
+                        let a2 = a.clone();
+                        let group2 = group.clone();
+                        let got = a
+                            .call(move |_| {
+                                group2.call(move |_| {
+                                    a2.call(move |py| {
+                                        py.eval(&format!("{i} + {t}"))?.extract_i64(py)
+                                    })
+                                })
+                            })
+                            .unwrap();
+                        assert_eq!(got, i + t as i64);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        group.end();
+        a.end();
+    });
+}
