@@ -22,6 +22,11 @@ static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn main() {
     const THREADS: usize = 64;
+    // `HOST_STATES_MALLOC=1`: the MEM/OBJ domains on malloc, to tell the states' own cost
+    // from the allocator's per-thread pages.
+    if std::env::var_os("HOST_STATES_MALLOC").is_some() {
+        interp_pool::set_allocator(interp_pool::Allocator::Malloc);
+    }
     let hs: Vec<_> = (0..8)
         .map(|i| {
             InterpreterHandle::spawn(InterpreterConfig {
@@ -35,19 +40,30 @@ fn main() {
         h.call(|py| py.run("def f(x):\n    return [x] * 10\n"))
             .unwrap();
     }
-    let before = rss_kib();
+    // This thread made direct calls too (the set-up): its states stay.
+    let own: usize = hs.iter().map(|h| h.host_states()).sum();
+    let ready = Arc::new(Barrier::new(THREADS + 1));
     let made = Arc::new(Barrier::new(THREADS + 1));
     let exit = Arc::new(Barrier::new(THREADS + 1));
     let threads: Vec<_> = (0..THREADS)
         .map(|_| {
             let (hs, made, exit) = (hs.clone(), Arc::clone(&made), Arc::clone(&exit));
+            let ready = Arc::clone(&ready);
             std::thread::spawn(move || {
+                ready.wait();
                 // One thread at a time, so every interpreter is free and each call runs
                 // here (this thread then keeps a state for each).
                 {
                     let _one = ONE.lock().unwrap();
                     for h in &hs {
-                        assert!(h.call(|_| Ok(interp_pool::running_direct())).unwrap());
+                        // A Python call: the state's frame stack is allocated too.
+                        let here = h
+                            .call(|py| {
+                                py.eval("len(f(1))")?;
+                                Ok(interp_pool::running_direct())
+                            })
+                            .unwrap();
+                        assert!(here);
                     }
                 }
                 made.wait();
@@ -55,15 +71,18 @@ fn main() {
             })
         })
         .collect();
+    // The threads exist (their stacks are counted) and made no call yet.
+    ready.wait();
+    let before = rss_kib();
     made.wait();
-    let states: usize = hs.iter().map(|h| h.host_states()).sum();
+    let states: usize = hs.iter().map(|h| h.host_states()).sum::<usize>() - own;
     let with = rss_kib();
     exit.wait();
     for t in threads {
         t.join().unwrap();
     }
     // The owners delete given-up states in their loops.
-    while hs.iter().map(|h| h.host_states()).sum::<usize>() > 0 {
+    while hs.iter().map(|h| h.host_states()).sum::<usize>() > own {
         std::thread::yield_now();
     }
     let after = rss_kib();
