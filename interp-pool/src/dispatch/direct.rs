@@ -56,9 +56,15 @@ where
     let _depth = DepthGuard::enter(depth);
     link.served.fetch_add(1, Ordering::Relaxed);
     link.direct_calls.fetch_add(1, Ordering::Relaxed);
+    let run = |att: &Attached<'_>| {
+        let out = f(att);
+        // States other threads gave up go while we hold the claim (`host.rs`).
+        link.hosts.delete_doomed(att);
+        out
+    };
     // SAFETY: R13: `target` is this thread's host-thread state for `link`'s interpreter,
     // made on this thread; we hold the claim (`claimed`), so it is alive and ours to attach.
-    let out = unsafe { enter::run_at(&target, &link.memory, Kind::Host(Some(levels)), f) };
+    let out = unsafe { enter::run_at(&target, &link.memory, Kind::Host(Some(levels)), run) };
     Ok(out.and_then(|r| r))
 }
 

@@ -290,7 +290,7 @@ impl InterpreterGroup {
             let members = self.lock_members();
             let holders = members
                 .iter()
-                .fold(false, |woke, m| m.link().wake_holder() | woke);
+                .fold(false, |woke, m| m.link().holders.wake() | woke);
             members.iter().any(|m| m.claim_parked()) | holders
         };
         worker::post_to(

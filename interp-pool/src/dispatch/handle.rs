@@ -199,16 +199,7 @@ impl InterpreterHandle {
         R: Send,
     {
         let sh = &*self.link;
-        if sh.is_closing() {
-            return Err(Error::InterpreterGone { interp: sh.id });
-        }
-        let depth = activation::depth() + 1;
-        if depth > sh.max_depth {
-            return Err(Error::ReentryLimit {
-                depth,
-                limit: sh.max_depth,
-            });
-        }
+        let depth = self.admit()?;
         let owner = activation::owner();
         if let Some(owner) = owner.filter(|o| o.link.id == sh.id) {
             return run_inline(owner, depth, f);
@@ -234,15 +225,28 @@ impl InterpreterHandle {
         F: FnOnce(&Attached<'_>) -> Result<R> + Send,
         R: Send,
     {
+        let depth = self.admit()?;
+        match activation::owner() {
+            Some(owner) if owner.link.id == self.link.id => run_inline(owner, depth, f),
+            owner => self.post_and_wait(owner, depth, f),
+        }
+    }
+
+    /// The depth a call made now runs at, unless the interpreter is ending or the call
+    /// would nest past the cap.
+    fn admit(&self) -> Result<usize> {
         let sh = &*self.link;
         if sh.is_closing() {
             return Err(Error::InterpreterGone { interp: sh.id });
         }
         let depth = activation::depth() + 1;
-        match activation::owner() {
-            Some(owner) if owner.link.id == sh.id => run_inline(owner, depth, f),
-            owner => self.post_and_wait(owner, depth, f),
+        if depth > sh.max_depth {
+            return Err(Error::ReentryLimit {
+                depth,
+                limit: sh.max_depth,
+            });
         }
+        Ok(depth)
     }
 
     /// [`call`](Self::call) with a deadline and/or a cancel token. An interrupted call

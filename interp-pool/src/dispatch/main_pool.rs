@@ -53,6 +53,7 @@ use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
 use crate::owner::enter::{self, Kind};
 use crate::owner::held;
+use crate::owner::holders::WaitingHolders;
 use crate::owner::job::{Call, Job};
 use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
@@ -252,8 +253,7 @@ struct LaneLink {
     direct_calls: AtomicU64,
     /// Callers' threads holding the lane directly that wait on another interpreter: they
     /// serve its queue (`HeldLane`), so posts wake them.
-    waiting_holders: Mutex<Vec<std::thread::Thread>>,
-    waiting: AtomicUsize,
+    holders: WaitingHolders,
 }
 
 /// One workload's share of the main interpreter's thread pool: a queue, and a limit on
@@ -301,8 +301,7 @@ impl MainLane {
             idle: (Mutex::new(()), Condvar::new()),
             direct: AtomicBool::new(config.direct),
             direct_calls: AtomicU64::new(0),
-            waiting_holders: Mutex::new(Vec::new()),
-            waiting: AtomicUsize::new(0),
+            holders: WaitingHolders::default(),
         });
         // Under the lanes' lock: shutdown's `close_all` either sees this lane or has run.
         lanes_mut()
@@ -477,10 +476,16 @@ impl MainLane {
         let _depth = activation::DepthGuard::enter(depth);
         l.direct_calls.fetch_add(1, Ordering::Relaxed);
         l.served.fetch_add(1, Ordering::Relaxed);
+        let run = |att: &Attached<'_>| {
+            let out = f(att);
+            // Main-interpreter states other threads gave up (`host.rs`).
+            seat0.hosts.delete_doomed(att);
+            out
+        };
         // SAFETY: R13: `target` is this thread's host-thread state in main, made on this
         // thread; main lives until finalize, which waits for direct calls to end
         // (`close_all`), and many threads may attach main at once (it has one GIL).
-        let out = unsafe { enter::run_at(&target, &seat0.memory, Kind::Host(levels), f) };
+        let out = unsafe { enter::run_at(&target, &seat0.memory, Kind::Host(levels), run) };
         Ok(out.and_then(|r| r))
     }
 
@@ -537,7 +542,7 @@ impl MainLane {
         // pairs with each seat's `park_unless` (it stores Parked, fences, re-checks the
         // lanes) and with `Hold::drop`'s fence: either a seat sees the job or we see it
         // Parked and claim it; either a releaser sees the job or we see its release.
-        let wake = || l.wake_for_queued() | l.wake_waiting_holders();
+        let wake = || l.wake_for_queued() | l.holders.wake();
         worker::post_to(&l.mailbox, job, serving, || self.id(), wake, l.caller_spin)
     }
 }
@@ -599,33 +604,8 @@ impl HeldLane for LaneLink {
         !self.mailbox.is_empty()
     }
 
-    fn waiting(&self, on: bool) {
-        let mut w = self
-            .waiting_holders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let me = std::thread::current();
-        if on {
-            w.push(me);
-        } else if let Some(i) = w.iter().rposition(|t| t.id() == me.id()) {
-            w.swap_remove(i);
-        }
-        self.waiting.store(w.len(), Ordering::SeqCst);
-    }
-}
-
-impl LaneLink {
-    /// After a post's fence: wakes the callers' threads that hold the lane and wait.
-    fn wake_waiting_holders(&self) -> bool {
-        if self.waiting.load(Ordering::SeqCst) == 0 {
-            return false;
-        }
-        let w = self
-            .waiting_holders
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        w.iter().for_each(std::thread::Thread::unpark);
-        !w.is_empty()
+    fn holders(&self) -> &WaitingHolders {
+        &self.holders
     }
 }
 

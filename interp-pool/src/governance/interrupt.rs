@@ -179,6 +179,15 @@ impl InterruptTarget {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// [`lock_out`](Self::lock_out) if nobody holds the lock now.
+    pub(crate) fn try_lock_out(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.lock.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Under [`lock_out`](Self::lock_out): no interrupter attaches from now on.
     pub(crate) fn mark_ended(&self) {
         self.ended.store(true, Ordering::SeqCst);

@@ -14,6 +14,7 @@ use super::worker::OwnerLink;
 use crate::capi::attach::{self, HostAttachGuard};
 use crate::governance::interrupt::{Barrier, InterruptTarget};
 use crate::owner::activation::DepthGuard;
+use crate::owner::holders::WaitingHolders;
 use crate::owner::job::Job;
 use crate::owner::seat::HeldLane;
 
@@ -37,6 +38,14 @@ impl Place {
         match &self.lane {
             Some(lane) => lane.has_queued(),
             None => self.link.has_queued(),
+        }
+    }
+
+    /// Who posts to this place wake (`holders.rs`).
+    fn holders(&self) -> &WaitingHolders {
+        match &self.lane {
+            Some(lane) => lane.holders(),
+            None => &self.link.holders,
         }
     }
 
@@ -72,10 +81,10 @@ thread_local! {
     static HELD: RefCell<Vec<Place>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Deleted by whoever next runs a call there holding the claim (`HostStates::delete_doomed`),
+/// or at the interpreter's end.
 fn give_up(place: &Place) {
-    if place.link.hosts.give_up(&place.target) {
-        place.link.wake_owner();
-    }
+    place.link.hosts.give_up(&place.target);
 }
 
 /// This thread's host-thread state for `link`'s interpreter, made on first use. The caller
@@ -275,38 +284,19 @@ fn run_job(place: &Place, job: Job) {
 
 /// While alive: posts to the interpreters this thread holds wake this thread (it waits,
 /// and must serve them: nobody else may).
-pub(crate) struct Announced(Vec<(Place, Option<thread::Thread>)>);
+pub(crate) struct Announced(Vec<Place>);
 
 impl Announced {
     pub(crate) fn new() -> Self {
-        let places = held()
-            .into_iter()
-            .map(|p| {
-                let prev = match &p.lane {
-                    Some(lane) => {
-                        lane.waiting(true);
-                        None
-                    }
-                    None => p.link.set_holder(Some(thread::current())),
-                };
-                (p, prev)
-            })
-            .collect();
+        let places = held();
+        places.iter().for_each(|p| p.holders().waiting(true));
         Self(places)
     }
 }
 
 impl Drop for Announced {
     fn drop(&mut self) {
-        // Innermost first: a nested wait gives the outer one's announcement back.
-        for (p, prev) in self.0.drain(..).rev() {
-            match &p.lane {
-                Some(lane) => lane.waiting(false),
-                None => {
-                    p.link.set_holder(prev);
-                }
-            }
-        }
+        self.0.iter().for_each(|p| p.holders().waiting(false));
     }
 }
 

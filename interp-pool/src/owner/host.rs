@@ -12,7 +12,18 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::capi::attach::{self, Attached};
 use crate::governance::interrupt::InterruptTarget;
+
+/// Deletes host-thread state `state` of `att`'s interpreter, its interrupt lock held and
+/// marked ended.
+pub(crate) fn delete(att: &Attached<'_>, state: &InterruptTarget) {
+    state.classes.release(att);
+    // SAFETY: R13: a state of `att`'s interpreter that its thread gave up (or the
+    // interpreter is ending, its claim closed): nobody attaches it again; its interrupt
+    // lock is held by our caller and marked ended, so no interrupter attaches for it.
+    unsafe { attach::delete_host_state(att, state.ts()) };
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct HostStates {
@@ -66,11 +77,39 @@ impl HostStates {
         self.doomed.load(Ordering::SeqCst)
     }
 
-    /// The owner, holding the claim: the states to delete now.
-    pub(crate) fn take_doomed(&self) -> Vec<Arc<InterruptTarget>> {
-        let mut inner = self.lock();
-        self.doomed.store(false, Ordering::SeqCst);
-        std::mem::take(&mut inner.doomed)
+    /// Deletes the states their threads gave up, from a thread attached to the interpreter
+    /// through another of its thread states (`att`) and holding its claim (its owner
+    /// running a posted job, or a caller's thread at the end of a direct call). A state
+    /// whose interrupt lock is taken (an interrupter of a call it ran, waiting for the GIL
+    /// we hold) is left for next time: waiting for it here would deadlock.
+    pub(crate) fn delete_doomed(&self, att: &Attached<'_>) {
+        if !self.has_doomed() {
+            return;
+        }
+        let doomed = {
+            let mut inner = self.lock();
+            self.doomed.store(false, Ordering::SeqCst);
+            std::mem::take(&mut inner.doomed)
+        };
+        let mut kept = Vec::new();
+        for state in doomed {
+            let deleted = match state.try_lock_out() {
+                Some(_no_interrupts) => {
+                    state.mark_ended();
+                    delete(att, &state);
+                    true
+                }
+                None => false,
+            };
+            if !deleted {
+                kept.push(state);
+            }
+        }
+        if !kept.is_empty() {
+            let mut inner = self.lock();
+            inner.doomed.append(&mut kept);
+            self.doomed.store(true, Ordering::SeqCst);
+        }
     }
 
     /// The owner, with the claim closed, before ending the interpreter: every state left.

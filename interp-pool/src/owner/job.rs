@@ -73,11 +73,19 @@ impl Job {
 
     /// Runs the job on the owner thread, then `before_reply`, then completes its slot.
     pub(crate) fn execute_then(self, att: &Attached<'_>, before_reply: impl FnOnce()) {
+        let done = self.execute(att);
+        before_reply();
+        drop(done);
+    }
+
+    /// Runs the job and returns it executed: dropping it completes the slot (the caller
+    /// is released), which the runner may do after detaching and letting go of the
+    /// interpreter, so that the caller's next call finds it free.
+    pub(crate) fn execute(self, att: &Attached<'_>) -> Self {
         // SAFETY: the caller is still blocked on our slot (R7), so `data` is live and
         // exclusively ours; `att` proves the interpreter is attached.
         unsafe { (self.run)(self.data, att) };
-        before_reply();
-        // Dropping completes the slot.
+        self
     }
 }
 

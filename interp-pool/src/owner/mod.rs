@@ -9,6 +9,7 @@ pub(crate) mod claim;
 pub(crate) mod ending;
 pub(crate) mod enter;
 pub(crate) mod held;
+pub(crate) mod holders;
 pub(crate) mod host;
 pub(crate) mod job;
 pub(crate) mod mailbox;

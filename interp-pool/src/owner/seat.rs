@@ -86,6 +86,6 @@ pub(crate) trait HeldLane: Send + Sync {
     fn take_held(&self) -> Option<super::job::Job>;
     /// Whether the lane has a queued call.
     fn has_queued(&self) -> bool;
-    /// A holder starts (`true`) or stops waiting: posts to the lane wake waiting holders.
-    fn waiting(&self, on: bool);
+    /// Its waiting holders, whom posts to the lane wake.
+    fn holders(&self) -> &super::holders::WaitingHolders;
 }

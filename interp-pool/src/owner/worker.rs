@@ -12,6 +12,7 @@ use super::claim::Claim;
 use super::ending::Ending;
 use super::enter::{self, Kind};
 use super::held;
+use super::holders::WaitingHolders;
 use super::host::HostStates;
 use super::seat::{Hold, Looking, Seat};
 use crate::capi::attach::{self, AttachGuard, Attached};
@@ -89,10 +90,9 @@ pub(crate) struct OwnerLink {
     pub(crate) group_mailbox: OnceLock<Arc<Mailbox>>,
     /// Set when the interpreter leaves its group: it stops taking the group's jobs.
     left_group: AtomicBool,
-    /// A caller's thread that holds the claim and waits (on another interpreter): it
-    /// serves this interpreter's queues meanwhile, so posts must wake it (`held.rs`).
-    holder: Mutex<Option<Thread>>,
-    holder_set: AtomicBool,
+    /// Callers' threads that hold the claim and wait (on another interpreter): they
+    /// serve this interpreter's queues meanwhile, so posts must wake them (`holders.rs`).
+    pub(crate) holders: WaitingHolders,
 }
 
 impl OwnerLink {
@@ -113,7 +113,7 @@ impl OwnerLink {
                 // A caller's thread running a direct call: the owner cannot take the job
                 // until it lets go (then it wakes the owner), unless it waits meanwhile
                 // and serves it. Either way nobody is spinning for us to see.
-                woke | self.wake_holder() | self.claim.held_by_caller()
+                woke | self.holders.wake() | self.claim.held_by_caller()
             },
             self.caller_spin,
         )
@@ -146,29 +146,13 @@ impl OwnerLink {
         self.state.unpark_if_parked(|| self.thread.unpark());
     }
 
-    /// Sets (or clears) the waiting claim holder that posts must wake; returns the previous.
-    pub(crate) fn set_holder(&self, holder: Option<Thread>) -> Option<Thread> {
-        let mut h = self.holder.lock().unwrap_or_else(|e| e.into_inner());
-        self.holder_set.store(holder.is_some(), Ordering::SeqCst);
-        std::mem::replace(&mut *h, holder)
-    }
-
-    /// After a post's fence: wakes the waiting claim holder, if any.
-    pub(crate) fn wake_holder(&self) -> bool {
-        if !self.holder_set.load(Ordering::SeqCst) {
-            return false;
-        }
-        let h = self.holder.lock().unwrap_or_else(|e| e.into_inner());
-        h.as_ref().inspect(|t| t.unpark()).is_some()
-    }
-
     /// A caller's thread lets go of the claim after its direct call: if something waits
     /// for the interpreter (a queued job, a given-up state, the end), the owner takes over.
     pub(crate) fn release_caller_claim(&self) {
         // SeqCst store, then SeqCst loads of the queues and the owner's state: pairs with
         // the owner's park (stores Parked, fences, reads the claim).
         self.claim.release();
-        if self.has_queued() || self.hosts.has_doomed() || self.is_closing() {
+        if self.has_queued() || self.is_closing() {
             self.wake_owner();
         }
     }
@@ -302,8 +286,7 @@ impl Owner {
             hosts: HostStates::default(),
             group_mailbox: OnceLock::new(),
             left_group: AtomicBool::new(false),
-            holder: Mutex::new(None),
-            holder_set: AtomicBool::new(false),
+            holders: WaitingHolders::default(),
         });
         super::registry::register(&link);
         drop(serial);
@@ -369,15 +352,11 @@ fn lock_out(hosts: &[Arc<InterruptTarget>]) -> Vec<std::sync::MutexGuard<'_, ()>
         .collect()
 }
 
-/// Deletes host-thread states given up or left at the end, attached through the owner's
-/// thread state (`att`), their interrupt locks held (`lock_out`).
+/// Deletes the host-thread states left at the end, attached through the owner's thread
+/// state (`att`), their interrupt locks held (`lock_out`).
 fn delete_host_states(att: &Attached<'_>, hosts: &[Arc<InterruptTarget>]) {
     for h in hosts {
-        h.classes.release(att);
-        // SAFETY: R13: a state of `att`'s interpreter whose thread gave it up (or the
-        // interpreter is ending, its claim closed: nobody attaches it again); its
-        // interrupt lock is held and marked ended.
-        unsafe { attach::delete_host_state(att, h.ts()) };
+        super::host::delete(att, h);
     }
 }
 
@@ -563,9 +542,6 @@ impl Owner {
         // hand-off), whether or not callers may claim it now: `direct` can be switched
         // on at any time. Main-pool seats serve lanes, which have their own limit.
         let claims = wait_on.is_none() && sh.origin == Origin::New;
-        // Seat 0 deletes the main-interpreter states callers' threads gave up (direct
-        // calls of main lanes keep theirs in its registry).
-        let sweeps = wait_on.is_none() && self.seat.is_some_and(|s| s.index == 0);
         let nested = wait_on.is_some();
         let queued = || {
             sh.has_queued()
@@ -574,9 +550,9 @@ impl Owner {
         };
         let ready = || {
             if claims {
-                (queued() || sh.hosts.has_doomed()) && sh.claim.is_free()
+                queued() && sh.claim.is_free()
             } else {
-                queued() || (sweeps && sh.hosts.has_doomed())
+                queued()
             }
         };
         // Posts to the interpreters this thread holds as a caller wake it while it waits.
@@ -591,14 +567,8 @@ impl Owner {
             if nested && held::run_queued() {
                 continue;
             }
-            if sweeps && sh.hosts.has_doomed() {
-                self.delete_given_up();
-            }
             let claimed = !claims || (ready() && sh.claim.try_owner());
             if claimed {
-                if claims && sh.hosts.has_doomed() {
-                    self.delete_given_up();
-                }
                 if let Some((job, hold)) = self.next_job() {
                     if let Some(seat) = self.seat {
                         // Flagged until now: a poster may have counted us for another call.
@@ -611,10 +581,12 @@ impl Owner {
                     self.run_posted(job, || {
                         drop(hold);
                         look(true);
+                        // Before the caller has its reply: its next call, direct, finds
+                        // the interpreter free.
+                        if claims {
+                            sh.claim.release();
+                        }
                     });
-                    if claims {
-                        sh.claim.release();
-                    }
                     sh.state.store(waiting, Ordering::Relaxed);
                     continue;
                 }
@@ -651,20 +623,6 @@ impl Owner {
             sh.state.store(waiting, Ordering::SeqCst);
         }
         sh.state.store(OwnerState::Running, Ordering::Relaxed);
-    }
-
-    /// Deletes the host-thread states their threads gave up. Top-level loop, detached, with
-    /// the claim held (main: seat 0, main being alive while its seats are).
-    fn delete_given_up(&self) {
-        let hosts = self.link.hosts.take_doomed();
-        if hosts.is_empty() {
-            return;
-        }
-        let _no_interrupts = lock_out(&hosts);
-        // SAFETY: R2/R4: thread: owner of `self.ts`; interp: alive (before `retire`);
-        // tstate: none attached (the top-level loop is detached between jobs).
-        let attached = unsafe { AttachGuard::attach(self.ts, self.link.id) };
-        delete_host_states(&attached.token(), &hosts);
     }
 
     /// The next job: this interpreter's own queue first (calls that must run here), then
@@ -708,9 +666,10 @@ impl Owner {
     }
 
     /// Runs a job that came through the queue. The thread is detached here: the top-level
-    /// loop and every nested wait detach before serving.
-    /// `before_reply` runs after the job, before its caller is released (a lane's hold
-    /// goes there: a call that returned no longer counts against the lane's limit).
+    /// loop and every nested wait detach before serving. `before_reply` runs after the job,
+    /// detached again, before its caller is released (a lane's hold goes there: a call that
+    /// returned no longer counts against the lane's limit; so does the top-level loop's
+    /// claim: the caller's next call finds the interpreter free).
     fn run_posted(&self, job: Job, before_reply: impl FnOnce()) {
         let _depth = DepthGuard::enter(job.depth);
         self.link.served.fetch_add(1, Ordering::Relaxed);
@@ -718,15 +677,21 @@ impl Owner {
             // This job is not the interruptible call that may be waiting under it (nested):
             // an interrupt aimed at that one is deferred until control returns to it.
             let barrier = Barrier::job(token);
-            job.execute_then(token, before_reply);
+            let done = job.execute(token);
             drop(barrier);
+            // Attached, claim held (main: main lives while its seats do).
+            self.link.hosts.delete_doomed(token);
+            done
         };
         // SAFETY: R2/R4: thread: owner of `self.ts`, registered with its target. interp:
         // alive until `retire` after the loop. We serve only while detached, or (switched
         // to another interpreter as its caller) `run_at` detaches and switches back.
         let ran = unsafe { enter::run_at(&self.link.target, &self.link.memory, Kind::Owner, run) };
-        if let Err(e) = ran {
+        if let Err(e) = &ran {
             tracing::error!(interp = %self.link.id, "cannot run a queued job: {e}");
         }
+        // Detached (or back where `run_at` found this thread): let go, then reply.
+        before_reply();
+        drop(ran);
     }
 }

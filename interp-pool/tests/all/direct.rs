@@ -51,8 +51,11 @@ fn a_direct_call_runs_on_the_calling_thread_and_is_counted() {
         .join()
         .unwrap();
         assert_eq!(other.0, other.1);
-        // That thread exited: its state is given up and deleted by the owner.
-        wait_until(|| h.host_states() == 1);
+        // That thread exited: its state was given up, and the next call here (direct: the
+        // interpreter is idle) deletes it.
+        assert_eq!(h.host_states(), 2);
+        assert_eq!(ident_in(&h), my_ident());
+        assert_eq!(h.host_states(), 1);
         h.end();
     });
 }
