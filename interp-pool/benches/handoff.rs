@@ -62,6 +62,28 @@ fn roundtrip(c: &mut Criterion) {
             .unwrap()
         })
     });
+    // Direct dispatch: the same call from a spawned thread on a free interpreter, which runs
+    // it itself (issue 22's target: at least as fast as `inline/py_add`).
+    let d = InterpreterHandle::spawn(InterpreterConfig {
+        direct: true,
+        ..InterpreterConfig::named("bench-direct")
+    })
+    .expect("spawn");
+    d.call(|py| py.run(SETUP)).expect("setup");
+    g.bench_function("direct/py_add", |b| {
+        b.iter_custom(|iters| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    d.call(|py| call_fn(py, "add", &[1, 2])).unwrap();
+                }
+                start.elapsed()
+            })
+            .join()
+            .unwrap()
+        })
+    });
     // The main interpreter: a call on its first pool thread, and through a lane (which adds
     // the lane's limit bookkeeping: a hold taken and released per call).
     let main = InterpreterHandle::main(InterpreterConfig::named("bench-main")).expect("main");
