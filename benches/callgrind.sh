@@ -4,7 +4,9 @@
 # counting only inside `_PyEval_EvalFrameDefault` (the Python code, the glue and every
 # allocation and free it makes; not the hand-off or waits). Configurations as
 # `benches/sustained.sh`'s; each argument is one: `mimalloc:on` (default), `mimalloc:off`,
-# `malloc:on`, `malloc:off`, `py:mimalloc` / `py:pymalloc` (PYTHONMALLOC), `reference`.
+# `malloc:on`, `malloc:off`, `py:mimalloc` / `py:pymalloc` (PYTHONMALLOC), `reference`,
+# `cdylib` (the loader `dlopen`ed from target/release/libpolyplug_subinterp.so, as a C host
+# gets it: `cargo build --release --lib` first).
 # Run from the repository root.
 set -eu
 calls=${CALLS:-400}
@@ -26,6 +28,7 @@ count() { # $1: calls, $2: the binary, then VAR=value...
 for cfg in "${@:-mimalloc:on}"; do
     case $cfg in
     reference) set -- "$reference" ;;
+    cdylib) set -- "$ours" BENCH_CDYLIB=target/release/libpolyplug_subinterp.so ;;
     py:*) set -- "$ours" PYTHONMALLOC="${cfg#py:}" ;;
     *) set -- "$ours" BENCH_ALLOCATOR="${cfg%:*}" BENCH_ACCOUNTING="${cfg#*:}" ;;
     esac
