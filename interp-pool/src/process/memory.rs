@@ -265,7 +265,8 @@ impl Local {
         let limit = s.limit.load(Relaxed);
         let high = match limit {
             usize::MAX => FLUSH,
-            _ => (limit as isize)
+            _ => isize::try_from(limit)
+                .unwrap_or(isize::MAX)
                 .saturating_sub(s.live.load(Relaxed))
                 .min(FLUSH),
         };
