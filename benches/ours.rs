@@ -419,6 +419,9 @@ fn main_mode_and_waits(c: &mut Criterion, rt: &std::sync::Arc<polyplug::runtime:
 /// the allocator `BENCH_ALLOCATOR` names (`mimalloc`, the default, or `malloc`), with
 /// accounting unless `BENCH_ACCOUNTING=off`; `PYTHONMALLOC` overrides both (no wrapper).
 fn sustained() {
+    if let Some(cdylib) = std::env::var_os("BENCH_CDYLIB") {
+        return sustained_cdylib(&cdylib);
+    }
     if std::env::var("BENCH_ALLOCATOR").as_deref() == Ok("malloc") {
         interp_pool::set_allocator(Allocator::Malloc);
     }
@@ -464,6 +467,60 @@ fn oversub() {
     for t in tables {
         println!("\n{t}");
     }
+}
+
+/// `BENCH_CDYLIB=target/release/libpolyplug_subinterp.so ... -- sustained`: the same calls
+/// with the loader a C host gets, `dlopen`ed from the cdylib and made by its
+/// `polyplug_python_loader_create` export (its code, thread-locals through
+/// `__tls_get_addr`, and its own copy of interp-pool and mimalloc; this binary's copy stays
+/// unused), registered as `HostApi.register_loader` would.
+fn sustained_cdylib(path: &std::ffi::OsStr) {
+    use std::ffi::{c_char, c_int, c_void, CString};
+    use std::os::unix::ffi::OsStrExt;
+    extern "C" {
+        fn dlopen(file: *const c_char, flags: c_int) -> *mut c_void;
+        fn dlsym(handle: *mut c_void, name: *const c_char) -> *mut c_void;
+    }
+    const RTLD_NOW: c_int = 2;
+    type Create =
+        unsafe extern "C" fn(*const polyplug_subinterp::ffi::PolyplugPythonConfig) -> *mut c_void;
+    let file = CString::new(path.as_bytes()).expect("a path without NUL");
+    // SAFETY: no CPython call; `file` is a NUL-terminated path; the library (ours, built
+    // from this workspace) is kept loaded for the process.
+    let lib = unsafe { dlopen(file.as_ptr(), RTLD_NOW) };
+    assert!(!lib.is_null(), "dlopen {path:?} failed");
+    // SAFETY: `lib` is a live handle and the name NUL-terminated.
+    let sym = unsafe { dlsym(lib, c"polyplug_python_loader_create".as_ptr()) };
+    assert!(
+        !sym.is_null(),
+        "no polyplug_python_loader_create in {path:?}"
+    );
+    // SAFETY: the export has this signature (src/ffi.rs).
+    let create: Create = unsafe { std::mem::transmute::<*mut c_void, Create>(sym) };
+    let version = "3.12";
+    let config = polyplug_subinterp::ffi::PolyplugPythonConfig {
+        min_version_ptr: version.as_ptr(),
+        min_version_len: version.len(),
+    };
+    // SAFETY: a valid config, alive for the call.
+    let raw = unsafe { create(&config) };
+    assert!(
+        !raw.is_null(),
+        "polyplug_python_loader_create returned null"
+    );
+    // SAFETY: the export's double-boxed loader, consumed once, from a cdylib built by the
+    // same compiler from the same polyplug (polyplug's `register_loader` contract).
+    let loader = *unsafe { Box::from_raw(raw.cast::<Box<dyn polyplug::loader::BundleLoader>>()) };
+    let rt = RuntimeBuilder::new().build().expect("runtime");
+    rt.register_loader(loader)
+        .expect("register the cdylib's loader");
+    rt.load_bundle(&common::fixtures().join("py_cruncher"))
+        .expect("load py_cruncher");
+    common::sustained(
+        "ours cdylib (C host) mimalloc accounting on",
+        &rt,
+        Op::Crunch,
+    );
 }
 
 fn main() {

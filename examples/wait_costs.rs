@@ -5,14 +5,16 @@
 //! trivial (`calculator.add`), ~100 µs, ~300 µs and ~1 ms calls (`cruncher.crunch(n)`),
 //! one host thread calling back to back.
 //!
-//! `cargo run --release --example wait_costs -- <own|main> <adaptive|fixed|µs> [calls]`:
+//! `cargo run --release --example wait_costs -- <own|main> <adaptive|fixed|µs> [calls] [threads]`:
 //! `own` loads both bundles in own-GIL interpreters, `main` in the main interpreter
 //! (`PythonConfig::bundle_modes`); `fixed` sets `WaitPolicy::caller_spin_max` to zero (the
 //! caller spins `caller_spin`, 20 µs, then parks: the policy before the adaptive spin),
 //! `adaptive` keeps the default, a number sets `caller_spin_max` in µs. One process per
 //! setting: the main interpreter keeps the wait policy of its first user for the life of
 //! the process. The table in ARCHITECTURE.md ("Waiting") is the median of 5 alternating
-//! rounds of `own`/`main` × `fixed`/`adaptive`/`1000` with 4000 calls.
+//! rounds of `own`/`main` × `fixed`/`adaptive`/`1000` with 4000 calls. `threads` T > 1
+//! (own only): T host threads call `crunch(2000)` on T replicas of the cruncher at once
+//! (every vCPU busy with an owner), reporting calls/s over all and the owners' CPU per call.
 
 #[path = "../fixtures/host/rust/core/mod.rs"]
 #[allow(
@@ -32,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use polyplug::runtime::Runtime;
 use polyplug::runtime_builder::RuntimeBuilder;
-use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader};
+use polyplug_subinterp::{InterpreterMode, PythonConfig, PythonLoader, Replicas};
 use polyplug_utils::{BundleId, GuestContractId};
 
 use core_api::host::host_callers::{CalculatorContract, CruncherContract};
@@ -68,16 +70,59 @@ fn measure(label: &str, n: u64, loader: &PythonLoader, bundle: &str, mut call: i
     );
 }
 
+/// `threads` host threads calling `crunch(2000)` `n` times each, at once, on as many
+/// replicas; prints calls/s over all, latency per call and the owners' CPU per call.
+fn measure_threads(rt: &Runtime, loader: &PythonLoader, threads: u64, n: u64) {
+    let host = rt.as_context_ptr() as usize;
+    let run = |calls: u64| {
+        let barrier = std::sync::Barrier::new(threads as usize);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let host = host as *const polyplug_abi::HostApi;
+                    let mut c = CruncherContract::new(handle(rt, "cruncher"), host).unwrap();
+                    barrier.wait();
+                    for _ in 0..calls {
+                        c.crunch(2000).unwrap();
+                    }
+                });
+            }
+        });
+    };
+    run(n / 10);
+    let id = BundleId::new("py_cruncher").id();
+    let m0 = loader.metrics(id).expect("metrics");
+    let t = Instant::now();
+    run(n);
+    let wall = t.elapsed().as_secs_f64();
+    let m1 = loader.metrics(id).expect("metrics");
+    let calls = (n * threads) as f64;
+    println!(
+        "crunch(2000) x{threads} threads {calls:>6} calls  {:>7.0} calls/s  latency {:>8.1} µs/call  \
+         interpreter CPU {:>7.1} µs/call",
+        calls / wall,
+        wall * 1e6 / n as f64,
+        (m1.cpu_time - m0.cpu_time).as_secs_f64() * 1e6 / calls,
+    );
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "own".into());
     let policy = args.next().unwrap_or_else(|| "adaptive".into());
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let threads: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let mut config = PythonConfig::default();
     if policy == "fixed" {
         config.wait.caller_spin_max = Duration::ZERO;
     } else if let Ok(us) = policy.parse() {
         config.wait.caller_spin_max = Duration::from_micros(us);
+    }
+    if threads > 1 {
+        config
+            .replicas
+            .insert("py_cruncher".into(), Replicas::Fixed(threads as usize));
     }
     if mode == "main" {
         for b in ["py_calculator", "py_cruncher"] {
@@ -92,6 +137,10 @@ fn main() {
     let bundles = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/bundles");
     for b in ["py_calculator", "py_cruncher"] {
         rt.load_bundle(&bundles.join(b)).expect("bundle loads");
+    }
+    if threads > 1 {
+        println!("{mode} GIL, {policy} spin:");
+        return measure_threads(&rt, &loader, threads, n);
     }
     let host = rt.as_context_ptr();
     let mut calc = CalculatorContract::new(handle(&rt, "calculator"), host).unwrap();

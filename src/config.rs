@@ -223,7 +223,9 @@ pub struct PythonConfig {
     pub allocator: Allocator,
     /// Most bytes a bundle's interpreter may hold in CPython's MEM and OBJ domains (its
     /// interpreter's own start-up included: ~2–4 MiB); an allocation past it raises
-    /// `MemoryError` in the plugin. Default `None`: no limit.
+    /// `MemoryError` in the plugin. Counted per thread and synced every 64 KiB, so threads
+    /// allocating for one bundle at once may pass it by < 64 KiB each (ARCHITECTURE.md,
+    /// "Memory accounting"). Default `None`: no limit.
     pub memory_limit: Option<usize>,
     /// Per-bundle limit, by bundle (manifest) name; wins over `memory_limit`.
     pub bundle_memory_limits: HashMap<String, usize>,

@@ -38,8 +38,10 @@ pub struct WaitPolicy {
     /// The longest a caller's spin is stretched to when recent replies came within it
     /// (see above). `caller_spin` or less turns the stretch off. Default 500 µs: the
     /// stretch saves one wake-up (25–30 µs) per call at the cost of a core for the call's
-    /// length, ~23% of a 100 µs call but 2–4% of a 1 ms one (measured: ARCHITECTURE.md,
-    /// "Waiting").
+    /// length, ~23% of a 100 µs call but 2–4% of a 1 ms one, and the spinning caller does
+    /// not slow the interpreter running the call on the other core (its CPU per call was
+    /// lower with the stretch than without, and a spinner on the other vCPU left a pinned
+    /// loop's CPU time unchanged; measured: ARCHITECTURE.md, "Waiting").
     pub caller_spin_max: Duration,
     /// How long an idle owner thread spins for the next job before parking.
     pub server_spin: Duration,

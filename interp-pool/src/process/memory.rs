@@ -6,7 +6,7 @@
 //! creation, every job and `Py_EndInterpreter` count there); in the shared main
 //! interpreter the loader switches it per bundle with [`MemoryAccount::enter`]. The block
 //! remembers that account in a 16-byte header in front of it ([`Header`]: the account's
-//! slot, its generation and the block's size), so a free, which CPython passes no size
+//! token, its slot's index and generation in one word, and the block's size), so a free, which CPython passes no size
 //! for, is credited to the account that was charged, whichever thread frees it and
 //! whatever account that thread has: an owner's object freed on a thread a plugin started,
 //! a bundle's object freed by another bundle in main, a main bundle's objects freed at
@@ -15,7 +15,10 @@
 //!
 //! Accounts live in slots that are never freed (a slot is reused, under a new generation,
 //! once its account is dropped), so a block that outlives its account is credited to
-//! nothing when it is freed: the header's generation no longer matches.
+//! nothing when it is freed: the header's generation no longer matches. Nothing assumes
+//! one thread per account: any thread may enter any account (host threads running an
+//! interpreter's calls one after another, or switching accounts per call) and free any
+//! block.
 //!
 //! Limits: an allocation that would take its account past its limit returns NULL, which
 //! CPython turns into `MemoryError` (its MemoryError instances are preallocated). Small
@@ -26,23 +29,28 @@
 //! limited: CPython may abort when a RAW allocation fails.
 //!
 //! Cost per allocation or free: the header, and a thread-local update (bytes pending on
-//! this thread for its account); the account's shared atomic counter is touched once per
-//! 64 KiB of net change per thread ([`FLUSH`]), when the thread's account changes, and
-//! for each free of a block charged to an account that is not the freeing thread's (one
-//! relaxed atomic add). Not seen: memory an extension allocates with its own `malloc`
+//! this thread for its account) with one comparison: on an allocation against `high`,
+//! which folds the flush and the limit check into one bound, on a free against
+//! −[`FLUSH`]. The account's shared atomic counter is touched once per 64 KiB of net
+//! change per thread ([`FLUSH`]), when the thread's account changes, and for each free of
+//! a block charged to an account that is not the freeing thread's (one relaxed atomic
+//! add). The limit is checked exactly against the thread's own bytes and against other
+//! threads' as of its last flush (each is ≤ 64 KiB ahead of the counter); a limit set
+//! while an account is current on a thread is seen there within 64 KiB. Not seen: memory an extension allocates with its own `malloc`
 //! (numpy array data goes through numpy's `PyDataMem` handler, which defaults to
 //! `malloc`), `mmap`, threads a plugin starts (no account is current there), the RAW
 //! domain, and the allocator's own rounding of the charged size (request + header).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 /// Allocations up to this size may use an account's reserve above its limit.
 pub const SMALL: usize = 64 << 10;
 
-/// The counters of one account. Leaked: a block's header may name it after its account
-/// is gone; reused by later accounts under a new generation.
+/// The counters of one account. Leaked in [`TABLE`]: a block's header may name it after
+/// its account is gone; reused by later accounts under a new generation.
 #[derive(Debug)]
 #[repr(align(64))] // its own cache line: written on flushes and cross-account frees
 pub(crate) struct Slot {
@@ -52,17 +60,51 @@ pub(crate) struct Slot {
     limit: AtomicUsize,
     reserve: AtomicUsize,
     denied: AtomicU64,
-    /// The generation of the account using it, in the high bits of a header's tag (low
-    /// [`SIZE_BITS`] zero); bumped when the account is dropped.
+    /// The generation of the account using it (≥ 1), the high bits of its [`Token`]s;
+    /// bumped when the account is dropped.
     gen: AtomicU64,
+}
+
+/// An account as a block's header and a thread's state name it: its slot's index in
+/// [`TABLE`] (low [`INDEX_BITS`]) and the slot's generation (the rest). Never 0: 0 is
+/// "no account" (generations start at 1).
+type Token = u64;
+
+/// Slot indices: 16 M accounts alive at once.
+const INDEX_BITS: u32 = 24;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+/// Slots per leaked chunk of [`TABLE`].
+const CHUNK: usize = 256;
+
+/// Every slot ever made, by index: chunks of [`CHUNK`] leaked slots (a free, given only a
+/// token, finds its account here). Chunk pointers are published with release ordering
+/// under [`SLOTS`]'s lock, before any token names a slot in them.
+static TABLE: [AtomicPtr<Slot>; (1 << INDEX_BITS) / CHUNK] =
+    [const { AtomicPtr::new(std::ptr::null_mut()) }; (1 << INDEX_BITS) / CHUNK];
+
+/// Slot allocation: indices of dropped accounts' slots, for reuse, and the next unused index.
+static SLOTS: Mutex<(Vec<u32>, u32)> = Mutex::new((Vec::new(), 0));
+
+/// The slot a token names; `None` for an index never handed out.
+fn slot_of(token: Token) -> Option<&'static Slot> {
+    let index = (token & INDEX_MASK) as usize;
+    let chunk = TABLE[index / CHUNK].load(Acquire);
+    if chunk.is_null() {
+        return None;
+    }
+    let slot = chunk.wrapping_add(index % CHUNK);
+    // SAFETY: no CPython call; a published chunk is a leaked `[Slot; CHUNK]`, never
+    // freed, and `slot` is within it.
+    Some(unsafe { &*slot })
 }
 
 /// One interpreter's (or one main-mode bundle's) allocations.
 #[derive(Debug)]
 pub struct MemoryAccount {
     slot: &'static Slot,
-    /// `slot.gen` while this account owns the slot.
-    gen: u64,
+    /// The slot's index and generation while this account owns it; 0 if the slots ran out
+    /// (then nothing is charged to it).
+    token: Token,
 }
 
 /// What a [`MemoryAccount`] has seen.
@@ -82,165 +124,265 @@ pub struct MemoryUsage {
 /// Bytes in front of every block the accounting allocator hands out.
 pub(crate) const HEADER: usize = 16;
 
-/// The low bits of a header's tag hold the block's size (header included): 1 TiB at most.
-const SIZE_BITS: u32 = 40;
-const SIZE_MASK: u64 = (1 << SIZE_BITS) - 1;
+/// The largest request counted: the size with its header stays an `isize`.
+const MAX_REQUEST: usize = isize::MAX as usize - HEADER;
 
 /// What a counted block remembers: whom it was charged to, and how much. 16 bytes, so the
 /// block behind it keeps the allocator's 16-byte alignment.
 #[derive(Clone, Copy)]
 #[repr(C, align(16))]
 struct Header {
-    /// The charged account's slot; null: charged to none.
-    slot: *const Slot,
-    /// The slot's generation at allocation | the size charged.
-    tag: u64,
+    /// The charged account; 0: charged to none.
+    token: Token,
+    /// The size charged (request + header).
+    size: usize,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER);
 
-impl Header {
-    fn size(self) -> isize {
-        (self.tag & SIZE_MASK) as isize
-    }
-
-    fn gen(self) -> u64 {
-        self.tag & !SIZE_MASK
-    }
-}
-
-/// This thread's accounting state.
-#[derive(Clone, Copy)]
+/// This thread's accounting state ([`tls::with`]): no lazy-init check, no destructor
+/// (readable at any point of the thread's life), each field its own `Cell` so that a path
+/// writes only what it changes.
+#[repr(C)]
 struct Local {
-    /// The account allocations on this thread are charged to (`None`: none).
-    slot: Option<&'static Slot>,
-    /// Its generation.
-    gen: u64,
-    /// Bytes charged to it on this thread and not yet added to its shared counter.
-    pending: isize,
+    /// The account allocations on this thread are charged to (0: none).
+    token: Cell<Token>,
+    /// Its slot (`None` with token 0).
+    slot: Cell<Option<&'static Slot>>,
+    /// Net bytes charged (+) and credited (−) to it on this thread and not yet added to
+    /// its shared counter. With no account it drifts and is reset on the slow paths.
+    pending: Cell<isize>,
+    /// An allocation that takes `pending` above this goes the slow way (flush, limit
+    /// check): [`FLUSH`], or less when the account's limit is nearer (see [`Local::sync`]);
+    /// 0 until the thread's first sync.
+    high: Cell<isize>,
 }
 
-impl Local {
-    /// Whether `h` was charged to this thread's account.
-    fn owns(self, h: Header) -> bool {
-        matches!(self.slot, Some(s) if std::ptr::eq(s, h.slot) && self.gen == h.gen())
-    }
+/// This thread's [`Local`].
+///
+/// On x86-64 Linux it is a static TLS block of our own with the initial-exec model: one
+/// `%fs`-relative address per access, in an executable and in the cdylib a C host
+/// `dlopen`s alike, where a Rust `thread_local!` goes through `__tls_get_addr` (a call per
+/// allocation and per free: +8% instructions on the cruncher call; stable Rust has no
+/// `-Z tls-model`). mimalloc's own thread-local already makes the cdylib `STATIC_TLS`, so
+/// this adds 32 bytes to the static TLS a `dlopen` needs. Zero-initialised: `high` 0 sends
+/// the thread's first allocation down the slow path, whose sync sets it.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod tls {
+    use super::Local;
 
-    /// Adds `delta` to the pending bytes, flushing them to the account past [`FLUSH`].
+    std::arch::global_asm!(
+        ".section .tbss,\"awT\",@nobits",
+        ".p2align 5",
+        ".globl interp_pool_memory_local",
+        ".hidden interp_pool_memory_local",
+        ".type interp_pool_memory_local, @object",
+        ".size interp_pool_memory_local, 32",
+        "interp_pool_memory_local:",
+        ".zero 32",
+        ".previous",
+    );
+
+    const _: () = assert!(std::mem::size_of::<Local>() == 32);
+    const _: () = assert!(std::mem::align_of::<Local>() <= 32);
+
     #[inline(always)]
-    fn add(&mut self, delta: isize) {
-        let Some(s) = self.slot else { return };
-        self.pending += delta;
-        if !(-FLUSH..FLUSH).contains(&self.pending) {
-            s.commit(self.pending);
-            self.pending = 0;
-        }
-    }
-
-    /// Whether the account may grow by `size` (the limit's check out of line: most
-    /// accounts have none).
-    #[inline(always)]
-    fn admit(self, size: usize) -> bool {
-        match self.slot {
-            Some(s) if s.limit.load(Relaxed) != usize::MAX => s.admit(size, self.pending),
-            _ => true,
-        }
-    }
-
-    fn header(self, size: usize) -> Header {
-        Header {
-            slot: self.slot.map_or(std::ptr::null(), |s| s as *const Slot),
-            tag: self.gen | size as u64,
-        }
+    pub(super) fn with<R>(f: impl FnOnce(&Local) -> R) -> R {
+        let offset: isize;
+        // SAFETY: no CPython call; reads the symbol's GOT entry (its constant offset from
+        // the thread pointer, filled by the dynamic linker: the initial-exec model).
+        unsafe {
+            std::arch::asm!(
+                "mov {o}, qword ptr [rip + interp_pool_memory_local@GOTTPOFF]",
+                o = out(reg) offset,
+                options(pure, readonly, nostack, preserves_flags),
+            )
+        };
+        let tp: *const u8;
+        // SAFETY: no CPython call; on x86-64 Linux `%fs:0` holds the thread pointer itself.
+        unsafe {
+            std::arch::asm!(
+                "mov {t}, qword ptr fs:[0]",
+                t = out(reg) tp,
+                options(pure, readonly, nostack, preserves_flags),
+            )
+        };
+        let local = tp.wrapping_offset(offset).cast::<Local>();
+        // SAFETY: no CPython call; `local` is this thread's 32 zero-initialised, 32-byte
+        // aligned bytes for the symbol, alive as long as the thread, and only this
+        // thread's code touches them (through `Cell`s: never two `&mut`); all-zero bytes
+        // are a valid `Local` (0s, `None`).
+        f(unsafe { &*local })
     }
 }
 
-/// A thread adds its pending bytes to the account's counter once they reach this (either
+/// This thread's [`Local`]: a const Rust thread-local without a destructor elsewhere.
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+mod tls {
+    use super::Local;
+    use std::cell::Cell;
+
+    thread_local! {
+        static LOCAL: Local = const {
+            Local {
+                token: Cell::new(0),
+                slot: Cell::new(None),
+                pending: Cell::new(0),
+                high: Cell::new(0),
+            }
+        };
+    }
+
+    #[inline(always)]
+    pub(super) fn with<R>(f: impl FnOnce(&Local) -> R) -> R {
+        LOCAL.with(f)
+    }
+}
+
+/// A thread adds its pending bytes to the account's counter once they pass this (either
 /// way), and whenever its account changes: the counter is touched about once per 64 KiB
 /// allocated, not per allocation; readers from other threads may miss up to this much per
-/// thread. The thread's own limit checks see its pending bytes.
+/// thread.
 const FLUSH: isize = 64 << 10;
 
-thread_local! {
-    /// Const and without a destructor, so it is readable at any point of the thread's life.
-    static LOCAL: Cell<Local> = const {
-        Cell::new(Local {
-            slot: None,
-            gen: 0,
-            pending: 0,
-        })
-    };
+impl Local {
+    /// Adds the pending bytes to the account's counter and sets `high` from what the
+    /// limit leaves: `pending + size ≤ high` then means `live + pending + size ≤ limit`
+    /// as of this sync. So the limit is checked against this thread's bytes exactly and
+    /// against other threads' as of the last sync (each thread is ≤ [`FLUSH`] ahead of
+    /// the counter), and a limit set while the account is current is seen within 64 KiB.
+    #[cold]
+    #[inline(never)]
+    fn sync(&self) {
+        let pending = self.pending.replace(0);
+        let Some(s) = self.slot.get() else {
+            self.high.set(FLUSH);
+            return;
+        };
+        if pending != 0 {
+            s.commit(pending);
+        }
+        let limit = s.limit.load(Relaxed);
+        let high = match limit {
+            usize::MAX => FLUSH,
+            _ => isize::try_from(limit)
+                .unwrap_or(isize::MAX)
+                .saturating_sub(s.live.load(Relaxed))
+                .min(FLUSH),
+        };
+        self.high.set(high);
+    }
+
+    /// Charges `delta` bytes (either sign; positive only after `admit`) to this thread's
+    /// pending bytes, syncing past the bounds.
+    #[inline(always)]
+    fn charge(&self, delta: isize) {
+        let p = self.pending.get() + delta;
+        self.pending.set(p);
+        if p > self.high.get() || p < -FLUSH {
+            self.sync();
+        }
+    }
+
+    /// The header of a block of `size` bytes (header included) charged here.
+    #[inline(always)]
+    fn header(&self, size: usize) -> Header {
+        Header {
+            token: self.token.get(),
+            size,
+        }
+    }
+
+    /// Whether the account may grow by `size` (the slow path of an allocation: syncs,
+    /// then asks the limit).
+    #[cold]
+    #[inline(never)]
+    fn admit(&self, size: usize) -> bool {
+        self.sync();
+        match self.slot.get() {
+            Some(s) => s.admit(size),
+            None => true,
+        }
+    }
 }
 
-/// Makes `to` (a slot and its generation) this thread's account, first adding the pending
-/// bytes to the old one; returns the old one.
-fn switch(to: Option<(&'static Slot, u64)>) -> Option<(&'static Slot, u64)> {
-    LOCAL.with(|c| {
-        let l = c.get();
-        if let Some(s) = l.slot.filter(|_| l.pending != 0) {
-            s.commit(l.pending);
+/// Makes `to` (a slot and its token) this thread's account, first adding the pending
+/// bytes to the old one; returns the old one. Nothing to do if `to` is current already.
+fn switch(to: Option<(&'static Slot, Token)>) -> Option<(&'static Slot, Token)> {
+    tls::with(|l| {
+        let old = l.slot.get().map(|s| (s, l.token.get()));
+        if old.map(|o| o.1) == to.map(|t| t.1) {
+            return old;
         }
-        c.set(Local {
-            slot: to.map(|t| t.0),
-            gen: to.map_or(0, |t| t.1),
-            pending: 0,
-        });
-        l.slot.map(|s| (s, l.gen))
+        l.sync();
+        l.token.set(to.map_or(0, |t| t.1));
+        l.slot.set(to.map(|t| t.0));
+        l.sync();
+        old
     })
 }
 
-/// Credits a freed block to the account it was charged to: on this thread's pending bytes
-/// if that is this thread's account, else on the account's counter, if the account is
-/// still alive (its slot still has the block's generation).
-#[inline(always)]
-fn credit(h: Header) {
-    if h.slot.is_null() {
-        return;
-    }
-    if !LOCAL.with(|c| credit_here(c, h)) {
-        credit_elsewhere(h.slot, h.tag);
-    }
-}
-
-/// Credits a block charged to an account other than this thread's, if it is still alive.
+/// Credits a block charged to an account other than this thread's, if it is still alive
+/// (its slot still has the token's generation).
 #[cold]
 #[inline(never)]
-fn credit_elsewhere(slot: *const Slot, tag: u64) {
-    let h = Header { slot, tag };
-    // SAFETY: no CPython call; a non-null header slot is a leaked, never freed `Slot`.
-    let s = unsafe { &*h.slot };
-    if s.gen.load(Relaxed) == h.gen() {
-        s.commit(-h.size());
+fn credit_elsewhere(h: Header) {
+    if h.token == 0 {
+        return;
+    }
+    if let Some(s) = slot_of(h.token) {
+        if s.gen.load(Relaxed) == h.token >> INDEX_BITS {
+            s.commit(-(h.size as isize));
+        }
     }
 }
 
 /// Allocates `size` bytes plus a [`Header`] with `alloc` (given the total), charges the
 /// total to this thread's account and returns the block behind the header; NULL if the
 /// account's limit refuses it or `alloc` fails.
+///
+/// The fast path: one thread-local read of `pending` against `high` (the flush and the
+/// limit check in one comparison), the allocation, the header.
 #[inline(always)]
 pub(crate) fn alloc_counted(size: usize, alloc: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
-    let Some(total) = size.checked_add(HEADER).filter(|t| *t as u64 <= SIZE_MASK) else {
+    if size > MAX_REQUEST {
         return std::ptr::null_mut();
-    };
-    // The thread-local is read again after `alloc`, rather than kept across it: fewer
-    // registers to save on this path, which runs for every object CPython makes.
-    if !LOCAL.with(|c| c.get().admit(total)) {
+    }
+    let total = size + HEADER;
+    tls::with(|l| {
+        let p = l.pending.get() + total as isize;
+        if p > l.high.get() {
+            return alloc_slow(l, total, alloc);
+        }
+        // Charged before the allocation (and taken back if it fails): nothing to keep
+        // across the call but the thread-local's address.
+        l.pending.set(p);
+        let base = alloc(total);
+        if base.is_null() {
+            l.pending.set(l.pending.get() - total as isize);
+            return base;
+        }
+        // SAFETY: no CPython call; `base` is a fresh, 16-byte aligned block of `total` ≥
+        // HEADER bytes.
+        unsafe { base.cast::<Header>().write(l.header(total)) };
+        base.wrapping_add(HEADER)
+    })
+}
+
+/// [`alloc_counted`] past `high`: syncs, asks the limit, allocates, charges.
+#[cold]
+#[inline(never)]
+fn alloc_slow(l: &Local, total: usize, alloc: impl FnOnce(usize) -> *mut u8) -> *mut u8 {
+    if !l.admit(total) {
         return std::ptr::null_mut();
     }
     let base = alloc(total);
     if base.is_null() {
         return base;
     }
-    LOCAL.with(|c| {
-        let mut l = c.get();
-        // SAFETY: no CPython call; `base` is a fresh, 16-byte aligned block of `total` ≥
-        // HEADER bytes.
-        unsafe { base.cast::<Header>().write(l.header(total)) };
-        if l.slot.is_some() {
-            l.add(total as isize);
-            c.set(l);
-        }
-    });
+    // SAFETY: as in alloc_counted.
+    unsafe { base.cast::<Header>().write(l.header(total)) };
+    l.charge(total as isize);
     base.wrapping_add(HEADER)
 }
 
@@ -254,23 +396,29 @@ pub(crate) unsafe fn free_counted(ptr: *mut u8, free: impl FnOnce(*mut u8)) {
     let base = ptr.wrapping_sub(HEADER);
     // SAFETY: no CPython call; per the contract `base` is a live counted block's start.
     let h = unsafe { base.cast::<Header>().read() };
-    let credited = h.slot.is_null() || LOCAL.with(|c| credit_here(c, h));
-    free(base);
-    if !credited {
-        credit_elsewhere(h.slot, h.tag);
-    }
+    tls::with(|l| {
+        if h.token == l.token.get() {
+            let p = l.pending.get() - h.size as isize;
+            l.pending.set(p);
+            if p >= -FLUSH {
+                return free(base);
+            }
+        }
+        free_slow(l, h.token, h.size, base, free);
+    })
 }
 
-/// Credits `h` to this thread's pending bytes if it was charged to this thread's account.
-#[inline(always)]
-fn credit_here(c: &Cell<Local>, h: Header) -> bool {
-    let mut l = c.get();
-    let mine = l.owns(h);
-    if mine {
-        l.add(-h.size());
-        c.set(l);
+/// [`free_counted`] past −[`FLUSH`] or for another account's block: syncs or credits
+/// that account, then frees (out of line, so that the fast path saves no registers).
+#[cold]
+#[inline(never)]
+fn free_slow(l: &Local, token: Token, size: usize, base: *mut u8, free: impl FnOnce(*mut u8)) {
+    let h = Header { token, size };
+    match h.token == l.token.get() {
+        true => l.sync(), // `pending` has the credit already
+        false => credit_elsewhere(h),
     }
-    mine
+    free(base);
 }
 
 /// Resizes a block [`alloc_counted`] returned (or allocates one, for NULL) with
@@ -290,20 +438,20 @@ pub(crate) unsafe fn realloc_counted(
     if ptr.is_null() {
         return alloc_counted(size, |total| realloc(std::ptr::null_mut(), total));
     }
-    let Some(total) = size.checked_add(HEADER).filter(|t| *t as u64 <= SIZE_MASK) else {
+    if size > MAX_REQUEST {
         return std::ptr::null_mut();
-    };
+    }
+    let total = size + HEADER;
     let base = ptr.wrapping_sub(HEADER);
     // SAFETY: no CPython call; per the contract `base` is a live counted block's start.
     let old = unsafe { base.cast::<Header>().read() };
-    LOCAL.with(|c| {
-        let mut l = c.get();
-        let same = l.owns(old);
+    tls::with(|l| {
+        let same = old.token == l.token.get();
         let growth = match same {
-            true => total.saturating_sub(old.size() as usize),
-            false => total,
+            true => total as isize - old.size as isize,
+            false => total as isize,
         };
-        if growth > 0 && !l.admit(growth) {
+        if growth > 0 && l.pending.get() + growth > l.high.get() && !l.admit(growth as usize) {
             return std::ptr::null_mut();
         }
         let new = realloc(base, total);
@@ -313,13 +461,9 @@ pub(crate) unsafe fn realloc_counted(
         // SAFETY: no CPython call; `new` is a live, 16-byte aligned block of `total` ≥
         // HEADER bytes (its first bytes the old header, copied).
         unsafe { new.cast::<Header>().write(l.header(total)) };
-        match same {
-            true => l.add(total as isize - old.size()),
-            false => l.add(total as isize),
-        }
-        c.set(l);
+        l.charge(growth);
         if !same {
-            credit(old); // not this thread's account: to its counter, if still alive
+            credit_elsewhere(old); // not this thread's account: to its counter, if alive
         }
         new.wrapping_add(HEADER)
     })
@@ -355,30 +499,16 @@ pub(crate) fn mark_installed() {
     INSTALLED.store(true, Relaxed);
 }
 
-/// Slots of dropped accounts, for reuse.
-static FREE_SLOTS: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
-
 impl MemoryAccount {
     /// A new account with no limit.
     pub fn new() -> Arc<Self> {
-        let reused = FREE_SLOTS.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let slot: &'static Slot = reused.unwrap_or_else(|| {
-            Box::leak(Box::new(Slot {
-                live: AtomicIsize::new(0),
-                peak: AtomicUsize::new(0),
-                limit: AtomicUsize::new(usize::MAX),
-                reserve: AtomicUsize::new(0),
-                denied: AtomicU64::new(0),
-                gen: AtomicU64::new(0),
-            }))
-        });
+        let (slot, token) = take_slot();
         slot.live.store(0, Relaxed);
         slot.peak.store(0, Relaxed);
         slot.limit.store(usize::MAX, Relaxed);
         slot.reserve.store(0, Relaxed);
         slot.denied.store(0, Relaxed);
-        let gen = slot.gen.load(Relaxed);
-        Arc::new(Self { slot, gen })
+        Arc::new(Self { slot, token })
     }
 
     /// Sets (or clears) the limit, in bytes. The reserve above it, for small allocations
@@ -409,15 +539,23 @@ impl MemoryAccount {
     /// Charges this thread's allocations to `self` until the guard drops (then the
     /// previous account is current again). For code that runs one account's work on a
     /// thread shared with others (bundles in the main interpreter).
+    ///
+    /// Cheap when `self` is current already (nothing is flushed); else the thread's
+    /// pending bytes go to the old account's counter (one atomic add if any).
     pub fn enter(self: &Arc<Self>) -> AccountScope<'_> {
-        let prev = switch(Some((self.slot, self.gen)));
+        let prev = switch(self.current());
         AccountScope { prev, _acct: self }
     }
 
     /// Makes `self` this thread's account for the rest of the thread's life (owner
     /// threads); the `Arc` is kept alive by the caller until [`clear_current`].
     pub(crate) fn make_current(self: &Arc<Self>) {
-        switch(Some((self.slot, self.gen)));
+        switch(self.current());
+    }
+
+    /// What a thread names as its current account (`None`: the slots ran out).
+    fn current(&self) -> Option<(&'static Slot, Token)> {
+        (self.token != 0).then_some((self.slot, self.token))
     }
 }
 
@@ -425,23 +563,65 @@ impl Drop for MemoryAccount {
     /// Retires the generation (later frees of its blocks credit nothing) and frees the
     /// slot for reuse.
     fn drop(&mut self) {
-        self.slot.gen.fetch_add(1 << SIZE_BITS, Relaxed);
-        FREE_SLOTS
+        if self.token == 0 {
+            return;
+        }
+        self.slot.gen.fetch_add(1, Relaxed);
+        SLOTS
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(self.slot);
+            .0
+            .push((self.token & INDEX_MASK) as u32);
+    }
+}
+
+/// A slot for a new account and its token: a dropped account's, or a fresh one (a new
+/// chunk of [`TABLE`] every [`CHUNK`]); an unlisted slot and token 0 (nothing charged)
+/// if all 16 M are in use.
+fn take_slot() -> (&'static Slot, Token) {
+    let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let index = match slots.0.pop() {
+        Some(i) => i as usize,
+        None if (slots.1 as u64) < 1 << INDEX_BITS => {
+            let i = slots.1 as usize;
+            slots.1 += 1;
+            if i % CHUNK == 0 {
+                let chunk: &'static mut [Slot; CHUNK] =
+                    Box::leak(Box::new(std::array::from_fn(|_| Slot::new())));
+                TABLE[i / CHUNK].store(chunk.as_mut_ptr(), Release);
+            }
+            i
+        }
+        None => return (Box::leak(Box::new(Slot::new())), 0),
+    };
+    let token = index as Token;
+    match slot_of(token) {
+        Some(slot) => (slot, slot.gen.load(Relaxed) << INDEX_BITS | token),
+        None => (Box::leak(Box::new(Slot::new())), 0), // unreachable: published above
     }
 }
 
 impl Slot {
-    #[cold]
-    #[inline(never)]
-    fn admit(&self, size: usize, pending: isize) -> bool {
+    fn new() -> Self {
+        Self {
+            live: AtomicIsize::new(0),
+            peak: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+            reserve: AtomicUsize::new(0),
+            denied: AtomicU64::new(0),
+            gen: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether the account may grow by `size` (its counter just synced with this
+    /// thread's bytes): within the limit, or within the reserve above it for a small
+    /// allocation.
+    fn admit(&self, size: usize) -> bool {
         let limit = self.limit.load(Relaxed);
         if limit == usize::MAX {
             return true;
         }
-        let live = (self.live.load(Relaxed) + pending).max(0) as usize;
+        let live = self.live.load(Relaxed).max(0) as usize;
         let after = live.saturating_add(size);
         let reserve = self.reserve.load(Relaxed);
         if after <= limit || (size <= SMALL && after <= limit.saturating_add(reserve)) {
@@ -452,9 +632,6 @@ impl Slot {
     }
 
     /// Adds one thread's pending bytes (or one freed block) to the shared counter.
-    /// Inline and call-free: on the allocation paths a call would make every allocation
-    /// save registers for it.
-    #[inline(always)]
     fn commit(&self, delta: isize) {
         let now = (self.live.fetch_add(delta, Relaxed) + delta).max(0) as usize;
         if delta > 0 {
@@ -471,7 +648,7 @@ pub(crate) fn clear_current() {
 /// While alive, this thread's allocations are charged to one account.
 #[derive(Debug)]
 pub struct AccountScope<'a> {
-    prev: Option<(&'static Slot, u64)>,
+    prev: Option<(&'static Slot, Token)>,
     _acct: &'a Arc<MemoryAccount>,
 }
 

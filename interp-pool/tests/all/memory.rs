@@ -159,3 +159,57 @@ fn a_block_freed_under_another_account_is_credited_to_its_own() {
     assert!(other.usage().live < MIB, "{:?}", other.usage());
     h.end();
 }
+
+#[test]
+fn a_block_outliving_its_account_is_credited_to_nothing_not_to_the_next_account() {
+    // A dropped account's slot is reused under a new generation (a new token): the old
+    // account's blocks, freed later, must not shrink whichever account has the slot now.
+    let h = InterpreterHandle::spawn(InterpreterConfig::named("mem-outlive")).unwrap();
+    let gone = MemoryAccount::new();
+    h.call(move |py| {
+        let _in = gone.enter();
+        py.run("orphan = bytearray(8 << 20)")
+    })
+    .unwrap(); // `gone` dropped with the closure, its slot freed
+    let next = MemoryAccount::new();
+    let n2 = std::sync::Arc::clone(&next);
+    h.call(move |py| {
+        let _in = n2.enter();
+        py.run("mine = bytearray(4 << 20)\ndel orphan")
+    })
+    .unwrap();
+    assert!(
+        within_10pct(next.usage().live, 4 * MIB),
+        "an orphaned 8 MiB block was credited to a later account: {:?}",
+        next.usage()
+    );
+    h.end();
+}
+
+#[test]
+fn a_thread_switching_accounts_per_call_charges_each_its_own() {
+    // As a host thread running several interpreters' calls one after another does: the
+    // thread's pending bytes go to the account they belong to at each switch.
+    let h = InterpreterHandle::spawn(InterpreterConfig::named("mem-switch")).unwrap();
+    let (a, b) = (MemoryAccount::new(), MemoryAccount::new());
+    for round in 0..3 {
+        for (acct, name) in [(&a, "a"), (&b, "b")] {
+            let acct = std::sync::Arc::clone(acct);
+            let code = format!("{name}{round} = [bytes(100) for _ in range(10_000)]");
+            h.call(move |py| {
+                let _in = acct.enter();
+                py.run(&code)
+            })
+            .unwrap();
+        }
+    }
+    // 3 × 10 000 blocks of ~133 + 16 bytes each, plus the lists: ~4.5–5 MiB apiece.
+    for acct in [&a, &b] {
+        let live = acct.usage().live;
+        assert!((4 * MIB..6 * MIB).contains(&live), "{:?}", acct.usage());
+    }
+    h.call(|py| py.run("del a0, a1, a2")).unwrap();
+    assert!(a.usage().live < MIB / 4, "{:?}", a.usage());
+    assert!((4 * MIB..6 * MIB).contains(&b.usage().live));
+    h.end();
+}
