@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::owner::activation::DepthGuard;
 use crate::owner::enter::{self, Kind};
 use crate::owner::held::{self, Holding, Place};
+use crate::owner::wait::spin_until;
 use crate::owner::worker::OwnerLink;
 
 /// The least stack a thread must have left for a direct call: less, and the call is posted
@@ -40,7 +41,7 @@ where
     let Some(levels) = recursion_budget() else {
         return Err(f);
     };
-    if !link.claim.try_caller() {
+    if !link.claim.try_caller() && !wait_for_claim(link) {
         return Err(f);
     }
     let claimed = Claimed(link);
@@ -78,6 +79,18 @@ pub(crate) fn run_held<R>(
     // SAFETY: R13: `place` is in this thread's held list: its host-thread state, made on
     // this thread, for an interpreter whose claim this thread holds.
     unsafe { enter::run_at(&place.target, &place.link.memory, Kind::Host(None), f) }.and_then(|r| r)
+}
+
+/// How long a direct caller that finds the interpreter held waits for it (yielding its core,
+/// which lets a descheduled holder finish) before it posts instead: a short call's holder
+/// lets go within it, and a hand-off would cost the caller a park and a wake-up.
+const CONTENDED_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Waits up to [`CONTENDED_WAIT`] for the claim; true if this thread took it (nothing got
+/// queued meanwhile: a direct call never overtakes a queued one).
+fn wait_for_claim(link: &OwnerLink) -> bool {
+    let free = || link.claim.is_free() || link.has_queued();
+    spin_until(CONTENDED_WAIT, free, || true) && !link.has_queued() && link.claim.try_caller()
 }
 
 /// The claim of a direct call, let go on drop (waking the owner if work waits).
