@@ -114,9 +114,13 @@ pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
         .try_with(|c| {
             let mut c = c.borrow_mut();
             let now = c.clock;
+            // Never a state this thread is using further down its stack (it holds that
+            // interpreter): giving it up would have it deleted under the running call.
             let evicted = (c.entries.len() >= MAX_STATES_PER_THREAD)
                 .then(|| {
-                    let lru = (0..c.entries.len()).min_by_key(|&i| c.entries[i].1)?;
+                    let lru = (0..c.entries.len())
+                        .filter(|&i| find(c.entries[i].0.link.id).is_none())
+                        .min_by_key(|&i| c.entries[i].1)?;
                     Some(c.entries.swap_remove(lru).0)
                 })
                 .flatten();

@@ -92,7 +92,14 @@ impl HostStates {
             std::mem::take(&mut inner.doomed)
         };
         let mut kept = Vec::new();
+        let current = crate::capi::ffi::current_tstate();
         for state in doomed {
+            // Never the state this thread runs on (a given-up state is not attached
+            // anywhere; this only guards that rule).
+            if state.ts() == current {
+                kept.push(state);
+                continue;
+            }
             let deleted = match state.try_lock_out() {
                 Some(_no_interrupts) => {
                     state.mark_ended();

@@ -411,3 +411,36 @@ fn a_b_a_with_b_a_direct_group_from_many_threads() {
         a.end();
     });
 }
+
+#[test]
+fn a_state_in_use_is_never_evicted_by_the_states_a_call_makes() {
+    // A direct call into A calls more other direct interpreters than a thread keeps states
+    // for: the cache evicts the least recently used ones, but never A's, which the running
+    // call stands on (A's next holder would delete it under the call).
+    within(LIMIT, "direct eviction", || {
+        let a = direct("direct-evict-a");
+        let others: Vec<_> = (0..36)
+            .map(|i| direct(&format!("direct-evict-{i}")))
+            .collect();
+        thread::spawn(move || {
+            let got = a
+                .call(|py| {
+                    for o in &others {
+                        assert_eq!(ident_in(o), my_ident());
+                    }
+                    py.eval("6 * 7")?.extract_i64(py)
+                })
+                .unwrap();
+            assert_eq!(got, 42);
+            // A's state survived: this thread's next call runs on it.
+            assert_eq!(eval_i64(&a, "7 * 6"), 42);
+            assert_eq!(a.host_states(), 1);
+            for o in others {
+                o.end();
+            }
+            a.end();
+        })
+        .join()
+        .unwrap();
+    });
+}
