@@ -175,7 +175,7 @@ pub struct ReplicaStats {
     pub calls_served: u64,
     /// Of those, calls a caller ran on its own thread
     /// ([`Dispatch::Direct`](crate::Dispatch::Direct)); the rest were posted to its
-    /// thread. Always 0 in `main` mode, where the lane does not count them.
+    /// thread (in `main` mode: the lane's direct calls).
     pub direct_calls: u64,
 }
 

@@ -3,8 +3,8 @@
 //! CPython's `time.sleep` releases the GIL and blocks in the kernel; an async exception
 //! set meanwhile (how `cancel.rs` interrupts a call) is only raised once it returns, so a
 //! `time.sleep(30)` under a 1 s deadline used to take 30 s. [`install_interruptible_sleep`]
-//! replaces `time.sleep` in one interpreter with a native function that, on the owner
-//! thread, parks (GIL released) until the sleep is over *or* the call executing there is
+//! replaces `time.sleep` in one interpreter with a native function that, on the thread
+//! running a call (its owner, or a caller's thread running a direct call), parks (GIL released) until the sleep is over *or* the call executing there is
 //! interrupted (its activation's reason, `interrupt.rs`; the interrupter unparks the
 //! thread), and then raises the interrupt class itself (taking back the async exception
 //! so it is not raised twice).
@@ -12,8 +12,8 @@
 //! Same semantics as the original otherwise: anything but one non-negative finite `int` /
 //! `float` positional argument (keywords, a negative or NaN value, another type, a huge
 //! value) is forwarded to the original, which raises its own `ValueError` / `TypeError` /
-//! `OverflowError`; on a thread other than the owner (a plugin's `threading` thread, a host
-//! thread in main), or while no interruptible call is the innermost one executing on it
+//! `OverflowError`; on any other thread (a plugin's `threading` thread, a host thread in
+//! main that is not running a direct call), or while no interruptible call is the innermost one executing on it
 //! (a plain job), the call is forwarded too, because no interrupt is aimed there.
 
 use std::ptr::NonNull;
@@ -107,7 +107,8 @@ fn sleep<'c>(py: &'c Attached<'c>, args: &NativeArgs<'c>, original: &Original) -
     let Some(length) = seconds(py, secs) else {
         return forward();
     };
-    // Only the owner's own thread state, with an interruptible call executing innermost.
+    // Only the thread state the call runs on (the owner's, or a caller's host-thread state
+    // in a direct call), with an interruptible call executing innermost.
     let Some((target, act)) = interrupt::innermost() else {
         return forward();
     };
