@@ -276,7 +276,8 @@ impl Interruptible {
             .clone()
     }
 
-    /// Runs `f` (on an owner thread, attached) as this interruptible call: its activation
+    /// Runs `f` (on the thread running the call, attached: an owner, or a caller's thread
+    /// in a direct call) as this interruptible call: its activation
     /// is on top of the thread's stack while `f` runs. Whatever way `f` leaves (a panic
     /// included), [`Cleanup`] pops it, turns the tool off, takes back a leftover async
     /// exception, releases the interrupter and resumes the activation beneath.
@@ -295,7 +296,7 @@ impl Interruptible {
         }
         let Some(target) = interrupt::enter(att, &self.act) else {
             return Err(Error::Internal(
-                "an interruptible call ran off an owner thread".into(),
+                "an interruptible call ran on a thread with no interrupt target".into(),
             ));
         };
         *self.target.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::clone(&target));

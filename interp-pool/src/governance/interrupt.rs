@@ -407,7 +407,8 @@ fn push(
 }
 
 /// Enters `act` on this thread (attached, `att`): from now on its interrupts are raised
-/// here while it is on top. `None` off an owner thread.
+/// here while it is on top. `None` on a thread with no target registered (running no call
+/// of ours).
 pub(crate) fn enter(att: &Attached<'_>, act: &Arc<Activation>) -> Option<Arc<InterruptTarget>> {
     with_frames(|f| {
         let target = Arc::clone(f.target.as_ref()?);
