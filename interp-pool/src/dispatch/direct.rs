@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::owner::activation::DepthGuard;
 use crate::owner::enter::{self, Kind};
 use crate::owner::held::{self, Holding, Place};
+use crate::owner::seat::HeldLane;
 use crate::owner::wait::spin_until;
 use crate::owner::worker::OwnerLink;
 
@@ -44,28 +45,56 @@ where
     if !link.claim.try_caller() && !wait_for_claim(link) {
         return Err(f);
     }
-    let claimed = Claimed(link);
+    let _claimed = Claimed(link);
+    let counted = || {
+        link.served.fetch_add(1, Ordering::Relaxed);
+        link.direct_calls.fetch_add(1, Ordering::Relaxed);
+    };
+    // SAFETY: R13: we hold the claim (`_claimed`), so the interpreter is alive and ours
+    // to attach.
+    unsafe { run_here(link, None, depth, Some(levels), counted, f) }
+}
+
+/// Runs `f` on this thread's host-thread state for `link`'s interpreter (made on first
+/// use), marked held by this thread meanwhile (through main lane `lane`, for main), with
+/// `levels` of C recursion for a fresh hold; `counted` runs once the call is sure to run
+/// here. Deletes the states other threads gave up before letting go (`host.rs`). Gives `f`
+/// back if CPython could not make a state.
+///
+/// # Safety
+/// R13: this thread may attach the interpreter now and until this returns: it holds its
+/// claim, or (main) a hold of `lane`, main living until finalize, which waits for direct
+/// calls (`main_pool::close_all`).
+pub(crate) unsafe fn run_here<R, F>(
+    link: &Arc<OwnerLink>,
+    lane: Option<Arc<dyn HeldLane>>,
+    depth: usize,
+    levels: Option<i32>,
+    counted: impl FnOnce(),
+    f: F,
+) -> std::result::Result<Result<R>, F>
+where
+    F: FnOnce(&Attached<'_>) -> Result<R>,
+{
     let Some(target) = held::state_for(link) else {
-        drop(claimed);
         return Err(f);
     };
     let _holding = Holding::push(Place {
         link: Arc::clone(link),
         target: Arc::clone(&target),
-        lane: None,
+        lane,
     });
     let _depth = DepthGuard::enter(depth);
-    link.served.fetch_add(1, Ordering::Relaxed);
-    link.direct_calls.fetch_add(1, Ordering::Relaxed);
+    counted();
     let run = |att: &Attached<'_>| {
         let out = f(att);
-        // States other threads gave up go while we hold the claim (`host.rs`).
+        // While we may still attach it: nobody else deletes given-up states then.
         link.hosts.delete_doomed(att);
         out
     };
     // SAFETY: R13: `target` is this thread's host-thread state for `link`'s interpreter,
-    // made on this thread; we hold the claim (`claimed`), so it is alive and ours to attach.
-    let out = unsafe { enter::run_at(&target, &link.memory, Kind::Host(Some(levels)), run) };
+    // made on this thread, which may attach it now (the caller's contract).
+    let out = unsafe { enter::run_at(&target, &link.memory, Kind::Host(levels), run) };
     Ok(out.and_then(|r| r))
 }
 

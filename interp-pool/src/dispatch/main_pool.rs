@@ -51,7 +51,6 @@ use crate::dispatch::handle::{self, InterpreterHandle};
 use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
-use crate::owner::enter::{self, Kind};
 use crate::owner::held;
 use crate::owner::holders::WaitingHolders;
 use crate::owner::job::{Call, Job};
@@ -465,28 +464,15 @@ impl MainLane {
         let Some(_hold) = HostHold::acquire(l) else {
             return Err(f);
         };
-        let Some(target) = held::state_for(seat0) else {
-            return Err(f);
+        let lane = Some(Arc::clone(l) as Arc<dyn HeldLane>);
+        let counted = || {
+            l.direct_calls.fetch_add(1, Ordering::Relaxed);
+            l.served.fetch_add(1, Ordering::Relaxed);
         };
-        let _holding = held::Holding::push(held::Place {
-            link: Arc::clone(seat0),
-            target: Arc::clone(&target),
-            lane: Some(Arc::clone(l) as Arc<dyn HeldLane>),
-        });
-        let _depth = activation::DepthGuard::enter(depth);
-        l.direct_calls.fetch_add(1, Ordering::Relaxed);
-        l.served.fetch_add(1, Ordering::Relaxed);
-        let run = |att: &Attached<'_>| {
-            let out = f(att);
-            // Main-interpreter states other threads gave up (`host.rs`).
-            seat0.hosts.delete_doomed(att);
-            out
-        };
-        // SAFETY: R13: `target` is this thread's host-thread state in main, made on this
-        // thread; main lives until finalize, which waits for direct calls to end
-        // (`close_all`), and many threads may attach main at once (it has one GIL).
-        let out = unsafe { enter::run_at(&target, &seat0.memory, Kind::Host(levels), run) };
-        Ok(out.and_then(|r| r))
+        // SAFETY: R13: we hold the lane (`_hold`, counted in `DIRECT_IN_MAIN`): main lives
+        // until finalize, which waits for direct calls to end (`close_all`), and many
+        // threads may attach main at once (it has one GIL).
+        unsafe { direct::run_here(seat0, lane, depth, levels, counted, f) }
     }
 
     /// [`call`](Self::call) with a deadline and/or a cancel token, as
@@ -580,13 +566,8 @@ impl LaneLink {
 /// always if the seat already holds it (re-entry), else if the lane has room.
 fn acquire(lane: &Arc<LaneLink>, index: usize) -> Option<Hold> {
     let mine = &lane.holds[index];
-    if mine.load(Ordering::Relaxed) == 0 {
-        let limit = lane.limit.load(Ordering::SeqCst);
-        lane.active
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
-                (a < limit).then_some(a + 1)
-            })
-            .ok()?;
+    if mine.load(Ordering::Relaxed) == 0 && !lane.enter() {
+        return None;
     }
     // Only seat `index` writes its count: a plain load and store.
     mine.store(mine.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -623,14 +604,7 @@ impl<'a> HostHold<'a> {
             DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        let limit = lane.limit.load(Ordering::SeqCst);
-        if lane
-            .active
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
-                (a < limit).then_some(a + 1)
-            })
-            .is_err()
-        {
+        if !lane.enter() {
             DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
@@ -640,18 +614,9 @@ impl<'a> HostHold<'a> {
 
 impl Drop for HostHold<'_> {
     fn drop(&mut self) {
-        let lane = self.0;
-        lane.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.leave();
+        // Last: `close_all` may go on once this reaches zero.
         DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
-        // Pairs with the fence in `MainLane::post`, as a seat's release does.
-        fence(Ordering::SeqCst);
-        if !lane.mailbox.is_empty() {
-            lane.wake_for_queued();
-        }
-        if lane.mailbox.is_closing() {
-            let _guard = lane.idle.0.lock().unwrap_or_else(|e| e.into_inner());
-            lane.idle.1.notify_all();
-        }
     }
 }
 
@@ -669,6 +634,24 @@ impl Release for LaneLink {
         if depth != 1 {
             return;
         }
+        self.leave();
+    }
+}
+
+impl LaneLink {
+    /// Counts one more holder (a seat, or a caller's thread running a direct call) if the
+    /// lane has room.
+    fn enter(&self) -> bool {
+        let limit = self.limit.load(Ordering::SeqCst);
+        self.active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                (a < limit).then_some(a + 1)
+            })
+            .is_ok()
+    }
+
+    /// A holder lets go: wakes a seat for calls queued meanwhile, and `end` if it waits.
+    fn leave(&self) {
         self.active.fetch_sub(1, Ordering::SeqCst);
         // Pairs with the fence in `MainLane::post` (see there).
         fence(Ordering::SeqCst);
