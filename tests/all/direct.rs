@@ -1107,81 +1107,8 @@ fn the_cpu_of_direct_calls_is_the_bundles() {
 /// Elastic replicas count direct calls as busy: a replica whose interpreter a caller holds
 /// for a long direct call (its owner thread parked all along) is not retired mid-call,
 /// over many idle passes past `idle_retire`; once idle, the bundle shrinks back to one.
-/// (The shape of `replicas::a_replica_running_a_long_call_is_not_retired`.)
+/// (`replicas::long_call_keeps_its_replica`, as for posted calls.)
 #[test]
 fn a_replica_held_by_a_long_direct_call_is_not_retired() {
-    if !own_gil_runs_ctypes() {
-        return note("direct elastic long call", "needs own-GIL replicas (3.13+)");
-    }
-    use crate::replicas::{gated_source, touch, unload_elastic};
-    let name = "del_long";
-    let idle_retire = Duration::from_millis(20);
-    let loader = direct(PythonConfig {
-        replicas: [(name.to_owned(), Replicas::Elastic { min: 1, max: 2 })].into(),
-        elastic: polyplug_subinterp::ElasticPolicy {
-            grow_after: Duration::from_millis(1),
-            idle_retire,
-            check_every: Duration::from_millis(1),
-        },
-        ..PythonConfig::default()
-    });
-    let (rt, _) = runtime_with(loader.clone(), &[]);
-    let (_, dir) = write_bundle(
-        name,
-        &gated_source("del_longc@1", std::path::Path::new("")),
-        &[],
-    );
-    std::fs::write(
-        dir.join(format!("{name}.py")),
-        gated_source("del_longc@1", &dir),
-    )
-    .unwrap();
-    let looked = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
-    let seen = Arc::clone(&looked);
-    polyplug_subinterp::elastic_hooks::set(
-        name,
-        Some(Arc::new(move |step| {
-            if step == polyplug_subinterp::ElasticStep::Looked {
-                seen.lock().unwrap().push(std::time::Instant::now());
-            }
-        })),
-    );
-    load_dir(&loader, &rt, &dir).unwrap();
-    let id = BundleId::new(name).id();
-    within("direct elastic long call", || {
-        std::thread::scope(|s| {
-            let first = s.spawn(|| call_i64(&rt, "del_longc", 1, 1));
-            wait_until(|| {
-                let m = loader.metrics(id).unwrap();
-                m.in_flight == 1 && m.queue_depth == 0
-            });
-            let second = s.spawn(|| call_i64(&rt, "del_longc", 1, 2));
-            // Both replicas run a call that lasts until the test says.
-            wait_until(|| {
-                let m = loader.metrics(id).unwrap();
-                m.replicas.len() == 2 && m.in_flight == 2 && m.queue_depth == 0
-            });
-            let both = std::time::Instant::now();
-            wait_until(|| {
-                looked
-                    .lock()
-                    .unwrap()
-                    .last()
-                    .is_some_and(|t| *t >= both + idle_retire * 3)
-            });
-            assert_eq!(
-                loader.bundle_info(id).unwrap().replicas,
-                2,
-                "none retired mid-call"
-            );
-            touch(&dir, "hold");
-            assert_eq!(
-                (first.join().unwrap(), second.join().unwrap()),
-                (Ok(1), Ok(2))
-            );
-            wait_until(|| loader.bundle_info(id).unwrap().replicas == 1);
-            assert_eq!(call_i64(&rt, "del_longc", 0, 5), Ok(15));
-        });
-    });
-    unload_elastic(&loader, &rt, name);
+    crate::replicas::long_call_keeps_its_replica("del_long", Dispatch::Direct);
 }

@@ -395,7 +395,11 @@ fn an_elastic_bundle_grows_under_load_and_shrinks_when_idle() {
 /// An elastic loader for `bundle` (`min`..`max` replicas) that grows at once when calls
 /// wait and retires after `idle_retire`.
 fn elastic(bundle: &str, min: usize, max: usize, idle_retire: Duration) -> PythonLoader {
-    PythonLoader::new(PythonConfig {
+    PythonLoader::new(elastic_config(bundle, min, max, idle_retire))
+}
+
+fn elastic_config(bundle: &str, min: usize, max: usize, idle_retire: Duration) -> PythonConfig {
+    PythonConfig {
         replicas: [(bundle.to_owned(), Replicas::Elastic { min, max })].into(),
         elastic: polyplug_subinterp::ElasticPolicy {
             grow_after: Duration::from_millis(1),
@@ -403,13 +407,13 @@ fn elastic(bundle: &str, min: usize, max: usize, idle_retire: Duration) -> Pytho
             check_every: Duration::from_millis(1),
         },
         ..PythonConfig::default()
-    })
+    }
 }
 
 /// fn 0: `x * 3` on the called instance; fn 1: waits until the file `hold` exists, then
 /// `x`. The factory waits for `make_gate` when the file `make_blocks` exists, after
 /// creating `make_entered`.
-pub(crate) fn gated_source(contract: &str, dir: &Path) -> String {
+fn gated_source(contract: &str, dir: &Path) -> String {
     let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let defs = format!(
         "import os, time\n\
@@ -435,13 +439,13 @@ pub(crate) fn gated_source(contract: &str, dir: &Path) -> String {
 
 /// Unloads `name` while the runtime lives: `load_dir` loads behind the runtime's back, so
 /// dropping the runtime would leave its elastic controller running with a dangling host.
-pub(crate) fn unload_elastic(loader: &PythonLoader, rt: &polyplug::runtime::Runtime, name: &str) {
+fn unload_elastic(loader: &PythonLoader, rt: &polyplug::runtime::Runtime, name: &str) {
     use polyplug::loader::BundleLoader;
     loader.unload(BundleId::new(name), rt).unwrap();
     polyplug_subinterp::elastic_hooks::set(name, None);
 }
 
-pub(crate) fn touch(dir: &Path, f: &str) {
+fn touch(dir: &Path, f: &str) {
     std::fs::write(dir.join(f), "").unwrap();
 }
 
@@ -614,19 +618,26 @@ fn a_replica_creating_an_instance_is_not_retired_under_it() {
 /// behind the call, blocking the controller.)
 #[test]
 fn a_replica_running_a_long_call_is_not_retired() {
+    long_call_keeps_its_replica("el_long", polyplug_subinterp::Dispatch::Post);
+}
+
+/// The test above for `dispatch` (the direct one holds the replica's interpreter on the
+/// caller's thread, its owner parked all along), with bundle `name` (contract
+/// `<name>c@1`). Skipped before 3.13.
+pub(crate) fn long_call_keeps_its_replica(name: &str, dispatch: polyplug_subinterp::Dispatch) {
     if !own_gil_runs_ctypes() {
-        return note("elastic long call", "needs own-GIL replicas (3.13+)");
+        return note(name, "needs own-GIL replicas (3.13+)");
     }
-    let name = "el_long";
+    let contract = format!("{name}c");
     let idle_retire = Duration::from_millis(20);
-    let loader = elastic(name, 1, 2, idle_retire);
+    let loader = PythonLoader::new(PythonConfig {
+        dispatch,
+        ..elastic_config(name, 1, 2, idle_retire)
+    });
     let (rt, _) = runtime_with(loader.clone(), &[]);
-    let (_, dir) = write_bundle(name, &gated_source("el_longc@1", Path::new("")), &[]);
-    std::fs::write(
-        dir.join(format!("{name}.py")),
-        gated_source("el_longc@1", &dir),
-    )
-    .unwrap();
+    let source = |dir: &Path| gated_source(&format!("{contract}@1"), dir);
+    let (_, dir) = write_bundle(name, &source(Path::new("")), &[]);
+    std::fs::write(dir.join(format!("{name}.py")), source(&dir)).unwrap();
     // When the controller made each idle pass.
     let looked = Arc::new(std::sync::Mutex::new(Vec::<std::time::Instant>::new()));
     let seen = Arc::clone(&looked);
@@ -640,18 +651,18 @@ fn a_replica_running_a_long_call_is_not_retired() {
     );
     load_dir(&loader, &rt, &dir).unwrap();
     let id = BundleId::new(name).id();
-    within("elastic long call", || {
+    within(name, || {
         std::thread::scope(|s| {
-            let first = s.spawn(|| call_i64(&rt, "el_longc", 1, 1));
+            let first = s.spawn(|| call_i64(&rt, &contract, 1, 1));
             wait_until(|| {
                 let m = loader.metrics(id).unwrap();
                 m.in_flight == 1 && m.queue_depth == 0
             });
-            let second = s.spawn(|| call_i64(&rt, "el_longc", 1, 2));
+            let second = s.spawn(|| call_i64(&rt, &contract, 1, 2));
             // Both replicas run a call that lasts until the test says.
             wait_until(|| {
                 let m = loader.metrics(id).unwrap();
-                m.replicas.len() == 2 && m.queue_depth == 0
+                m.replicas.len() == 2 && m.in_flight == 2 && m.queue_depth == 0
             });
             let both = std::time::Instant::now();
             // Idle passes well past `idle_retire` since then (measured, not slept).
@@ -672,8 +683,9 @@ fn a_replica_running_a_long_call_is_not_retired() {
                 (first.join().unwrap(), second.join().unwrap()),
                 (Ok(1), Ok(2))
             );
-            // Idle now: back to one.
+            // Idle now: back to one, which answers.
             wait_until(|| loader.bundle_info(id).unwrap().replicas == 1);
+            assert_eq!(call_i64(&rt, &contract, 0, 5), Ok(15));
         });
     });
     unload_elastic(&loader, &rt, name);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use interp_pool::{CallOptions, Error, InterpreterConfig, InterpreterHandle};
 use pyo3_ffi as sys;
 
-use crate::reentry::{install_ping, register};
+use crate::reentry::{a_b_a_and_depth_cap, install_ping, register, Where};
 use crate::util::*;
 
 fn direct_config(name: &str) -> InterpreterConfig {
@@ -68,36 +68,18 @@ fn a_posted_interpreter_never_runs_on_the_caller() {
     h.end();
 }
 
-/// Bounces between two direct interpreters `n` times, all on this thread.
-fn bounce(hs: &[InterpreterHandle; 2], i: usize, n: usize) -> interp_pool::Result<usize> {
-    hs[i].call(move |py| {
-        let ident = py
-            .eval("__import__('threading').get_ident()")?
-            .extract_i64(py)?;
-        assert_eq!(ident, my_ident(), "level {n} ran off the caller");
-        py.run("hits = globals().get('hits', 0) + 1")?;
-        if n == 0 {
-            Ok(0)
-        } else {
-            Ok(bounce(hs, 1 - i, n - 1)? + 1)
-        }
-    })
-}
-
 #[test]
 fn a_b_a_runs_inline_on_the_caller_thread() {
     within(LIMIT, "direct a-b-a", || {
-        let hs = [direct("direct-aba-a"), direct("direct-aba-b")];
-        assert_eq!(bounce(&hs, 0, 40).unwrap(), 40);
-        assert_eq!(eval_i64(&hs[0], "hits"), 21);
-        assert_eq!(eval_i64(&hs[1], "hits"), 20);
-        match bounce(&hs, 0, 100) {
-            Err(Error::ReentryLimit { depth, limit }) => assert_eq!((depth, limit), (65, 64)),
-            other => panic!("expected ReentryLimit, got {other:?}"),
-        }
-        assert_eq!(bounce(&hs, 1, 3).unwrap(), 3);
-        hs[0].end();
-        hs[1].end();
+        // Every level, both interpreters', runs on this thread.
+        let on_caller: Where = |py, _, n| {
+            let ident = py
+                .eval("__import__('threading').get_ident()")?
+                .extract_i64(py)?;
+            assert_eq!(ident, my_ident(), "level {n} ran off the caller");
+            Ok(())
+        };
+        a_b_a_and_depth_cap([direct("direct-aba-a"), direct("direct-aba-b")], on_caller);
     });
 }
 

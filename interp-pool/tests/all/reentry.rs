@@ -134,35 +134,53 @@ fn shape3_and_a_b_a_through_ctypes() {
     });
 }
 
+/// Checks, inside a call of `h` at chain level `n`, that it runs where it should.
+pub(crate) type Where =
+    fn(&interp_pool::Attached<'_>, &InterpreterHandle, usize) -> interp_pool::Result<()>;
+
 /// Bounces between two interpreters `n` times in plain Rust, checking where each level runs.
-fn bounce(hs: &[InterpreterHandle; 2], i: usize, n: usize) -> interp_pool::Result<usize> {
+fn bounce(
+    hs: &[InterpreterHandle; 2],
+    i: usize,
+    n: usize,
+    check: Where,
+) -> interp_pool::Result<usize> {
     hs[i].call(move |py| {
-        assert_eq!(current_interpreter(), Some(hs[i].id()));
+        check(py, &hs[i], n)?;
         py.run("hits = globals().get('hits', 0) + 1")?;
         if n == 0 {
             Ok(0)
         } else {
-            Ok(bounce(hs, 1 - i, n - 1)? + 1)
+            Ok(bounce(hs, 1 - i, n - 1, check)? + 1)
         }
     })
+}
+
+/// A→B→A chains of 40 in plain Rust, each level checked by `check`; the depth cap; and
+/// both interpreters serving again after. Ends them.
+pub(crate) fn a_b_a_and_depth_cap(hs: [InterpreterHandle; 2], check: Where) {
+    assert_eq!(bounce(&hs, 0, 40, check).unwrap(), 40);
+    assert_eq!(eval_i64(&hs[0], "hits"), 21);
+    assert_eq!(eval_i64(&hs[1], "hits"), 20);
+    // Default cap 64: a 100-deep chain fails at depth 65 and unwinds cleanly.
+    match bounce(&hs, 0, 100, check) {
+        Err(Error::ReentryLimit { depth, limit }) => assert_eq!((depth, limit), (65, 64)),
+        other => panic!("expected ReentryLimit, got {other:?}"),
+    }
+    // Both interpreters still serve, at depth 1 again.
+    assert_eq!(bounce(&hs, 1, 3, check).unwrap(), 3);
+    hs[0].end();
+    hs[1].end();
 }
 
 #[test]
 fn a_b_a_in_rust_and_depth_cap() {
     within(LIMIT, "a-b-a rust", || {
-        let hs = [spawn("rust-a"), spawn("rust-b")];
-        assert_eq!(bounce(&hs, 0, 40).unwrap(), 40);
-        assert_eq!(eval_i64(&hs[0], "hits"), 21);
-        assert_eq!(eval_i64(&hs[1], "hits"), 20);
-        // Default cap 64: a 100-deep chain fails at depth 65 and unwinds cleanly.
-        match bounce(&hs, 0, 100) {
-            Err(Error::ReentryLimit { depth, limit }) => assert_eq!((depth, limit), (65, 64)),
-            other => panic!("expected ReentryLimit, got {other:?}"),
-        }
-        // Both interpreters still serve, at depth 1 again.
-        assert_eq!(bounce(&hs, 1, 3).unwrap(), 3);
-        hs[0].end();
-        hs[1].end();
+        let on_owner: Where = |_, h, _| {
+            assert_eq!(current_interpreter(), Some(h.id()));
+            Ok(())
+        };
+        a_b_a_and_depth_cap([spawn("rust-a"), spawn("rust-b")], on_owner);
     });
 }
 
