@@ -21,7 +21,8 @@
 //!   its *claim* attaches it: the owner, or, with [`InterpreterConfig::direct`], a caller's
 //!   thread that found it free and runs a call itself on a thread state of its own, kept
 //!   for that interpreter across calls (never this thread's `PyGILState` state outside
-//!   the call; deleted by the owner when the thread exits or the interpreter ends).
+//!   the call; given up when the thread exits, deleted by the interpreter's next call
+//!   or at its end).
 //! * The main interpreter is served by a pool of owner threads (`py-__main__`, ...), each
 //!   with a thread state of its own there; [`MainLane`] gives a workload a queue on it and
 //!   a limit on how many of those threads run its calls at once.

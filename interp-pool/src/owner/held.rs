@@ -64,7 +64,8 @@ struct Cache {
 
 impl Drop for Cache {
     fn drop(&mut self) {
-        // The thread is exiting: its states are given up, and deleted by their owners.
+        // The thread is exiting: its states are given up, deleted by each interpreter's
+        // next call (or its end).
         for (place, _) in self.entries.drain(..) {
             give_up(&place);
         }
@@ -95,7 +96,7 @@ pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
             let mut c = c.borrow_mut();
             c.clock += 1;
             let now = c.clock;
-            // States of ended interpreters were deleted by their owners: forget them.
+            // States of ending interpreters are deleted by their owners: forget them.
             c.entries.retain(|(p, _)| !p.link.is_closing());
             c.entries
                 .iter_mut()

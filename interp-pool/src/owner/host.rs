@@ -1,13 +1,15 @@
 //! The host-thread states of one interpreter (direct dispatch, R13): every thread state a
 //! caller's thread made for it, so that the owner can delete them all before
 //! `Py_EndInterpreter` (which aborts the process if any other thread state is left), and
-//! the ones their threads gave up (the thread exited, or evicted it from its cache) sooner.
+//! so that the ones their threads gave up (the thread exited, or evicted it from its
+//! cache) are deleted sooner, by the interpreter's next call.
 //!
 //! Each state is known by its interrupt target (`InterruptTarget`: the thread state, its
 //! thread's ident, the interrupt classes it shares with the owner, its interrupt lock).
 //! A state is deleted only by a thread attached to the interpreter through *another*
-//! thread state while holding the claim (the owner), after taking the state's interrupt
-//! lock and marking it ended, so no interrupter attaches for it afterwards.
+//! thread state while holding the claim (the owner after a posted job or at the end, a
+//! caller's thread after a direct call), after taking the state's interrupt lock and
+//! marking it ended, so no interrupter attaches for it afterwards.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,20 +58,19 @@ impl HostStates {
         true
     }
 
-    /// Its thread gives `state` up (never attaches it again). Whether the owner should be
-    /// woken to delete it (false: the interpreter ended and deleted it already).
-    pub(crate) fn give_up(&self, state: &Arc<InterruptTarget>) -> bool {
+    /// Its thread gives `state` up (never attaches it again): the next call holding the
+    /// interpreter deletes it (`delete_doomed`). Nothing if the interpreter ended (its
+    /// owner deleted every state).
+    pub(crate) fn give_up(&self, state: &Arc<InterruptTarget>) {
         let mut inner = self.lock();
         if inner.ended {
-            return false;
+            return;
         }
-        let Some(pos) = inner.live.iter().position(|s| Arc::ptr_eq(s, state)) else {
-            return false;
-        };
-        let state = inner.live.swap_remove(pos);
-        inner.doomed.push(state);
-        self.doomed.store(true, Ordering::SeqCst);
-        true
+        if let Some(pos) = inner.live.iter().position(|s| Arc::ptr_eq(s, state)) {
+            let state = inner.live.swap_remove(pos);
+            inner.doomed.push(state);
+            self.doomed.store(true, Ordering::SeqCst);
+        }
     }
 
     /// Whether states await deletion.
