@@ -96,8 +96,6 @@ pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
             let mut c = c.borrow_mut();
             c.clock += 1;
             let now = c.clock;
-            // States of ending interpreters are deleted by their owners: forget them.
-            c.entries.retain(|(p, _)| !p.link.is_closing());
             c.entries
                 .iter_mut()
                 .find(|(p, _)| Arc::ptr_eq(&p.link, link))
@@ -115,6 +113,9 @@ pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
         .try_with(|c| {
             let mut c = c.borrow_mut();
             let now = c.clock;
+            // States of ending interpreters are deleted by their owners: forget them (on a
+            // miss only: a hit's interpreter is alive, its claim held).
+            c.entries.retain(|(p, _)| !p.link.is_closing());
             // Never a state this thread is using further down its stack (it holds that
             // interpreter): giving it up would have it deleted under the running call.
             let evicted = (c.entries.len() >= MAX_STATES_PER_THREAD)
