@@ -125,7 +125,8 @@ impl InterpreterHandle {
     /// How many times a caller of this interpreter (one that is no owner thread) gave up
     /// spinning and committed to park for its reply, paying a wake-up when it came: with
     /// the adaptive spin (`WaitPolicy::caller_spin_max`) this stays still for calls
-    /// shorter than the cap once a few calls taught it their length.
+    /// shorter than the cap once a few calls taught it their length. Counted as the caller
+    /// commits, before it sleeps.
     pub fn caller_parks(&self) -> u64 {
         self.link.pace.parks()
     }

@@ -158,9 +158,10 @@ impl Pace {
         } else {
             budget
         };
-        if slot.wait(spin, defer) {
+        // Counted on committing, before the sleep, so a park is seen while it lasts.
+        slot.wait(spin, defer, || {
             self.parks.fetch_add(1, Ordering::Relaxed);
-        }
+        });
     }
 }
 

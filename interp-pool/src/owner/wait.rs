@@ -223,12 +223,14 @@ impl ReplySlot {
     }
 
     /// Blocks the current (owning) thread until [`complete`](Self::complete); `defer`
-    /// as for [`spin_until`]. Returns whether it committed to park.
-    pub(crate) fn wait(&self, spin: Duration, defer: impl Fn() -> bool) -> bool {
-        if spin_until(spin, || self.is_done(), defer) {
-            return false;
+    /// as for [`spin_until`]. `committed` runs once it commits to park, before it sleeps
+    /// (not if the reply came first).
+    pub(crate) fn wait(&self, spin: Duration, defer: impl Fn() -> bool, committed: impl FnOnce()) {
+        if spin_until(spin, || self.is_done(), defer) || !self.prepare_park() {
+            return;
         }
-        self.park_until_done()
+        committed();
+        self.park_until_done();
     }
 
     /// Commits to sleeping and parks until Done (spurious wake-ups are absorbed). Returns

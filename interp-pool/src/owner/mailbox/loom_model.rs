@@ -98,7 +98,7 @@ fn close_versus_take(rule: Rule, spin: Duration) {
         (_, Ok(_)) => true,
     };
     if wait {
-        frame.slot.wait(spin, || false);
+        frame.slot.wait(spin, || false, || ());
     }
     // The caller returns; its next call reuses the frame. Loom reports a race if the job
     // may still be writing it.

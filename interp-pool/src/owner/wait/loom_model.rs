@@ -66,7 +66,7 @@ impl Frame {
 
     /// The caller's side of one call: waits, then reads the result.
     fn wait_for(&self, spin: Duration) -> u32 {
-        self.slot.wait(spin, || false);
+        self.slot.wait(spin, || false, || ());
         assert!(self.slot.is_done(), "wait returned before Done");
         // SAFETY: R7: the slot is Done, so the job's write happened before this read;
         // loom reports it otherwise. No interpreter or thread state involved.
