@@ -4,6 +4,7 @@
 //! otherwise the call is posted as usual. No hand-off, so N host threads use N cores even
 //! when they outnumber the cores.
 
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -46,8 +47,8 @@ where
         return Err(f);
     }
     let _claimed = Claimed(link);
+    // One counter per direct call: `jobs_served` adds it to the queued jobs served.
     let counted = || {
-        link.served.fetch_add(1, Ordering::Relaxed);
         link.direct_calls.fetch_add(1, Ordering::Relaxed);
     };
     // SAFETY: R13: we hold the claim (`_claimed`), so the interpreter is alive and ours
@@ -76,14 +77,18 @@ pub(crate) unsafe fn run_here<R, F>(
 where
     F: FnOnce(&Attached<'_>) -> Result<R>,
 {
-    let Some(target) = held::state_for(link) else {
+    let Some(mut place) = held::state_for(link) else {
         return Err(f);
     };
-    let _holding = Holding::push(Place {
-        link: Arc::clone(link),
-        target: Arc::clone(&target),
-        lane,
-    });
+    if lane.is_some() {
+        place = Rc::new(Place {
+            link: Arc::clone(link),
+            target: Arc::clone(&place.target),
+            lane,
+        });
+    }
+    let target = &place.target;
+    let _holding = Holding::push(Rc::clone(&place));
     let _depth = DepthGuard::enter(depth);
     counted();
     let run = |att: &Attached<'_>| {
@@ -94,7 +99,7 @@ where
     };
     // SAFETY: R13: `target` is this thread's host-thread state for `link`'s interpreter,
     // made on this thread, which may attach it now (the caller's contract).
-    let out = unsafe { enter::run_at(&target, &link.memory, Kind::Host(levels), run) };
+    let out = unsafe { enter::run_at(target, &link.memory, Kind::Host(levels), run) };
     Ok(out.and_then(|r| r))
 }
 

@@ -117,9 +117,10 @@ impl InterpreterHandle {
         self.link.mailbox.len()
     }
 
-    /// Jobs the owner thread has run from its queues (its own and its group's) so far.
+    /// Jobs run on the interpreter so far: the owner thread's from its queues (its own and
+    /// its group's), those a holder served while it waited, and direct calls.
     pub fn jobs_served(&self) -> u64 {
-        self.link.served.load(Ordering::Relaxed)
+        self.link.served.load(Ordering::Relaxed) + self.link.direct_calls.load(Ordering::Relaxed)
     }
 
     /// How many times a caller of this interpreter (one that is no owner thread) gave up

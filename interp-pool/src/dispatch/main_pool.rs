@@ -364,7 +364,7 @@ impl MainLane {
     /// Calls a pool thread took from its queue so far, and direct calls (inline calls not
     /// counted).
     pub fn calls_served(&self) -> u64 {
-        self.link.served.load(Ordering::Relaxed)
+        self.link.served.load(Ordering::Relaxed) + self.link.direct_calls.load(Ordering::Relaxed)
     }
 
     /// How many times a caller of the lane (one that is no owner thread) committed to park
@@ -465,9 +465,9 @@ impl MainLane {
             return Err(f);
         };
         let lane = Some(Arc::clone(l) as Arc<dyn HeldLane>);
+        // `calls_served` adds direct calls to the queued ones.
         let counted = || {
             l.direct_calls.fetch_add(1, Ordering::Relaxed);
-            l.served.fetch_add(1, Ordering::Relaxed);
         };
         // SAFETY: R13: we hold the lane (`_hold`, counted in `DIRECT_IN_MAIN`): main lives
         // until finalize, which waits for direct calls to end (`close_all`), and many

@@ -5,6 +5,7 @@
 //! claims serves those interpreters' queues, as an owner serves its own.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread;
@@ -22,8 +23,8 @@ use crate::owner::seat::HeldLane;
 /// least recently used is given up past it. A state costs ~10 KiB (BENCHMARKS.md).
 pub(crate) const MAX_STATES_PER_THREAD: usize = 32;
 
-/// One interpreter held by this thread, or kept for it.
-#[derive(Clone)]
+/// One interpreter held by this thread, or kept for it. Shared as `Rc<Place>` between the
+/// state cache and the held list, so holding a cached place per call costs no atomics.
 pub(crate) struct Place {
     pub(crate) link: Arc<OwnerLink>,
     /// This thread's host-thread state there, as an interrupt target.
@@ -58,7 +59,7 @@ impl Place {
 }
 
 struct Cache {
-    entries: Vec<(Place, u64)>,
+    entries: Vec<(Rc<Place>, u64)>,
     clock: u64,
 }
 
@@ -79,7 +80,7 @@ thread_local! {
             clock: 0,
         })
     };
-    static HELD: RefCell<Vec<Place>> = const { RefCell::new(Vec::new()) };
+    static HELD: RefCell<Vec<Rc<Place>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Deleted by whoever next runs a call there holding the claim (`HostStates::delete_doomed`),
@@ -88,9 +89,10 @@ fn give_up(place: &Place) {
     place.link.hosts.give_up(&place.target);
 }
 
-/// This thread's host-thread state for `link`'s interpreter, made on first use. The caller
-/// holds the claim. `None` if CPython could not make one.
-pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
+/// This thread's host-thread state for `link`'s interpreter, made on first use, as the
+/// place a direct call holds. The caller holds the claim. `None` if CPython could not make
+/// one.
+pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Rc<Place>> {
     let found = CACHE
         .try_with(|c| {
             let mut c = c.borrow_mut();
@@ -101,14 +103,18 @@ pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
                 .find(|(p, _)| Arc::ptr_eq(&p.link, link))
                 .map(|(p, used)| {
                     *used = now;
-                    Arc::clone(&p.target)
+                    Rc::clone(p)
                 })
         })
         .ok()?;
     if found.is_some() {
         return found;
     }
-    let target = make_state(link)?;
+    let place = Rc::new(Place {
+        link: Arc::clone(link),
+        target: make_state(link)?,
+        lane: None,
+    });
     let evicted = CACHE
         .try_with(|c| {
             let mut c = c.borrow_mut();
@@ -126,21 +132,14 @@ pub(crate) fn state_for(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
                     Some(c.entries.swap_remove(lru).0)
                 })
                 .flatten();
-            c.entries.push((
-                Place {
-                    link: Arc::clone(link),
-                    target: Arc::clone(&target),
-                    lane: None,
-                },
-                now,
-            ));
+            c.entries.push((Rc::clone(&place), now));
             evicted
         })
         .ok()?;
-    if let Some(place) = evicted {
-        give_up(&place);
+    if let Some(evicted) = evicted {
+        give_up(&evicted);
     }
-    Some(target)
+    Some(place)
 }
 
 /// Whether this thread keeps a host-thread state for `link`'s interpreter.
@@ -178,14 +177,14 @@ fn make_state(link: &Arc<OwnerLink>) -> Option<Arc<InterruptTarget>> {
 }
 
 /// The interpreter `id` if this thread holds it (is running one of its calls).
-pub(crate) fn find(id: crate::InterpreterId) -> Option<Place> {
+pub(crate) fn find(id: crate::InterpreterId) -> Option<Rc<Place>> {
     HELD.try_with(|h| h.borrow().iter().rev().find(|p| p.link.id == id).cloned())
         .ok()
         .flatten()
 }
 
 /// The lane `key` (its address) if this thread holds it directly.
-pub(crate) fn find_lane(key: *const ()) -> Option<Place> {
+pub(crate) fn find_lane(key: *const ()) -> Option<Rc<Place>> {
     HELD.try_with(|h| {
         h.borrow()
             .iter()
@@ -202,7 +201,7 @@ pub(crate) fn find_lane(key: *const ()) -> Option<Place> {
 }
 
 /// A member of `group` this thread holds, if any.
-pub(crate) fn find_member(group: super::worker::GroupId) -> Option<Place> {
+pub(crate) fn find_member(group: super::worker::GroupId) -> Option<Rc<Place>> {
     HELD.try_with(|h| {
         h.borrow()
             .iter()
@@ -234,7 +233,7 @@ pub(crate) fn holds_any() -> bool {
 pub(crate) struct Holding(());
 
 impl Holding {
-    pub(crate) fn push(place: Place) -> Self {
+    pub(crate) fn push(place: Rc<Place>) -> Self {
         let _ = HELD.try_with(|h| h.borrow_mut().push(place));
         Self(())
     }
@@ -246,13 +245,13 @@ impl Drop for Holding {
     }
 }
 
-fn held() -> Vec<Place> {
+fn held() -> Vec<Rc<Place>> {
     HELD.try_with(|h| h.borrow().clone()).unwrap_or_default()
 }
 
 /// Whether an interpreter this thread holds has a job queued.
 pub(crate) fn has_work() -> bool {
-    HELD.try_with(|h| h.borrow().iter().any(Place::has_queued))
+    HELD.try_with(|h| h.borrow().iter().any(|p| p.has_queued()))
         .unwrap_or(false)
 }
 
@@ -290,7 +289,7 @@ fn run_job(place: &Place, job: Job) {
 
 /// While alive: posts to the interpreters this thread holds wake this thread (it waits,
 /// and must serve them: nobody else may).
-pub(crate) struct Announced(Vec<Place>);
+pub(crate) struct Announced(Vec<Rc<Place>>);
 
 impl Announced {
     pub(crate) fn new() -> Self {

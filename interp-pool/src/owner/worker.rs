@@ -69,7 +69,8 @@ pub(crate) struct OwnerLink {
     pub(crate) target: Arc<InterruptTarget>,
     /// The group this interpreter serves as a member, if any (set once, on joining).
     pub(crate) group: OnceLock<GroupId>,
-    /// Jobs this owner has run from its queues (an idle member's count stands still).
+    /// Jobs run from its queues, by the owner or a holder serving them (an idle member's
+    /// count stands still); `jobs_served` adds `direct_calls`.
     pub(crate) served: AtomicU64,
     /// Calls callers ran themselves on the interpreter (direct dispatch).
     pub(crate) direct_calls: AtomicU64,
