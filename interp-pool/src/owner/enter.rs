@@ -43,8 +43,11 @@ pub(crate) unsafe fn run_at<R>(
     f: impl FnOnce(&Attached<'_>) -> R,
 ) -> Result<R> {
     let ts = target.ts();
-    let cur = ffi::current_tstate();
-    if interrupt::is_registered(target) {
+    // A fresh claim (`Host(Some(_))`) was not held on this thread, so its state is not the
+    // registered one: skip the check (a direct call's common case).
+    let fresh = matches!(kind, Kind::Host(Some(_)));
+    if !fresh && interrupt::is_registered(target) {
+        let cur = ffi::current_tstate();
         if cur == ts {
             // SAFETY: R10: `ts`, a thread state of `target.id`, is current on this thread.
             return Ok(unsafe { Attached::scope(target.id, f) });
