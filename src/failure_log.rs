@@ -135,9 +135,14 @@ impl Window {
 
 impl FailureLog {
     pub(crate) fn new(policy: FailureLogPolicy) -> Self {
+        Self::starting_at(policy, Instant::now())
+    }
+
+    /// A log whose first window starts at `start` (tests give the clock's readings).
+    fn starting_at(policy: FailureLogPolicy, start: Instant) -> Self {
         Self {
             policy,
-            window: Mutex::new(Window::new(Instant::now())),
+            window: Mutex::new(Window::new(start)),
         }
     }
 
@@ -148,7 +153,11 @@ impl FailureLog {
     /// Decides about one failure of kind `site`; also returns the summary of the previous
     /// window if this failure starts a new one.
     pub(crate) fn admit(&self, site: &RaiseSite) -> (Verdict, Option<String>) {
-        let now = Instant::now();
+        self.admit_at(site, Instant::now())
+    }
+
+    /// [`admit`](Self::admit) at the clock reading `now`.
+    fn admit_at(&self, site: &RaiseSite, now: Instant) -> (Verdict, Option<String>) {
         let mut guard = self.lock();
         let w = &mut *guard;
         let summary = if now.duration_since(w.start) >= self.policy.interval {
@@ -233,15 +242,19 @@ mod tests {
 
     #[test]
     fn a_new_window_starts_with_the_summary_of_the_old_one() {
-        let log = FailureLog::new(FailureLogPolicy {
+        // Clock readings given, not slept for: a descheduled test cannot move the window.
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let policy = FailureLogPolicy {
             interval: Duration::from_millis(20),
             per_kind: 1,
             per_interval: 10,
-        });
-        assert_eq!(log.admit(&site(1)), (Verdict::Log { last: true }, None));
-        assert_eq!(log.admit(&site(1)), (Verdict::Count, None));
-        std::thread::sleep(Duration::from_millis(30));
-        let (v, summary) = log.admit(&site(1));
+        };
+        let log = FailureLog::starting_at(policy, t0);
+        let first = log.admit_at(&site(1), at(1));
+        assert_eq!(first, (Verdict::Log { last: true }, None));
+        assert_eq!(log.admit_at(&site(1), at(19)), (Verdict::Count, None));
+        let (v, summary) = log.admit_at(&site(1), at(20));
         assert_eq!(v, Verdict::Log { last: true });
         assert!(summary.unwrap().starts_with("1 more failed calls"));
     }
