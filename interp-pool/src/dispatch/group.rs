@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
 use crate::owner::held;
-use crate::owner::job::{Call, Job};
+use crate::owner::job::Job;
 use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
 use crate::owner::wait::OwnerState;
@@ -218,21 +218,16 @@ impl InterpreterGroup {
                 }
             }
         }
-        {
-            {
-                let mut call = Call::new(f);
-                // Any member may take it: none in particular is "the one we wait for".
-                handle::post_and_wait(
-                    &mut call,
-                    owner,
-                    depth,
-                    |job, serving| self.post(job, serving),
-                    &|| false,
-                    &g.pace,
-                )?;
-                handle::take_result(call, self.gone())
-            }
-        }
+        // Any member may take it: none in particular is "the one we wait for".
+        handle::post_and_wait(
+            f,
+            owner,
+            depth,
+            |job, serving| self.post(job, serving),
+            &|| false,
+            &g.pace,
+            || self.gone(),
+        )
     }
 
     /// [`call`](Self::call) with a deadline and/or a cancel token, as
@@ -303,7 +298,6 @@ impl InterpreterGroup {
         )
     }
 
-    /// The interpreter errors name: the first member, or the id the group reserved.
     /// The members a direct call may claim, those this thread keeps a state for first (a
     /// state per member and thread costs memory: stay where we have one).
     fn members_for_direct(&self) -> Vec<InterpreterHandle> {
@@ -312,6 +306,7 @@ impl InterpreterGroup {
         members
     }
 
+    /// The interpreter errors name: the first member, or the id the group reserved.
     fn gone_id(&self) -> crate::InterpreterId {
         self.lock_members()
             .first()

@@ -53,7 +53,7 @@ use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
 use crate::owner::held;
 use crate::owner::holders::WaitingHolders;
-use crate::owner::job::{Call, Job};
+use crate::owner::job::Job;
 use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
 use crate::owner::seat::{HeldLane, Hold, Lanes, Release, Seat};
@@ -428,16 +428,15 @@ impl MainLane {
             },
             false => f,
         };
-        let mut call = Call::new(f);
         handle::post_and_wait(
-            &mut call,
+            f,
             owner,
             depth,
             |job, serving| self.post(job, serving),
             &|| false,
             &l.pace,
-        )?;
-        handle::take_result(call, self.gone())
+            || self.gone(),
+        )
     }
 
     /// Runs `f` on this thread attached to main if the lane has room and nothing queued
@@ -600,11 +599,7 @@ impl<'a> HostHold<'a> {
         // which sets it, fences and waits for the count to fall to zero.
         DIRECT_IN_MAIN.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if DIRECT_CLOSED.load(Ordering::SeqCst) || lane.mailbox.is_closing() {
-            DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
-            return None;
-        }
-        if !lane.enter() {
+        if DIRECT_CLOSED.load(Ordering::SeqCst) || lane.mailbox.is_closing() || !lane.enter() {
             DIRECT_IN_MAIN.fetch_sub(1, Ordering::SeqCst);
             return None;
         }

@@ -87,32 +87,27 @@ impl HostStates {
         if !self.has_doomed() {
             return;
         }
-        let doomed = {
+        let mut kept = {
             let mut inner = self.lock();
             self.doomed.store(false, Ordering::SeqCst);
             std::mem::take(&mut inner.doomed)
         };
-        let mut kept = Vec::new();
         let current = crate::capi::ffi::current_tstate();
-        for state in doomed {
+        kept.retain(|state| {
             // Never the state this thread runs on (a given-up state is not attached
             // anywhere; this only guards that rule).
             if state.ts() == current {
-                kept.push(state);
-                continue;
+                return true;
             }
-            let deleted = match state.try_lock_out() {
+            match state.try_lock_out() {
                 Some(_no_interrupts) => {
                     state.mark_ended();
-                    delete(att, &state);
-                    true
+                    delete(att, state);
+                    false
                 }
-                None => false,
-            };
-            if !deleted {
-                kept.push(state);
+                None => true,
             }
-        }
+        });
         if !kept.is_empty() {
             let mut inner = self.lock();
             inner.doomed.append(&mut kept);

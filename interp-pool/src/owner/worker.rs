@@ -110,7 +110,7 @@ impl OwnerLink {
             || {
                 // After the mailbox's fence; pairs with `park_unless` in `serve`: either the
                 // owner sees the job, or we see Parked and unpark it.
-                let woke = self.state.unpark_if_parked(|| self.thread.unpark());
+                let woke = self.wake_owner();
                 // A caller's thread running a direct call: the owner cannot take the job
                 // until it lets go (then it wakes the owner), unless it waits meanwhile
                 // and serves it. Either way nobody is spinning for us to see.
@@ -142,9 +142,10 @@ impl OwnerLink {
         self.left_group.load(Ordering::SeqCst)
     }
 
-    /// Wakes the owner if it parked (for a given-up host-thread state, a claim let go).
-    pub(crate) fn wake_owner(&self) {
-        self.state.unpark_if_parked(|| self.thread.unpark());
+    /// Wakes the owner if it parked (a post, a given-up host-thread state, a claim let
+    /// go); whether it did.
+    pub(crate) fn wake_owner(&self) -> bool {
+        self.state.unpark_if_parked(|| self.thread.unpark())
     }
 
     /// A caller's thread lets go of the claim after its direct call: if something waits
@@ -549,13 +550,7 @@ impl Owner {
                 || self.seat.is_some_and(|s| s.lanes.has_work(s.index))
                 || (nested && held::has_work())
         };
-        let ready = || {
-            if claims {
-                queued() && sh.claim.is_free()
-            } else {
-                queued()
-            }
-        };
+        let ready = || queued() && (!claims || sh.claim.is_free());
         // Posts to the interpreters this thread holds as a caller wake it while it waits.
         let _announced = nested.then(held::Announced::new);
         sh.state.store(waiting, Ordering::Relaxed);
