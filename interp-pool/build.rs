@@ -6,7 +6,7 @@ fn main() {
     host_state_shim();
 }
 
-/// Compiles `csrc/host_state.c` (direct dispatch's host-thread states, `capi/host_state.rs`)
+/// Compiles `csrc/host_state.c` (direct dispatch's host-thread states, `capi/attach.rs`)
 /// against the headers of the Python pyo3 chose: it needs CPython's internal runtime header
 /// for the PyGILState slot's key, so it must match the libpython we link exactly.
 fn host_state_shim() {

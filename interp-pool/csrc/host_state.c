@@ -1,5 +1,5 @@
 /* Host-thread states: thread states that callers' own threads keep for an interpreter
- * (direct dispatch, interp-pool/src/capi/host_state.rs), without ever becoming a thread's
+ * (direct dispatch, interp-pool/src/capi/attach.rs), without ever becoming a thread's
  * PyGILState state outside a call.
  *
  * CPython binds a thread's PyGILState state (the thread-specific slot

@@ -277,8 +277,8 @@ impl Interruptible {
     }
 
     /// Runs `f` (on the thread running the call, attached: an owner, or a caller's thread
-    /// in a direct call) as this interruptible call: its activation
-    /// is on top of the thread's stack while `f` runs. Whatever way `f` leaves (a panic
+    /// in a direct call) as this interruptible call: its activation is on top of the
+    /// thread's stack while `f` runs. Whatever way `f` leaves (a panic
     /// included), [`Cleanup`] pops it, turns the tool off, takes back a leftover async
     /// exception, releases the interrupter and resumes the activation beneath.
     pub(crate) fn run<R>(

@@ -48,7 +48,8 @@ pub fn exempt_from_interrupt_tracing(filename: &str) {
 /// Tells the pool that the guest code of the call executing on this owner has returned
 /// to Rust: if that call was being stopped by the tool, the tool is turned off now, so the
 /// embedder's own Python that follows in the same job (formatting a traceback, say) runs
-/// untouched. One atomic load when nothing is being stopped; a no-op on threads running no call.
+/// untouched. One atomic load when nothing is being stopped; a no-op on threads running no
+/// call.
 pub fn guest_returned(py: &Attached<'_>) {
     let Some((target, act)) = interrupt::innermost() else {
         return;

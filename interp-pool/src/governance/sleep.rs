@@ -4,17 +4,19 @@
 //! set meanwhile (how `cancel.rs` interrupts a call) is only raised once it returns, so a
 //! `time.sleep(30)` under a 1 s deadline used to take 30 s. [`install_interruptible_sleep`]
 //! replaces `time.sleep` in one interpreter with a native function that, on the thread
-//! running a call (its owner, or a caller's thread running a direct call), parks (GIL released) until the sleep is over *or* the call executing there is
-//! interrupted (its activation's reason, `interrupt.rs`; the interrupter unparks the
-//! thread), and then raises the interrupt class itself (taking back the async exception
-//! so it is not raised twice).
+//! running a call (its owner, or a caller's thread running a direct call), parks (GIL
+//! released) until the sleep is over *or* the call executing there is interrupted (its
+//! activation's reason, `interrupt.rs`; the interrupter unparks the thread), and then
+//! raises the interrupt class itself (taking back the async exception so it is not raised
+//! twice).
 //!
 //! Same semantics as the original otherwise: anything but one non-negative finite `int` /
 //! `float` positional argument (keywords, a negative or NaN value, another type, a huge
 //! value) is forwarded to the original, which raises its own `ValueError` / `TypeError` /
 //! `OverflowError`; on any other thread (a plugin's `threading` thread, a host thread in
-//! main that is not running a direct call), or while no interruptible call is the innermost one executing on it
-//! (a plain job), the call is forwarded too, because no interrupt is aimed there.
+//! main that is not running a direct call), or while no interruptible call is the
+//! innermost one executing on it (a plain job), the call is forwarded too, because no
+//! interrupt is aimed there.
 
 use std::ptr::NonNull;
 use std::thread;

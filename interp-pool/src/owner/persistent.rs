@@ -66,13 +66,14 @@ impl Persistent {
 impl Drop for Persistent {
     fn drop(&mut self) {
         // Its owner, or a caller's thread running a direct call there, attached.
-        let on_owner = crate::governance::interrupt::runs_attached(self.interp);
-        if on_owner {
-            // SAFETY: thread: owner of `self.interp`; tstate: its thread state is attached
-            // (both just checked). refs: we own one strong reference.
+        let attached = crate::governance::interrupt::runs_attached(self.interp);
+        if attached {
+            // SAFETY: R3/R13: thread: the claim holder of `self.interp` (its owner, or a
+            // caller's thread in a direct call); tstate: the one it runs the call on is
+            // attached (just checked). refs: we own one strong reference.
             unsafe { sys::Py_DECREF(self.ptr.as_ptr()) }
         } else {
-            tracing::debug!(interp = %self.interp, "Persistent dropped off its owner thread; leaked");
+            tracing::debug!(interp = %self.interp, "Persistent dropped off a thread running its interpreter; leaked");
         }
     }
 }
