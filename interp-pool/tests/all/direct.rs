@@ -8,7 +8,7 @@ use std::time::Duration;
 use interp_pool::{CallOptions, Error, InterpreterConfig, InterpreterHandle};
 use pyo3_ffi as sys;
 
-use crate::reentry::{a_b_a_and_depth_cap, install_ping, register, Where};
+use crate::reentry::{a_b_a_and_depth_cap, ping_a_b_a, Where};
 use crate::util::*;
 
 fn direct_config(name: &str) -> InterpreterConfig {
@@ -95,12 +95,7 @@ fn a_b_a_through_ctypes_from_a_host_thread() {
             direct: true,
             ..ctypes_config(TEST, "dct-b")
         });
-        let (ia, ib) = (register(&a), register(&b));
-        install_ping(&a, ia, ib);
-        install_ping(&b, ib, ia);
-        assert_eq!(eval_i64(&a, "ping(10)"), 11);
-        assert_eq!(eval_i64(&a, "calls"), 6);
-        assert_eq!(eval_i64(&b, "calls"), 5);
+        ping_a_b_a(&a, &b);
         // Every level ran on this thread.
         assert_eq!(eval_i64(&a, "len(threads)"), 1);
         assert_eq!(ident_in(&a), eval_i64(&a, "next(iter(threads))"));

@@ -44,6 +44,17 @@ extern "C" fn hop(target: i64, n: i64) -> i64 {
 }
 
 /// Defines `hop` (the ctypes callback), `ping` and call counters in `h`.
+/// Registers `a` and `b`, gives each a `ping` calling the other through ctypes, and checks
+/// that `a`'s `ping(10)` bounces A→B→A… to 11 in 6 + 5 calls.
+pub(crate) fn ping_a_b_a(a: &InterpreterHandle, b: &InterpreterHandle) {
+    let (ia, ib) = (register(a), register(b));
+    install_ping(a, ia, ib);
+    install_ping(b, ib, ia);
+    assert_eq!(eval_i64(a, "ping(10)"), 11);
+    assert_eq!(eval_i64(a, "calls"), 6);
+    assert_eq!(eval_i64(b, "calls"), 5);
+}
+
 pub(crate) fn install_ping(h: &InterpreterHandle, me: i64, other: i64) {
     let addr = hop as extern "C" fn(i64, i64) -> i64 as usize;
     run(
@@ -118,13 +129,8 @@ fn shape3_and_a_b_a_through_ctypes() {
     within(LIMIT, "a-b-a ctypes", || {
         let a = spawn_with(ctypes_config(SHAPE3, "aba-a"));
         let b = spawn_with(ctypes_config(SHAPE3, "aba-b"));
-        let (ia, ib) = (register(&a), register(&b));
-        install_ping(&a, ia, ib);
-        install_ping(&b, ib, ia);
         // A→B (shape 3), then B→A while A's owner waits: served by A's nested loop.
-        assert_eq!(eval_i64(&a, "ping(10)"), 11);
-        assert_eq!(eval_i64(&a, "calls"), 6);
-        assert_eq!(eval_i64(&b, "calls"), 5);
+        ping_a_b_a(&a, &b);
         assert_eq!(eval_i64(&a, "len(threads)"), 1);
         assert_eq!(eval_i64(&b, "len(threads)"), 1);
         // From a foreign thread into B, bouncing back into A many times.
