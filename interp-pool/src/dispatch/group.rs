@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
 use crate::owner::held;
-use crate::owner::job::Job;
+use crate::owner::job::{Call, Job};
 use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
 use crate::owner::wait::OwnerState;
@@ -218,16 +218,17 @@ impl InterpreterGroup {
                 }
             }
         }
+        let mut call = Call::new(f);
         // Any member may take it: none in particular is "the one we wait for".
         handle::post_and_wait(
-            f,
+            &mut call,
             owner,
             depth,
             |job, serving| self.post(job, serving),
             &|| false,
             &g.pace,
-            || self.gone(),
-        )
+        )?;
+        handle::take_result(call, self.gone())
     }
 
     /// [`call`](Self::call) with a deadline and/or a cancel token, as

@@ -280,16 +280,17 @@ impl InterpreterHandle {
         F: FnOnce(&Attached<'_>) -> Result<R> + Send,
         R: Send,
     {
+        let mut call = Call::new(f);
         let target = &*self.link;
         post_and_wait(
-            f,
+            &mut call,
             owner,
             depth,
             |job, serving| target.post(job, serving),
             &|| target.is_nested_waiting(),
             &target.pace,
-            || Error::InterpreterGone { interp: target.id },
-        )
+        )?;
+        take_result(call, Error::InterpreterGone { interp: target.id })
     }
 
     /// Interrupter rounds aimed at this interpreter's owner so far (raised or deferred). A
@@ -342,22 +343,20 @@ where
     unsafe { enter::run_at(&link.target, &link.memory, Kind::Owner, f) }.and_then(|r| r)
 }
 
-/// Posts the call `f` with `post`, waits until it ran (or was dropped unrun: then
-/// `gone()` is the error) and returns its result, resuming its panic: `post` must fail
-/// only if it did not queue the job (the mailbox rule, `mailbox.rs`). An owner thread
-/// serves its own queues meanwhile (shape 4). `target_nested`: whether the thread that
-/// must run the call is itself waiting on another interpreter (then waiting yields rather
-/// than spins). `pace`: the call site's reply times, which set the caller's spin budget
-/// from `post`'s base spin and learn this call's reply time (`pace.rs`).
+/// Posts `call` with `post` and waits until it ran (or was dropped unrun): `post` must
+/// fail only if it did not queue the job (the mailbox rule, `mailbox.rs`). An owner
+/// thread serves its own queues meanwhile (shape 4). `target_nested`: whether the thread
+/// that must run the call is itself waiting on another interpreter (then waiting yields
+/// rather than spins). `pace`: the call site's reply times, which set the caller's spin
+/// budget from `post`'s base spin and learn this call's reply time (`pace.rs`).
 pub(crate) fn post_and_wait<F, R>(
-    f: F,
+    call: &mut Call<F, R>,
     owner: Option<&Owner>,
     depth: usize,
     post: impl FnOnce(Job, Option<&Owner>) -> Result<std::time::Duration>,
     target_nested: &dyn Fn() -> bool,
     pace: &Pace,
-    gone: impl FnOnce() -> Error,
-) -> Result<R>
+) -> Result<()>
 where
     F: FnOnce(&Attached<'_>) -> Result<R> + Send,
     R: Send,
@@ -367,8 +366,6 @@ where
     // An interruptible call waiting here is not executing: its interrupts are deferred
     // until the wait is over (and the jobs served meanwhile never receive them).
     let _not_executing = (owner.is_some() || holds).then(interrupt::Barrier::wait);
-    let mut call = Call::new(f);
-    let call = &mut call;
     wait::with_slot(|slot| {
         // SAFETY: R7: `call` (the caller's) and `slot` outlive this closure, which does
         // not return until `slot` is complete: `post` fails only before queueing the job
@@ -393,12 +390,16 @@ where
             pace.record(posted.elapsed());
         }
         Ok(())
-    })?;
-    // The call ran (or was dropped unrun); a panic in the job resumes here.
-    match call.out.take() {
+    })
+}
+
+/// The result of a call that `post_and_wait` completed; `gone` if it was dropped unrun.
+/// A panic in the job resumes here.
+pub(crate) fn take_result<F, R>(call: Call<F, R>, gone: Error) -> Result<R> {
+    match call.out {
         Some(Ok(result)) => result,
         Some(Err(payload)) => panic::resume_unwind(payload),
-        None => Err(gone()),
+        None => Err(gone),
     }
 }
 

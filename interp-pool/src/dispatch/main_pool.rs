@@ -53,7 +53,7 @@ use crate::governance::cancel::{self, CallOptions, Interruptible};
 use crate::owner::activation;
 use crate::owner::held;
 use crate::owner::holders::WaitingHolders;
-use crate::owner::job::Job;
+use crate::owner::job::{Call, Job};
 use crate::owner::mailbox::Mailbox;
 use crate::owner::pace::Pace;
 use crate::owner::seat::{HeldLane, Hold, Lanes, Release, Seat};
@@ -428,15 +428,16 @@ impl MainLane {
             },
             false => f,
         };
+        let mut call = Call::new(f);
         handle::post_and_wait(
-            f,
+            &mut call,
             owner,
             depth,
             |job, serving| self.post(job, serving),
             &|| false,
             &l.pace,
-            || self.gone(),
-        )
+        )?;
+        handle::take_result(call, self.gone())
     }
 
     /// Runs `f` on this thread attached to main if the lane has room and nothing queued
